@@ -1,0 +1,45 @@
+# Two commands for a newcomer: `make run` and `make test`. Both set up .venv first (`make install`).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PIP_INSTALL := $(PY) -m pip install --disable-pip-version-check -q
+
+.PHONY: install run test lint format typecheck unit bench bench-full clean
+
+install: $(STAMP)
+
+# Re-installs only when a requirements file changed; otherwise instant.
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP_INSTALL) -r requirements-dev.txt -c constraints.txt
+	@touch $(STAMP)
+
+run: install
+	$(PY) main.py
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+typecheck: install
+	$(VENV)/bin/mypy .
+
+unit: install
+	$(PY) -m pytest
+
+test: lint typecheck unit
+
+bench: install
+	$(PY) -m bench.run --quick
+
+bench-full: install
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,35 @@
+"""`/health`: is this worker, its database and its MLflow store usable?"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+
+import mlflow_client
+from api.deps import ServiceDep, SettingsDep, StoreDep
+from schemas import HealthComponent, HealthResponse
+
+router = APIRouter(tags=["health"])
+
+
+def _database_health(store: StoreDep) -> HealthComponent:
+    try:
+        store.ping()
+    except Exception as error:
+        return HealthComponent(ok=False, detail=f"database unreachable: {str(error).splitlines()[0]}")
+    return HealthComponent(ok=True, detail="database reachable")
+
+
+@router.get("/health", response_model=HealthResponse, summary="Liveness and dependency reachability")
+async def health(store: StoreDep, settings: SettingsDep, service: ServiceDep) -> HealthResponse:
+    """Always answers 200 while the process serves; `status` is `degraded` when a dependency is down."""
+    database = await run_in_threadpool(_database_health, store)
+    ok, detail = await run_in_threadpool(mlflow_client.check_tracking_store, settings.mlflow_tracking_uri)
+    mlflow = HealthComponent(ok=ok, detail=detail)
+    return HealthResponse(
+        status="ok" if database.ok and mlflow.ok else "degraded",
+        database=database,
+        mlflow=mlflow,
+        runs_training_here=len(service.local_run_ids()),
+        worker=service.owner,
+    )

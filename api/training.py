@@ -1,0 +1,107 @@
+"""`/training/*`: start a run, read its status, stop it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.concurrency import run_in_threadpool
+
+from api.deps import ServiceDep, SettingsDep, StoreDep
+from db_models import RunStatus, TrainingRun
+from run_store import elapsed_seconds
+from schemas import StartTrainingRequest, StartTrainingResponse, StopTrainingResponse, TrainingStatus
+from settings import Settings
+from training_service import model_file
+
+router = APIRouter(prefix="/training", tags=["training"])
+
+STOP_POLL_S = 0.2
+
+
+def training_status(run: TrainingRun, settings: Settings) -> TrainingStatus:
+    """What a user sees of a run: its record plus derived progress, elapsed time and ETA."""
+    elapsed = elapsed_seconds(run)
+    running = run.status == RunStatus.RUNNING.value
+    remaining = max(0, run.total_timesteps - run.timesteps)
+    eta = remaining / run.fps if running and run.fps else None
+    return TrainingStatus(
+        experiment_id=run.id,
+        status=run.status,
+        algorithm=run.algorithm,
+        maze_size=run.maze_size,
+        maze_mode=run.maze_mode,
+        seed=run.seed,
+        n_envs=run.n_envs,
+        device=run.device,
+        episode=min(run.episode, run.total_episodes),
+        total_episodes=run.total_episodes,
+        timesteps=run.timesteps,
+        total_timesteps=run.total_timesteps,
+        progress=min(1.0, run.timesteps / run.total_timesteps) if run.total_timesteps else 0.0,
+        maze_episodes=run.maze_episodes,
+        reward=run.reward,
+        success_rate=run.success_rate,
+        eval_success_rate=run.eval_success_rate,
+        eval_path_efficiency=run.eval_path_efficiency,
+        loss=run.loss,
+        fps=run.fps,
+        elapsed_s=elapsed,
+        eta_s=eta,
+        created_at=run.created_at,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        updated_at=run.progress_at,
+        stop_requested=run.stop_requested,
+        error=run.error,
+        model_available=model_file(settings, run) is not None,
+    )
+
+
+@router.post("/start", response_model=StartTrainingResponse, summary="Start (or queue) a training run")
+async def start_training(request: StartTrainingRequest, service: ServiceDep) -> StartTrainingResponse:
+    """Records the run and starts training in a background thread, or queues it behind the
+    concurrency cap (`MAX_CONCURRENT_RUNS`). `status` is always `"started"` (the seed's contract);
+    `run_status` tells whether it is already `running` or `queued`."""
+    run = await run_in_threadpool(service.submit, request)
+    return StartTrainingResponse(experiment_id=run.id, run_status=run.status)
+
+
+@router.get("/status/{experiment_id}", response_model=TrainingStatus, summary="State and progress of a run")
+async def get_training_status(
+    experiment_id: uuid.UUID, store: StoreDep, settings: SettingsDep
+) -> TrainingStatus:
+    run = await run_in_threadpool(store.get, str(experiment_id))
+    return training_status(run, settings)
+
+
+@router.post("/stop/{experiment_id}", response_model=StopTrainingResponse, summary="Stop a run gracefully")
+async def stop_training(
+    experiment_id: uuid.UUID,
+    service: ServiceDep,
+    store: StoreDep,
+    wait_s: Annotated[float, Query(ge=0, le=60, description="Seconds to wait for the run to end.")] = 15.0,
+) -> StopTrainingResponse:
+    """A queued run is stopped at once. A running run saves the model trained so far and ends as
+    `stopped`; the call waits up to `wait_s` seconds for that. Stopping a finished run changes nothing."""
+    run_id = str(experiment_id)
+    before = await run_in_threadpool(store.get, run_id)
+    if RunStatus(before.status).is_final:
+        return StopTrainingResponse(
+            experiment_id=run_id,
+            status=before.status,
+            message=f"run already {before.status}; nothing to stop",
+        )
+    run = await run_in_threadpool(service.request_stop, run_id)
+    deadline = time.monotonic() + wait_s
+    while not RunStatus(run.status).is_final and time.monotonic() < deadline:
+        await asyncio.sleep(STOP_POLL_S)
+        run = await run_in_threadpool(store.get, run_id)
+    if RunStatus(run.status).is_final:
+        message = f"run {run.status}" + (" and its model saved" if run.model_path else "")
+    else:
+        message = "stop requested; the run will save its model and end as 'stopped' shortly"
+    return StopTrainingResponse(experiment_id=run_id, status=run.status, message=message)

@@ -1,0 +1,103 @@
+"""SQLAlchemy models: the persisted record of every training run."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Integer, String, Text, TypeDecorator
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class RunStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def is_final(self) -> bool:
+        return self not in (RunStatus.QUEUED, RunStatus.RUNNING)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores aware UTC datetimes; SQLite hands back naive ones, so re-attach UTC on the way out."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored; use utcnow()")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class TrainingRun(Base):
+    """One row per `POST /training/start`; the single source of truth for every worker process."""
+
+    __tablename__ = "training_runs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    algorithm: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(16), index=True, default=RunStatus.QUEUED.value)
+
+    # What the user asked for.
+    total_episodes: Mapped[int] = mapped_column(Integer)
+    timesteps_per_episode: Mapped[int] = mapped_column(Integer)
+    total_timesteps: Mapped[int] = mapped_column(BigInteger)
+    maze_size: Mapped[int] = mapped_column(Integer)
+    maze_mode: Mapped[str] = mapped_column(String(8))
+    seed: Mapped[int] = mapped_column(Integer)
+    n_envs: Mapped[int] = mapped_column(Integer)
+    device_requested: Mapped[str] = mapped_column(String(8))
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    # What training actually used.
+    device: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    effective_hyperparameters: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    # Liveness: which worker process trains the run, and when it last said so.
+    owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    # Latest progress snapshot; `progress_version` increases with every snapshot written.
+    progress_version: Mapped[int] = mapped_column(Integer, default=0)
+    progress_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    episode: Mapped[int] = mapped_column(Integer, default=0)
+    timesteps: Mapped[int] = mapped_column(BigInteger, default=0)
+    maze_episodes: Mapped[int] = mapped_column(Integer, default=0)
+    maze_successes: Mapped[int] = mapped_column(Integer, default=0)
+    reward: Mapped[float | None] = mapped_column(Float, nullable=True)
+    success_rate: Mapped[float | None] = mapped_column(Float, nullable=True)
+    loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    fps: Mapped[float | None] = mapped_column(Float, nullable=True)
+    eval_success_rate: Mapped[float | None] = mapped_column(Float, nullable=True)
+    eval_path_efficiency: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    model_path: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)

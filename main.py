@@ -1,0 +1,71 @@
+"""Assembles the FastAPI application; `python main.py` or `uvicorn main:app` serves it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+import uvicorn
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+
+from api import health, training
+from api.errors import install_error_handlers
+from database import create_db_engine, make_session_factory, upgrade_schema
+from logging_setup import configure_logging
+from run_store import RunStore
+from settings import Settings, get_settings
+from training_service import TrainingService
+
+log = structlog.get_logger(__name__)
+
+SHUTDOWN_GRACE_S = 30.0
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application; resources (database, training threads) start in the lifespan.
+
+    :param settings: explicit settings (tests); default: environment and `.env`.
+    """
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = create_db_engine(settings.database_url)
+        await run_in_threadpool(upgrade_schema, engine)
+        store = RunStore(make_session_factory(engine))
+        service = TrainingService(settings, store)
+        await run_in_threadpool(service.start)
+        app.state.settings = settings
+        app.state.run_store = store
+        app.state.training_service = service
+        log.info("service_started", worker=service.owner, database=engine.url.get_backend_name())
+        try:
+            yield
+        finally:
+            log.info("service_stopping", worker=service.owner, runs=service.local_run_ids())
+            await run_in_threadpool(service.shutdown, SHUTDOWN_GRACE_S)
+            engine.dispose()
+
+    app = FastAPI(
+        title="RL Maze Training Service",
+        version="0.1.0",
+        description="Train PPO and DQN agents (Stable-Baselines3) to solve mazes; watch, stop, export them.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(training.router)
+    app.include_router(health.router)
+    return app
+
+
+app = create_app()
+
+
+if __name__ == "__main__":
+    settings = get_settings()
+    # log_config=None: keep the structlog configuration made at import instead of uvicorn's own.
+    uvicorn.run("main:app", host=settings.host, port=settings.port, workers=settings.workers, log_config=None)

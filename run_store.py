@@ -1,0 +1,339 @@
+"""Reads and writes of run records: every state change goes through here, in short transactions.
+
+The database is what all uvicorn workers share, so every cross-worker fact (state, progress, stop
+requests, who trains what, and whether that worker is alive) is a column, never process memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from db_models import RunStatus, TrainingRun, utcnow
+
+
+class RunNotFound(LookupError):
+    """No run has this experiment id."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"no training run with experiment_id {run_id}")
+        self.run_id = run_id
+
+
+@dataclasses.dataclass(frozen=True)
+class NewRun:
+    """A validated request, resolved to concrete values (seed and n_envs chosen)."""
+
+    algorithm: str
+    total_episodes: int
+    timesteps_per_episode: int
+    maze_size: int
+    maze_mode: str
+    seed: int
+    n_envs: int
+    device_requested: str
+    hyperparameters: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgressSnapshot:
+    """Training progress as the callbacks measure it; written as one row update."""
+
+    episode: int
+    timesteps: int
+    maze_episodes: int
+    maze_successes: int
+    reward: float | None
+    success_rate: float | None
+    loss: float | None
+    fps: float | None
+
+
+def worker_identity() -> str:
+    """`host:pid:nonce`: the nonce tells a restarted process apart from its predecessor with the same pid."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _pid_is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunStore:
+    """Database operations on `training_runs`.
+
+    :param session_factory: sessions bound to the service's engine.
+    """
+
+    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+        self._session_factory = session_factory
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Session]:
+        with self._session_factory() as session, session.begin():
+            yield session
+
+    def ping(self) -> None:
+        with self._session_factory() as session:
+            session.execute(text("SELECT 1"))
+
+    def create(self, new_run: NewRun) -> TrainingRun:
+        run = TrainingRun(
+            id=str(uuid.uuid4()),
+            status=RunStatus.QUEUED.value,
+            total_timesteps=new_run.total_episodes * new_run.timesteps_per_episode,
+            stop_requested=False,
+            progress_version=0,
+            episode=0,
+            timesteps=0,
+            maze_episodes=0,
+            maze_successes=0,
+            created_at=utcnow(),
+            **dataclasses.asdict(new_run),
+        )
+        with self._transaction() as session:
+            session.add(run)
+        return run
+
+    def get(self, run_id: str) -> TrainingRun:
+        with self._session_factory() as session:
+            run = session.get(TrainingRun, run_id)
+        if run is None:
+            raise RunNotFound(run_id)
+        return run
+
+    def list_runs(
+        self,
+        *,
+        status: str | None = None,
+        algorithm: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[Sequence[TrainingRun], int]:
+        """Newest first, with the total count matching the filters."""
+        query = select(TrainingRun)
+        if status:
+            query = query.where(TrainingRun.status == status)
+        if algorithm:
+            query = query.where(TrainingRun.algorithm == algorithm)
+        with self._session_factory() as session:
+            total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+            rows = session.scalars(
+                query.order_by(TrainingRun.created_at.desc(), TrainingRun.id).limit(limit).offset(offset)
+            ).all()
+        return rows, total
+
+    def claim_next_queued(self, owner: str, max_running: int) -> TrainingRun | None:
+        """Atomically turn the oldest queued run into a running run owned by `owner`, within the cap.
+
+        One UPDATE with the cap in its WHERE clause: SQLite serialises it as a single write; PostgreSQL
+        additionally takes a transaction-scoped advisory lock so two workers cannot both pass the count.
+        """
+        now = utcnow()
+        running = select(func.count()).where(TrainingRun.status == RunStatus.RUNNING.value).scalar_subquery()
+        oldest = (
+            select(TrainingRun.id)
+            .where(TrainingRun.status == RunStatus.QUEUED.value)
+            .order_by(TrainingRun.created_at, TrainingRun.id)
+            .limit(1)
+        )
+        with self._transaction() as session:
+            if session.get_bind().dialect.name == "postgresql":
+                session.execute(text("SELECT pg_advisory_xact_lock(7410523)"))
+            candidate = session.scalar(oldest)
+            if candidate is None:
+                return None
+            result = session.execute(
+                update(TrainingRun)
+                .where(TrainingRun.id == candidate)
+                .where(TrainingRun.status == RunStatus.QUEUED.value)
+                .where(running < max_running)
+                .values(status=RunStatus.RUNNING.value, owner=owner, started_at=now, heartbeat_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+        return self.get(candidate)
+
+    def record_setup(self, run_id: str, device: str, effective_hyperparameters: dict[str, Any]) -> None:
+        with self._transaction() as session:
+            session.execute(
+                update(TrainingRun)
+                .where(TrainingRun.id == run_id)
+                .values(device=device, effective_hyperparameters=effective_hyperparameters)
+            )
+
+    def record_progress(self, run_id: str, snapshot: ProgressSnapshot) -> None:
+        with self._transaction() as session:
+            session.execute(
+                update(TrainingRun)
+                .where(TrainingRun.id == run_id)
+                .values(
+                    progress_version=TrainingRun.progress_version + 1,
+                    progress_at=utcnow(),
+                    **dataclasses.asdict(snapshot),
+                )
+            )
+
+    def record_mlflow_run(self, run_id: str, mlflow_run_id: str) -> None:
+        with self._transaction() as session:
+            session.execute(
+                update(TrainingRun).where(TrainingRun.id == run_id).values(mlflow_run_id=mlflow_run_id)
+            )
+
+    def finish(
+        self,
+        run_id: str,
+        status: RunStatus,
+        *,
+        error: str | None = None,
+        model_path: str | None = None,
+        eval_success_rate: float | None = None,
+        eval_path_efficiency: float | None = None,
+    ) -> None:
+        """Move a running run to a final state, once: a run already final is left as it is."""
+        values: dict[str, Any] = {
+            "status": status.value,
+            "finished_at": utcnow(),
+            "error": error,
+            "progress_version": TrainingRun.progress_version + 1,
+        }
+        if model_path is not None:
+            values["model_path"] = model_path
+        if eval_success_rate is not None:
+            values["eval_success_rate"] = eval_success_rate
+            values["success_rate"] = eval_success_rate
+        if eval_path_efficiency is not None:
+            values["eval_path_efficiency"] = eval_path_efficiency
+        with self._transaction() as session:
+            session.execute(
+                update(TrainingRun)
+                .where(TrainingRun.id == run_id)
+                .where(TrainingRun.status.in_([RunStatus.RUNNING.value, RunStatus.QUEUED.value]))
+                .values(**values)
+            )
+
+    def request_stop(self, run_id: str) -> TrainingRun:
+        """Stop a queued run at once; ask a running one to stop (its worker sees the flag)."""
+        with self._transaction() as session:
+            session.execute(
+                update(TrainingRun)
+                .where(TrainingRun.id == run_id)
+                .where(TrainingRun.status == RunStatus.QUEUED.value)
+                .values(status=RunStatus.STOPPED.value, finished_at=utcnow(), stop_requested=True)
+            )
+            session.execute(
+                update(TrainingRun)
+                .where(TrainingRun.id == run_id)
+                .where(TrainingRun.status == RunStatus.RUNNING.value)
+                .values(stop_requested=True)
+            )
+        return self.get(run_id)
+
+    def stop_requested(self, run_id: str) -> bool:
+        with self._session_factory() as session:
+            return bool(session.scalar(select(TrainingRun.stop_requested).where(TrainingRun.id == run_id)))
+
+    def heartbeat(self, owner: str, run_ids: Sequence[str]) -> None:
+        if not run_ids:
+            return
+        with self._transaction() as session:
+            session.execute(
+                update(TrainingRun)
+                .where(TrainingRun.id.in_(run_ids))
+                .where(TrainingRun.owner == owner)
+                .where(TrainingRun.status == RunStatus.RUNNING.value)
+                .values(heartbeat_at=utcnow())
+            )
+
+    def interrupt_stale(self, timeout: timedelta) -> list[str]:
+        """Mark running runs whose worker stopped sending heartbeats as interrupted."""
+        cutoff = utcnow() - timeout
+        with self._transaction() as session:
+            stale = session.scalars(
+                select(TrainingRun.id)
+                .where(TrainingRun.status == RunStatus.RUNNING.value)
+                .where(TrainingRun.heartbeat_at < cutoff)
+            ).all()
+            reason = (
+                f"the worker training this run went silent (heartbeat timeout {timeout.total_seconds():g} s)"
+            )
+            interrupted = [
+                run_id
+                for run_id in stale
+                if self._interrupt(session, run_id, reason, heartbeat_before=cutoff)
+            ]
+        return interrupted
+
+    def interrupt_dead_local_owners(self, me: str) -> list[str]:
+        """At start-up: runs owned by a process on this host that no longer exists are interrupted now.
+
+        Runs of live processes (other workers of this service) are left alone; only their heartbeat
+        going stale may interrupt them.
+        """
+        host, my_pid, _ = me.split(":")
+        interrupted = []
+        with self._transaction() as session:
+            rows = session.execute(
+                select(TrainingRun.id, TrainingRun.owner)
+                .where(TrainingRun.status == RunStatus.RUNNING.value)
+                .where(TrainingRun.owner.like(f"{host}:%"))
+            ).all()
+            for run_id, owner in rows:
+                _, pid, _ = (owner or "::").split(":")
+                if not pid.isdigit() or owner == me:
+                    continue
+                dead = int(pid) == int(my_pid) or not _pid_is_alive(int(pid))
+                if dead and self._interrupt(session, run_id, "the service process training this run exited"):
+                    interrupted.append(run_id)
+        return interrupted
+
+    @staticmethod
+    def _interrupt(
+        session: Session, run_id: str, reason: str, heartbeat_before: datetime | None = None
+    ) -> bool:
+        statement = (
+            update(TrainingRun)
+            .where(TrainingRun.id == run_id)
+            .where(TrainingRun.status == RunStatus.RUNNING.value)
+        )
+        if heartbeat_before is not None:
+            # Re-checked in the UPDATE: a heartbeat committed since the SELECT keeps the run alive.
+            statement = statement.where(TrainingRun.heartbeat_at < heartbeat_before)
+        result = session.execute(
+            statement.values(
+                status=RunStatus.INTERRUPTED.value,
+                finished_at=utcnow(),
+                error=reason,
+                progress_version=TrainingRun.progress_version + 1,
+            )
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def latest_versions(self, run_ids: Sequence[str]) -> dict[str, int]:
+        with self._session_factory() as session:
+            rows = session.execute(
+                select(TrainingRun.id, TrainingRun.progress_version).where(TrainingRun.id.in_(run_ids))
+            ).all()
+        return {run_id: version for run_id, version in rows}
+
+
+def elapsed_seconds(run: TrainingRun, now: datetime | None = None) -> float | None:
+    if run.started_at is None:
+        return None
+    end = run.finished_at or now or utcnow()
+    return max(0.0, (end - run.started_at).total_seconds())

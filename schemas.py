@@ -1,0 +1,190 @@
+"""Pydantic models for every request and response of the HTTP API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from maze_env import MAX_MAZE_SIZE, MIN_MAZE_SIZE
+
+Algorithm = Literal["PPO", "DQN"]
+MazeMode = Literal["random", "fixed"]
+DeviceChoice = Literal["auto", "cpu", "cuda"]
+RunStatusName = Literal["queued", "running", "completed", "failed", "stopped", "interrupted"]
+
+MAX_TOTAL_EPISODES = 1_000_000
+MAX_TIMESTEPS_PER_EPISODE = 1_000_000
+MAX_N_ENVS = 64
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PPOHyperparameters(_Strict):
+    """The PPO constructor arguments a user may override (names as in Stable-Baselines3)."""
+
+    learning_rate: float | None = Field(None, gt=0, le=1)
+    n_steps: int | None = Field(None, ge=2, le=MAX_TIMESTEPS_PER_EPISODE)
+    batch_size: int | None = Field(None, ge=2, le=1_000_000)
+    n_epochs: int | None = Field(None, ge=1, le=100)
+    gamma: float | None = Field(None, gt=0, le=1)
+    gae_lambda: float | None = Field(None, ge=0, le=1)
+    clip_range: float | None = Field(None, gt=0, le=10)
+    ent_coef: float | None = Field(None, ge=0, le=10)
+    vf_coef: float | None = Field(None, ge=0, le=10)
+    max_grad_norm: float | None = Field(None, gt=0, le=1000)
+    target_kl: float | None = Field(None, gt=0)
+    normalize_advantage: bool | None = Field(None)
+
+
+class DQNHyperparameters(_Strict):
+    """The DQN constructor arguments a user may override (names as in Stable-Baselines3)."""
+
+    learning_rate: float | None = Field(None, gt=0, le=1)
+    buffer_size: int | None = Field(None, ge=1, le=10_000_000)
+    learning_starts: int | None = Field(None, ge=0)
+    batch_size: int | None = Field(None, ge=1, le=1_000_000)
+    tau: float | None = Field(None, gt=0, le=1)
+    gamma: float | None = Field(None, gt=0, le=1)
+    train_freq: int | None = Field(None, ge=1)
+    gradient_steps: int | None = Field(None, ge=-1)
+    target_update_interval: int | None = Field(None, ge=1)
+    exploration_fraction: float | None = Field(None, gt=0, le=1)
+    exploration_initial_eps: float | None = Field(None, ge=0, le=1)
+    exploration_final_eps: float | None = Field(None, ge=0, le=1)
+    max_grad_norm: float | None = Field(None, gt=0, le=1000)
+
+
+HYPERPARAMETER_MODELS: dict[str, type[_Strict]] = {"PPO": PPOHyperparameters, "DQN": DQNHyperparameters}
+
+
+def _describe_errors(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "hyperparameters"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)
+
+
+class StartTrainingRequest(_Strict):
+    """Body of `POST /training/start`; only the first four fields are required."""
+
+    algorithm: Algorithm = Field(description="Stable-Baselines3 algorithm to train.")
+    total_episodes: int = Field(
+        ge=1, le=MAX_TOTAL_EPISODES, description="Training iterations; budget = this × timesteps_per_episode."
+    )
+    timesteps_per_episode: int = Field(
+        ge=1, le=MAX_TIMESTEPS_PER_EPISODE, description="Environment steps per training iteration."
+    )
+    maze_size: int = Field(ge=MIN_MAZE_SIZE, le=MAX_MAZE_SIZE, description="Maze cells per side.")
+    seed: int | None = Field(
+        None, ge=0, le=2**31 - 1, description="Seed for mazes and training; random if omitted."
+    )
+    maze_mode: MazeMode = Field(
+        "random", description="'random': a new maze every episode; 'fixed': one maze."
+    )
+    n_envs: int | None = Field(
+        None, ge=1, le=MAX_N_ENVS, description="Parallel environments; per-algorithm default."
+    )
+    device: DeviceChoice = Field("auto", description="'auto' uses CUDA when the server has it.")
+    hyperparameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Per-algorithm overrides of Stable-Baselines3 constructor arguments.",
+    )
+
+    @field_validator("algorithm", mode="before")
+    @classmethod
+    def _upper_algorithm(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("hyperparameters")
+    @classmethod
+    def _check_hyperparameters(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        algorithm = info.data.get("algorithm")
+        if algorithm is None or not value:
+            return value
+        model = HYPERPARAMETER_MODELS[algorithm]
+        try:
+            parsed = TypeAdapter(model).validate_python(value)
+        except ValidationError as error:
+            accepted = ", ".join(model.model_fields)
+            raise ValueError(f"{_describe_errors(error)} (accepted for {algorithm}: {accepted})") from None
+        return parsed.model_dump(exclude_none=True)
+
+    @property
+    def total_timesteps(self) -> int:
+        return self.total_episodes * self.timesteps_per_episode
+
+
+class StartTrainingResponse(BaseModel):
+    experiment_id: str
+    status: Literal["started"] = "started"
+    run_status: RunStatusName = Field(
+        description="'running' at once, or 'queued' behind the concurrency cap."
+    )
+
+
+class TrainingStatus(BaseModel):
+    """A run's state and latest progress, as stored in the database."""
+
+    experiment_id: str
+    status: RunStatusName
+    algorithm: Algorithm
+    maze_size: int
+    maze_mode: MazeMode
+    seed: int
+    n_envs: int
+    device: str | None = Field(description="Device training runs on (None until it starts).")
+    episode: int = Field(description="Training iterations done (each `timesteps_per_episode` steps).")
+    total_episodes: int
+    timesteps: int
+    total_timesteps: int
+    progress: float = Field(description="timesteps / total_timesteps, 0..1.")
+    maze_episodes: int = Field(description="Maze episodes finished during training.")
+    reward: float | None = Field(description="Mean reward of the last 100 maze episodes.")
+    success_rate: float | None = Field(
+        description="Rolling training success rate; the held-out evaluation success rate once the run ends."
+    )
+    eval_success_rate: float | None = None
+    eval_path_efficiency: float | None = None
+    loss: float | None = None
+    fps: float | None = Field(description="Environment steps per second.")
+    elapsed_s: float | None = None
+    eta_s: float | None = Field(description="Estimated seconds left, from the current fps.")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime | None = Field(description="When the latest progress snapshot was written.")
+    stop_requested: bool
+    error: str | None = None
+    model_available: bool = Field(description="A trained SB3 model has been saved for this run.")
+
+
+class StopTrainingResponse(BaseModel):
+    experiment_id: str
+    status: RunStatusName
+    message: str
+
+
+class HealthComponent(BaseModel):
+    ok: bool
+    detail: str
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "degraded"]
+    database: HealthComponent
+    mlflow: HealthComponent
+    runs_training_here: int
+    worker: str

@@ -1,0 +1,64 @@
+"""Service configuration: one `Settings` object read from the environment and `.env`."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_concurrency() -> int:
+    # One training run per two cores keeps the API responsive; never zero.
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
+class Settings(BaseSettings):
+    """Every field can be set as an upper-case environment variable or in `.env`."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    host: str = Field("0.0.0.0", description="Interface the HTTP server binds to.")
+    port: int = Field(8001, ge=1, le=65535, description="HTTP port.")
+    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes for `python main.py`.")
+    data_dir: Path = Field(Path("data"), description="Where the SQLite file, models and MLflow store live.")
+    database_url: str = Field("", description="SQLAlchemy URL; empty means a SQLite file in DATA_DIR.")
+    mlflow_tracking_uri: str = Field("", description="MLflow tracking URI; empty means a store in DATA_DIR.")
+    mlflow_experiment_name: str = Field("rl-maze", description="MLflow experiment that holds our runs.")
+    progress_interval_s: float = Field(10.0, gt=0, description="Seconds between progress snapshots.")
+    max_concurrent_runs: int = Field(
+        default_factory=_default_concurrency, ge=1, description="Runs training at once; more are queued."
+    )
+    torch_threads: int = Field(1, ge=1, le=64, description="torch intra-op threads (process-wide).")
+    heartbeat_interval_s: float = Field(2.0, gt=0, description="How often a worker proves its runs live.")
+    heartbeat_timeout_s: float = Field(
+        30.0, gt=0, description="A running run whose heartbeat is older than this is marked interrupted."
+    )
+    max_total_timesteps: int = Field(50_000_000, ge=1, description="Upper bound on a run's step budget.")
+    eval_episodes: int = Field(100, ge=0, description="Held-out mazes evaluated when a run ends.")
+    log_level: str = Field("INFO", description="Log level for the service and uvicorn.")
+    log_json: bool = Field(True, description="JSON logs (true) or human-readable console logs (false).")
+
+    @model_validator(mode="after")
+    def _fill_embedded_defaults(self) -> Settings:
+        data = self.data_dir.resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{data / 'service.db'}"
+        if not self.mlflow_tracking_uri:
+            self.mlflow_tracking_uri = f"sqlite:///{data / 'mlflow.db'}"
+        return self
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "runs"
+
+    @property
+    def mlflow_artifacts_dir(self) -> Path:
+        return self.data_dir / "mlartifacts"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

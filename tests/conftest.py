@@ -1,0 +1,194 @@
+"""Fixtures that own real resources: a SQLite file per test, the real app, real uvicorn processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from main import create_app
+from settings import Settings
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# A few seconds of real training: enough steps for several iterations on a 5x5 maze.
+TINY_PPO: dict[str, Any] = {
+    "algorithm": "PPO",
+    "total_episodes": 3,
+    "timesteps_per_episode": 128,
+    "maze_size": 5,
+    "n_envs": 4,
+    "seed": 7,
+}
+TINY_DQN: dict[str, Any] = {
+    "algorithm": "DQN",
+    "total_episodes": 3,
+    "timesteps_per_episode": 200,
+    "maze_size": 5,
+    "n_envs": 2,
+    "seed": 7,
+    "hyperparameters": {"learning_starts": 100, "buffer_size": 5000},
+}
+# Effectively endless: runs until stopped.
+LONG_PPO: dict[str, Any] = {**TINY_PPO, "total_episodes": 100_000}
+
+FINAL_STATES = {"completed", "failed", "stopped", "interrupted"}
+
+
+def settings_for_tests(data_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "progress_interval_s": 0.5,
+        "heartbeat_interval_s": 0.5,
+        "heartbeat_timeout_s": 10.0,
+        "eval_episodes": 5,
+        "max_concurrent_runs": 2,
+        "log_level": "WARNING",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def make_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
+    """Builds a TestClient on the real app (lifespan included) over a SQLite file in tmp_path."""
+    clients: list[TestClient] = []
+
+    def factory(**overrides: Any) -> TestClient:
+        client = TestClient(create_app(settings_for_tests(tmp_path / "data", **overrides)))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield factory
+    for client in reversed(clients):
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client: Callable[..., TestClient]) -> TestClient:
+    return make_client()
+
+
+def app_state(client: TestClient) -> Any:
+    """The real app's state (settings, run store) behind a TestClient."""
+    return cast(FastAPI, client.app).state
+
+
+def wait_for_status(
+    get: Callable[[str], httpx.Response],
+    run_id: str,
+    predicate: Callable[[dict[str, Any]], bool],
+    timeout_s: float = 120.0,
+) -> dict[str, Any]:
+    """Poll `/training/status/{id}` until `predicate(body)` holds; fail with the last body otherwise."""
+    deadline = time.monotonic() + timeout_s
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        response = get(f"/training/status/{run_id}")
+        assert response.status_code == 200, response.text
+        body = response.json()
+        if predicate(body):
+            return body
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting on run {run_id}; last status: {body}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LiveService:
+    """A real `uvicorn main:app` process on a loopback port, with its own data directory."""
+
+    def __init__(self, data_dir: Path, workers: int = 1, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.workers = workers
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.extra_env = env or {}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir.parent / f"service-{self.port}.log"
+
+    def start(self, timeout_s: float = 90.0) -> LiveService:
+        env = {
+            **os.environ,
+            "DATA_DIR": str(self.data_dir),
+            "PROGRESS_INTERVAL_S": "0.5",
+            "HEARTBEAT_INTERVAL_S": "0.5",
+            "HEARTBEAT_TIMEOUT_S": "10",
+            "EVAL_EPISODES": "5",
+            "MAX_CONCURRENT_RUNS": "2",
+            "LOG_LEVEL": "INFO",
+            **self.extra_env,
+        }
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
+        if self.workers > 1:
+            command += ["--workers", str(self.workers)]
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log_file = self.log_path.open("ab")
+        self.process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log_file, stderr=log_file)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"service exited early:\n{self.log_path.read_text()[-4000:]}")
+            try:
+                if httpx.get(f"{self.base_url}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"service did not become healthy:\n{self.log_path.read_text()[-4000:]}")
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=30)
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group member we started: no shutdown code runs."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def live_service(tmp_path: Path) -> Iterator[Callable[..., LiveService]]:
+    services: list[LiveService] = []
+
+    def factory(workers: int = 1, data_dir: Path | None = None, **env: str) -> LiveService:
+        service = LiveService(data_dir or tmp_path / "data", workers=workers, env=env)
+        services.append(service)
+        return service.start()
+
+    yield factory
+    for service in services:
+        service.stop()

@@ -1,0 +1,315 @@
+"""Start, train, stop and recover training runs: one background thread per run in this process.
+
+Every fact other workers need goes through `RunStore`; the threads and events kept here are only this
+process's handles on the runs it trains, so the service stays correct under `uvicorn --workers N`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import CallbackList
+from stable_baselines3.common.vec_env import VecEnv, VecMonitor, is_vecenv_wrapped
+
+import agents
+import maze_env
+from db_models import RunStatus, TrainingRun
+from run_store import NewRun, ProgressSnapshot, RunStore, worker_identity
+from schemas import HYPERPARAMETER_MODELS, StartTrainingRequest
+from settings import Settings
+from training_callbacks import ProgressCallback, StopOnRequestCallback
+
+log = structlog.get_logger(__name__)
+
+
+class InvalidRequest(ValueError):
+    """A request that passed schema validation but cannot run here; answered as 422 naming the field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+@dataclasses.dataclass
+class _LocalRun:
+    """This process's handle on a run it trains."""
+
+    thread: threading.Thread
+    stop: threading.Event = dataclasses.field(default_factory=threading.Event)
+    shutting_down: bool = False
+
+
+def resolve_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def describe_error(error: BaseException) -> str:
+    """A message a user can act on; CUDA out-of-memory says what to lower."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return (
+            f"CUDA out of memory: {error}. Lower n_envs, batch_size or buffer_size, "
+            'or train on the CPU with "device": "cpu".'
+        )
+    return f"{type(error).__name__}: {error}"
+
+
+def effective_hyperparameters(model: BaseAlgorithm, algorithm: str) -> dict[str, Any]:
+    """The values training really used, for the record (schedules shown at their starting value)."""
+    used: dict[str, Any] = {}
+    for name in HYPERPARAMETER_MODELS[algorithm].model_fields:
+        value = getattr(model, name, None)
+        if callable(value):
+            value = value(1.0)
+        frequency = getattr(value, "frequency", None)  # DQN's TrainFreq(frequency, unit)
+        if frequency is not None:
+            value = int(frequency)
+        if isinstance(value, int | float | bool | str) or value is None:
+            used[name] = value
+    used["n_envs"] = model.n_envs
+    used["policy"] = type(model.policy).__name__
+    used["policy_kwargs"] = repr(getattr(model, "policy_kwargs", {}))
+    return used
+
+
+class TrainingService:
+    """Schedules queued runs onto threads of this process, within the global concurrency cap.
+
+    :param settings: service settings.
+    :param store: shared run records.
+    :param on_run_finished: called on the training thread after a run reaches a final state
+        (tracking and export hook in later stages), with the run id.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: RunStore,
+        on_run_finished: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.owner = worker_identity()
+        self._on_run_finished = on_run_finished
+        self._runs: dict[str, _LocalRun] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closing = threading.Event()
+        self._background: list[threading.Thread] = []
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Recover runs orphaned by a dead process on this host, then start scheduling and heartbeats."""
+        torch.set_num_threads(self.settings.torch_threads)
+        for run_id in self.store.interrupt_dead_local_owners(self.owner):
+            log.warning("run_interrupted", experiment_id=run_id, reason="owner process exited")
+        for target, name in ((self._schedule_loop, "scheduler"), (self._heartbeat_loop, "heartbeat")):
+            thread = threading.Thread(target=target, name=f"training-{name}", daemon=True)
+            thread.start()
+            self._background.append(thread)
+        self._wake.set()
+
+    def shutdown(self, timeout_s: float = 30.0) -> None:
+        """Stop local runs gracefully (they save their model and end `interrupted`), within `timeout_s`."""
+        self._closing.set()
+        self._wake.set()
+        with self._lock:
+            local = list(self._runs.values())
+        for run in local:
+            run.shutting_down = True
+            run.stop.set()
+        for run in local:
+            run.thread.join(timeout=timeout_s)
+        for thread in self._background:
+            thread.join(timeout=5)
+
+    def local_run_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._runs)
+
+    # --- requests ----------------------------------------------------------------------------------
+
+    def submit(self, request: StartTrainingRequest) -> TrainingRun:
+        """Record a new run as queued and start it at once when the cap allows."""
+        new_run = self._resolve(request)
+        run = self.store.create(new_run)
+        log.info("run_submitted", experiment_id=run.id, algorithm=run.algorithm, maze_size=run.maze_size)
+        self._claim_and_start()
+        return self.store.get(run.id)
+
+    def request_stop(self, run_id: str) -> TrainingRun:
+        run = self.store.request_stop(run_id)
+        with self._lock:
+            local = self._runs.get(run_id)
+        if local is not None:
+            local.stop.set()
+        return run
+
+    def _resolve(self, request: StartTrainingRequest) -> NewRun:
+        if request.total_timesteps > self.settings.max_total_timesteps:
+            raise InvalidRequest(
+                "total_episodes",
+                f"total_episodes × timesteps_per_episode = {request.total_timesteps} exceeds this server's "
+                f"limit of {self.settings.max_total_timesteps} steps (MAX_TOTAL_TIMESTEPS)",
+            )
+        if request.device == "cuda" and not torch.cuda.is_available():
+            raise InvalidRequest("device", "CUDA was requested but this server has no usable CUDA device")
+        n_envs = request.n_envs or agents.default_n_envs(request.algorithm)
+        ppo_rollout_derived = request.algorithm == "PPO" and "n_steps" not in request.hyperparameters
+        if ppo_rollout_derived and request.timesteps_per_episode < 2 * n_envs:
+            raise InvalidRequest(
+                "timesteps_per_episode",
+                f"must be at least 2 × n_envs (= {2 * n_envs}) for PPO, whose rollout is "
+                f"timesteps_per_episode / n_envs steps per environment",
+            )
+        return NewRun(
+            algorithm=request.algorithm,
+            total_episodes=request.total_episodes,
+            timesteps_per_episode=request.timesteps_per_episode,
+            maze_size=request.maze_size,
+            maze_mode=request.maze_mode,
+            seed=request.seed if request.seed is not None else secrets.randbelow(2**31),
+            n_envs=n_envs,
+            device_requested=request.device,
+            hyperparameters=request.hyperparameters,
+        )
+
+    # --- scheduling --------------------------------------------------------------------------------
+
+    def _schedule_loop(self) -> None:
+        while not self._closing.is_set():
+            self._wake.wait(timeout=1.0)
+            self._wake.clear()
+            if not self._closing.is_set():
+                self._claim_and_start()
+
+    def _claim_and_start(self) -> None:
+        while not self._closing.is_set():
+            try:
+                run = self.store.claim_next_queued(self.owner, self.settings.max_concurrent_runs)
+            except Exception:
+                log.exception("claim_failed")
+                return
+            if run is None:
+                return
+            self._start_thread(run)
+
+    def _start_thread(self, run: TrainingRun) -> None:
+        thread = threading.Thread(target=self._train, args=(run,), name=f"train-{run.id[:8]}", daemon=True)
+        with self._lock:
+            self._runs[run.id] = _LocalRun(thread=thread)
+        thread.start()
+
+    def _heartbeat_loop(self) -> None:
+        interval = self.settings.heartbeat_interval_s
+        timeout = timedelta(seconds=self.settings.heartbeat_timeout_s)
+        while not self._closing.wait(interval):
+            try:
+                self.store.heartbeat(self.owner, self.local_run_ids())
+                for run_id in self.store.interrupt_stale(timeout):
+                    log.warning("run_interrupted", experiment_id=run_id, reason="heartbeat timeout")
+            except Exception:
+                log.exception("heartbeat_failed")
+
+    # --- training (on the run's own thread) ------------------------------------------------------------
+
+    def _train(self, run: TrainingRun) -> None:
+        run_log = log.bind(experiment_id=run.id, algorithm=run.algorithm)
+        with self._lock:
+            local = self._runs[run.id]
+        env: VecEnv | None = None
+        try:
+            device = resolve_device(run.device_requested)
+            env = self._make_env(run)
+            model = agents.build_model(
+                run.algorithm, env, dict(run.hyperparameters), run.seed, device, run.timesteps_per_episode
+            )
+            self.store.record_setup(run.id, device, effective_hyperparameters(model, run.algorithm))
+            run_log.info("run_started", device=device, total_timesteps=run.total_timesteps)
+            progress = ProgressCallback(
+                run.timesteps_per_episode, self.settings.progress_interval_s, self._publisher(run.id)
+            )
+            stopper = StopOnRequestCallback(local.stop, lambda: self.store.stop_requested(run.id))
+            model.learn(total_timesteps=run.total_timesteps, callback=CallbackList([progress, stopper]))
+            model_path = self._save_model(run.id, model)
+            if local.stop.is_set():
+                status = RunStatus.INTERRUPTED if local.shutting_down else RunStatus.STOPPED
+                reason = "the service shut down during training" if local.shutting_down else None
+                self.store.finish(run.id, status, error=reason, model_path=model_path)
+            else:
+                result = self._evaluate(run, model, env)
+                self.store.finish(
+                    run.id,
+                    RunStatus.COMPLETED,
+                    model_path=model_path,
+                    eval_success_rate=result.success_rate if result else None,
+                    eval_path_efficiency=result.path_efficiency if result else None,
+                )
+            run_log.info("run_finished", status=self.store.get(run.id).status)
+        except Exception as error:
+            run_log.exception("run_failed")
+            self._record_failure(run.id, describe_error(error))
+        finally:
+            if env is not None:
+                env.close()
+            with self._lock:
+                self._runs.pop(run.id, None)
+            self._wake.set()  # a slot is free: start the next queued run
+        if self._on_run_finished is not None:
+            self._on_run_finished(run.id)
+
+    def _make_env(self, run: TrainingRun) -> VecEnv:
+        env = agents.make_vec_env(run.maze_size, run.maze_mode, run.seed, run.n_envs)
+        if not is_vecenv_wrapped(env, VecMonitor):
+            env = VecMonitor(env)
+        return env
+
+    def _publisher(self, run_id: str) -> Callable[[ProgressSnapshot], None]:
+        def publish(snapshot: ProgressSnapshot) -> None:
+            try:
+                self.store.record_progress(run_id, snapshot)
+            except Exception as error:
+                # Losing one snapshot is fine; losing the run because the database blinked is not.
+                log.warning("progress_not_recorded", experiment_id=run_id, error=str(error))
+
+        return publish
+
+    def _save_model(self, run_id: str, model: BaseAlgorithm) -> str:
+        directory = self.settings.models_dir / run_id
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "model.zip"
+        model.save(path)
+        return str(path)
+
+    def _evaluate(self, run: TrainingRun, model: BaseAlgorithm, env: VecEnv) -> agents.EvalResult | None:
+        if run.maze_mode == "fixed":
+            seeds = [int(env.get_attr("maze", [0])[0].seed)]
+        elif self.settings.eval_episodes > 0:
+            seeds = maze_env.eval_maze_seeds(self.settings.eval_episodes)
+        else:
+            return None
+        return agents.evaluate(model, run.maze_size, seeds)
+
+    def _record_failure(self, run_id: str, message: str) -> None:
+        try:
+            self.store.finish(run_id, RunStatus.FAILED, error=message)
+        except Exception:
+            log.exception("failure_not_recorded", experiment_id=run_id)
+
+
+def model_file(settings: Settings, run: TrainingRun) -> Path | None:
+    """The saved SB3 model of a run, if any; the path is built from our own id, never from user input."""
+    path = settings.models_dir / run.id / "model.zip"
+    return path if path.is_file() else None
