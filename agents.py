@@ -26,6 +26,7 @@ from stable_baselines3 import DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+from stable_baselines3.dqn.policies import DQNPolicy, QNetwork
 from torch import nn
 
 import maze_env
@@ -40,6 +41,12 @@ PLANNER_FEATURES: int = 9
 GRAD_SWEEPS: int = 8
 _GOAL_PRIOR_WEIGHT: float = 8.0
 _DIFF_CLIP: float = 3.0
+_CONVERGENCE_CHECK_EVERY: int = 8
+
+
+def _exporting() -> bool:
+    """Whether the model is being traced or compiled (ONNX export), where control flow must be fixed."""
+    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling())
 
 
 def planning_sweeps(maze_size: int) -> int:
@@ -109,6 +116,22 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
         best = (self._neighbours(values) + move_bias).amax(dim=1, keepdim=True)
         return torch.maximum(reward, best)
 
+    def _settle(self, reward: torch.Tensor, move_bias: torch.Tensor, sweeps: int) -> torch.Tensor:
+        """Up to ``sweeps`` sweeps without autograd, stopping early once the values reach their fixed point.
+
+        Stopping early gives bit-identical values (further sweeps change nothing); the export path runs
+        all sweeps instead, since ONNX needs a fixed trip count.
+        """
+        values = reward
+        snapshot = reward
+        for sweep in range(1, sweeps + 1):
+            values = self._sweep(values, reward, move_bias)
+            if sweep % _CONVERGENCE_CHECK_EVERY == 0:
+                if torch.equal(values, snapshot):
+                    break
+                snapshot = values
+        return values
+
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
         """Plan and read out features at the agent.
 
@@ -120,10 +143,14 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
         reward = self.reward_map(observations)
         # A closed passage costs far more than any path, so value never crosses a wall.
         move_bias = -4.0 * self.floor * (1.0 - passages) - step_cost
-        values = reward
-        with torch.no_grad():
-            for _ in range(max(0, self.sweeps - GRAD_SWEEPS)):
+        settle_sweeps = max(0, self.sweeps - GRAD_SWEEPS)
+        if _exporting():
+            values = reward
+            for _ in range(settle_sweeps):
                 values = self._sweep(values, reward, move_bias)
+        else:
+            with torch.no_grad():
+                values = self._settle(reward.detach(), move_bias.detach(), settle_sweeps)
         for _ in range(min(GRAD_SWEEPS, self.sweeps)):
             values = self._sweep(values, reward, move_bias)
         own = (values * agent).sum(dim=(2, 3))
@@ -132,6 +159,42 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
         diffs = torch.clamp((gated - own) / step_cost, -_DIFF_CLIP, _DIFF_CLIP)
         open_here = (passages * agent).sum(dim=(2, 3))
         return torch.cat((diffs, open_here, own / self.floor), dim=1)
+
+
+class ActionSharedQHead(nn.Module):
+    """Q-value head that scores every action with one shared MLP over that action's planner features.
+
+    An ordinary head has to learn the same rule ("prefer the direction whose value is higher") once per
+    action and per neighbourhood pattern; DQN with such a head got stuck at junctions it had seen rarely
+    (measured). Sharing the rule across the four directions makes it one small function to learn.
+    """
+
+    def __init__(self, hidden: int = 32) -> None:
+        """Build the head.
+
+        :param hidden: width of the shared MLP.
+        """
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(3, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Q-values ``(B, 4)`` from planner features ``(B, 9)``.
+
+        :param features: output of ``MazePlannerExtractor``.
+        """
+        own = features[:, 8:9].expand(-1, 4)
+        per_action = torch.stack((features[:, :4], features[:, 4:8], own), dim=2)
+        return self.mlp(per_action).squeeze(-1)
+
+
+class MazeDQNPolicy(DQNPolicy):
+    """DQN policy whose Q-network is ``MazePlannerExtractor`` followed by ``ActionSharedQHead``."""
+
+    def make_q_net(self) -> QNetwork:
+        """Build a Q-network (online or target) with the shared-action head."""
+        q_net = super().make_q_net()
+        q_net.q_net = nn.Sequential(ActionSharedQHead()).to(self.device)
+        return q_net
 
 
 def _check_algorithm(algorithm: str) -> None:
@@ -145,7 +208,7 @@ def default_n_envs(algorithm: str) -> int:
     :param algorithm: ``"PPO"`` or ``"DQN"``.
     """
     _check_algorithm(algorithm)
-    return 16 if algorithm == "PPO" else 4
+    return 16
 
 
 def default_hyperparameters(algorithm: str, maze_size: int) -> dict[str, Any]:
@@ -172,18 +235,18 @@ def default_hyperparameters(algorithm: str, maze_size: int) -> dict[str, Any]:
             "policy_kwargs": {**extractor, "net_arch": {"pi": [32], "vf": [64]}},
         }
     return {
-        "learning_rate": 5e-4,
+        "learning_rate": 1e-3,
         "buffer_size": 50_000,
         "learning_starts": 1_000,
         "batch_size": 128,
         "gamma": 0.99,
-        "train_freq": 4,
+        "train_freq": 1,
         "gradient_steps": 1,
         "target_update_interval": 1_000,
         "exploration_fraction": 0.2,
         "exploration_final_eps": 0.02,
         "max_grad_norm": 10.0,
-        "policy_kwargs": {**extractor, "net_arch": [64]},
+        "policy_kwargs": {**extractor, "net_arch": []},
     }
 
 
@@ -261,8 +324,9 @@ def build_model(
     params = merged_hyperparameters(
         algorithm, int(shape[1]), env.num_envs, hyperparameters, timesteps_per_episode
     )
-    algo_class = PPO if algorithm == "PPO" else DQN
-    return algo_class("MlpPolicy", env, seed=seed, device=device, verbose=0, **params)
+    if algorithm == "PPO":
+        return PPO("MlpPolicy", env, seed=seed, device=device, verbose=0, **params)
+    return DQN(MazeDQNPolicy, env, seed=seed, device=device, verbose=0, **params)
 
 
 @dataclass(frozen=True)

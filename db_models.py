@@ -100,4 +100,17 @@ class TrainingRun(Base):
 
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     model_path: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    fixed_maze_seed: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+    # Experiment tracking (MLflow): "ok", or "degraded" while logging waits for the store to return.
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    tracking_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    tracking_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    # ONNX export: "pending" → "exported" | "failed".
+    onnx_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    onnx_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    onnx_size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    onnx_opset: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    onnx_export_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    onnx_parity_passed: Mapped[bool | None] = mapped_column(Boolean, nullable=True)

@@ -10,17 +10,21 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
-from api import health, training
+import websocket
+from api import experiments, health, training
 from api.errors import install_error_handlers
 from database import create_db_engine, make_session_factory, upgrade_schema
 from logging_setup import configure_logging
+from mlflow_client import Tracker
 from run_store import RunStore
 from settings import Settings, get_settings
 from training_service import TrainingService
+from websocket import ProgressHub
 
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_GRACE_S = 30.0
+TRACKING_FLUSH_S = 10.0
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -37,17 +41,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = create_db_engine(settings.database_url)
         await run_in_threadpool(upgrade_schema, engine)
         store = RunStore(make_session_factory(engine))
-        service = TrainingService(settings, store)
+        tracker = Tracker(
+            settings.mlflow_tracking_uri,
+            settings.mlflow_experiment_name,
+            artifact_dir=settings.mlflow_artifacts_dir,
+            on_run_created=store.record_mlflow_run,
+            on_tracking_status=store.record_tracking_status,
+        )
+        service = TrainingService(settings, store, tracker)
         await run_in_threadpool(service.start)
+        hub = ProgressHub(store, settings)
+        hub.start()
         app.state.settings = settings
         app.state.run_store = store
+        app.state.tracker = tracker
         app.state.training_service = service
+        app.state.progress_hub = hub
         log.info("service_started", worker=service.owner, database=engine.url.get_backend_name())
         try:
             yield
         finally:
             log.info("service_stopping", worker=service.owner, runs=service.local_run_ids())
+            await hub.stop()
             await run_in_threadpool(service.shutdown, SHUTDOWN_GRACE_S)
+            await run_in_threadpool(tracker.close, TRACKING_FLUSH_S)
             engine.dispose()
 
     app = FastAPI(
@@ -58,6 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(training.router)
+    app.include_router(experiments.router)
+    app.include_router(websocket.router)
     app.include_router(health.router)
     return app
 

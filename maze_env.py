@@ -16,11 +16,15 @@ Observation
     See ``OBSERVATION_ENCODING``: only what a player sees (walls, agent, goal); no distances or directions.
 
 Reward
-    ``+1`` on reaching the goal, ``-0.01`` per step, and (when ``reward_shaping`` is on, the default)
-    potential-based shaping ``F = phi(s') - phi(s)`` with ``phi(s) = -SHAPING_SCALE * d(s)`` where ``d`` is
-    the BFS distance in cells from ``s`` to the goal. Shaping of this form does not change which policies
-    are optimal (Ng et al. 1999; with discount 1 exactly, with the agents' discount 0.99 approximately), it
-    only makes the reward dense. The distances are used for the reward only, never for the observation.
+    ``+1`` on reaching the goal, ``-0.01`` per step, ``-0.1`` more for a move into a wall, and (when
+    ``reward_shaping`` is on, the default) potential-based shaping ``F = phi(s') - phi(s)`` with
+    ``phi(s) = -0.1 * d(s)``, where ``d`` is the BFS distance in cells from ``s`` to the goal. Shaping of
+    this form does not change which policies are optimal (Ng et al. 1999; exactly with discount 1,
+    approximately with the agents' 0.99), it only makes the reward dense. The distances are used for the
+    reward only, never for the observation. The wall penalty does not change which policies are optimal
+    either (a bump is never on a shortest path); it exists because a bump leaves the state unchanged, so
+    without it a bump's Q-value sits only a few hundredths below the best move's and DQN's greedy policy
+    got stuck bumping (measured).
 
 Time limit
     An episode is truncated after ``max_episode_steps`` steps, by default ``2 * N * N``: at least twice
@@ -55,8 +59,8 @@ OBSERVATION_ENCODING: str = (
     "c < 4 at [c, i, j] is 1 when cell (i, j) has an open passage in direction ACTIONS[c] (0 up = row "
     "i-1, 1 right = column j+1, 2 down = row i+1, 3 left = column j-1), 0 when a wall blocks it. Channel 4 "
     "is 1 at the agent's cell only, channel 5 is 1 at the goal's cell only. Cell (i, j) is square "
-    "(2i+1, 2j+1) of Maze.grid. ONNX policies take a float32 batch of shape (B, 6, N, N) holding these "
-    "same 0/1 values (no /255 scaling)."
+    "(2i+1, 2j+1) of Maze.grid. Policies read these 0/1 values as they are (no /255 image scaling: the "
+    "observation space's bounds are [0, 1], so Stable-Baselines3 only casts them to float32)."
 )
 N_OBS_CHANNELS: int = 6
 AGENT_CHANNEL: int = 4
@@ -68,6 +72,7 @@ EVAL_SEED_LIMIT: int = 2**31
 
 GOAL_REWARD: float = 1.0
 STEP_PENALTY: float = 0.01
+WALL_PENALTY: float = 0.1
 SHAPING_SCALE: float = 0.1
 
 ENV_ID: str = "RLMaze-v0"
@@ -381,7 +386,9 @@ class MazeEnv(gymnasium.Env[np.ndarray, np.int64]):
         self._steps += 1
         terminated = new_cell == self._goal_cell
         truncated = not terminated and self._steps >= self.max_episode_steps
-        reward = -STEP_PENALTY + (GOAL_REWARD if terminated else 0.0)
+        reward = (
+            -STEP_PENALTY + (GOAL_REWARD if terminated else 0.0) - (WALL_PENALTY if new_cell == cell else 0.0)
+        )
         if self.reward_shaping:
             reward += self._potential(new_cell) - self._potential(cell)
         info = self._info()

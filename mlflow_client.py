@@ -1,14 +1,56 @@
-"""All access to MLflow: reachability now; run tracking and queries build on this module."""
+"""All access to MLflow: a buffered, outage-tolerant logger for training runs, and run queries.
+
+Training threads never talk to MLflow. They enqueue operations; one sender thread per process
+replays them in order through `MlflowClient` with explicit run ids (no fluent "active run" shared
+between threads). When the store is down, the sender keeps the operations, retries with backoff,
+and reports the outage; training carries on.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
 import os
+import queue
+import tempfile
+import threading
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
+import structlog
+
+# One logging call against a dead server must fail in seconds, not retry for minutes: our sender
+# thread does the retrying. Users may still override these in the environment.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+log = structlog.get_logger(__name__)
+
 HEALTH_TIMEOUT_S = 2.0
+MAX_PENDING_OPERATIONS = 50_000
+MAX_PARAM_LENGTH = 500
+PERMANENT_FAILURE_ATTEMPTS = 3
+BACKOFF_START_S = 0.5
+BACKOFF_MAX_S = 10.0
+HISTORY_KEYS = ("reward", "success_rate", "loss")
+
+# Our final states → MLflow's terminal run states.
+TERMINAL_STATUS = {
+    "completed": "FINISHED",
+    "failed": "FAILED",
+    "stopped": "KILLED",
+    "interrupted": "KILLED",
+}
 
 
 def check_tracking_store(tracking_uri: str) -> tuple[bool, str]:
@@ -25,15 +67,362 @@ def check_tracking_store(tracking_uri: str) -> tuple[bool, str]:
                 return response.status == 200, f"server {tracking_uri} answered {response.status}"
         except (urllib.error.URLError, TimeoutError, OSError) as error:
             return False, f"server {tracking_uri} unreachable: {error}"
-    if parsed.scheme == "sqlite":
-        location = Path(tracking_uri.removeprefix("sqlite:///")).parent
-    elif parsed.scheme in ("file", ""):
-        location = Path(parsed.path or tracking_uri)
-    else:
+    location = _local_store_dir(tracking_uri)
+    if location is None:
         return True, f"store {tracking_uri} (not checked)"
     existing = next((p for p in (location, *location.parents) if p.exists()), None)
     if existing is None or not existing.is_dir():
         return False, f"local store {location} has no usable parent directory"
-
     writable = os.access(existing, os.W_OK)
     return writable, f"local store {location} ({'writable' if writable else 'not writable'})"
+
+
+def _local_store_dir(tracking_uri: str) -> Path | None:
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme == "sqlite":
+        return Path(tracking_uri.removeprefix("sqlite:///")).parent
+    if parsed.scheme in ("file", ""):
+        return Path(parsed.path or tracking_uri)
+    return None
+
+
+def ui_url(
+    tracking_uri: str, ui_base: str | None, experiment_id: str | None, run_id: str | None
+) -> str | None:
+    """Link to a run in the MLflow UI: the server itself, or `MLFLOW_UI_URL` for a local store."""
+    base = ui_base or (tracking_uri if tracking_uri.startswith(("http://", "https://")) else None)
+    if not base or not experiment_id or not run_id:
+        return None
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def _is_transient(error: Exception) -> bool:
+    """Outages (connection refused, timeouts, a locked SQLite file) are retried without limit."""
+    text = f"{type(error).__name__}: {error}"
+    markers = ("Connection", "connect", "Timeout", "timed out", "Max retries", "API request", "locked", "503")
+    return isinstance(error, OSError) or any(marker in text for marker in markers)
+
+
+@dataclasses.dataclass
+class _Operation:
+    run_key: str
+    description: str
+    apply: Callable[[MlflowClient], None]
+    attempts: int = 0
+
+
+@dataclasses.dataclass
+class TrackedRun:
+    """Our run's handle on its MLflow run; the MLflow id is known once the sender has created it."""
+
+    run_key: str
+    mlflow_run_id: str | None = None
+    experiment_id: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackerState:
+    ok: bool
+    pending: int
+    dropped: int
+    last_error: str | None
+
+
+class Tracker:
+    """Buffered MLflow logging for every run of this process.
+
+    :param tracking_uri: MLflow tracking URI.
+    :param experiment_name: MLflow experiment holding the runs.
+    :param artifact_dir: artifact root for a newly created experiment on a local store.
+    :param on_run_created: called with (our run id, MLflow run id) once MLflow knows the run.
+    :param on_tracking_status: called with (our run id, "ok" | "degraded", error) when that changes.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_name: str,
+        artifact_dir: Path | None = None,
+        on_run_created: Callable[[str, str], None] | None = None,
+        on_tracking_status: Callable[[str, str, str | None], None] | None = None,
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment_name
+        self._artifact_dir = artifact_dir
+        self._on_run_created = on_run_created
+        self._on_tracking_status = on_tracking_status
+        self._client: MlflowClient | None = None
+        self._client_lock = threading.Lock()
+        self._experiment_id: str | None = None
+        self._queue: queue.Queue[_Operation] = queue.Queue(maxsize=MAX_PENDING_OPERATIONS)
+        self._degraded_runs: set[str] = set()
+        self._dropped = 0
+        self._last_error: str | None = None
+        self._stop = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._sender = threading.Thread(target=self._send_loop, name="mlflow-sender", daemon=True)
+        self._sender.start()
+
+    # --- client and experiment ------------------------------------------------------------------
+
+    def client(self) -> MlflowClient:
+        """The shared client; the first call initialises a local store under a file lock (workers race)."""
+        with self._client_lock:
+            if self._client is None:
+                with self._store_init_lock():
+                    client = MlflowClient(tracking_uri=self.tracking_uri)
+                    client.search_experiments(max_results=1)  # creates/migrates a local store now
+                self._client = client
+            return self._client
+
+    @contextlib.contextmanager
+    def _store_init_lock(self) -> Iterator[None]:
+        location = _local_store_dir(self.tracking_uri)
+        if location is None:
+            yield
+            return
+        location.mkdir(parents=True, exist_ok=True)
+        with (location / ".mlflow-init.lock").open("w") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            client = self.client()
+            experiment = client.get_experiment_by_name(self.experiment_name)
+            if experiment is not None:
+                self._experiment_id = str(experiment.experiment_id)
+            else:
+                location = self._artifact_dir.resolve().as_uri() if self._artifact_dir else None
+                try:
+                    self._experiment_id = client.create_experiment(
+                        self.experiment_name, artifact_location=location
+                    )
+                except MlflowException:
+                    # Another worker created it first.
+                    existing = client.get_experiment_by_name(self.experiment_name)
+                    if existing is None:
+                        raise
+                    self._experiment_id = str(existing.experiment_id)
+        return self._experiment_id
+
+    # --- logging API (called from training threads; never blocks) -----------------------------------
+
+    def start_run(self, run_key: str, run_name: str, tags: Mapping[str, str]) -> TrackedRun:
+        tracked = TrackedRun(run_key=run_key)
+
+        def create(client: MlflowClient) -> None:
+            experiment_id = self.experiment_id()
+            existing = client.search_runs(
+                [experiment_id], filter_string=f"tags.experiment_id = '{run_key}'", max_results=1
+            )
+            run = (
+                existing[0]
+                if existing
+                else client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+            )
+            tracked.mlflow_run_id = run.info.run_id
+            tracked.experiment_id = experiment_id
+            if self._on_run_created is not None:
+                self._on_run_created(run_key, run.info.run_id)
+
+        self._enqueue(_Operation(run_key, "create run", create))
+        return tracked
+
+    def log_params(self, tracked: TrackedRun, params: Mapping[str, Any]) -> None:
+        items = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in sorted(params.items())]
+
+        def send(client: MlflowClient) -> None:
+            client.log_batch(self._run_id(tracked), params=items)
+
+        self._enqueue(_Operation(tracked.run_key, "log params", send))
+
+    def log_metrics(self, tracked: TrackedRun, metrics: Mapping[str, float], step: int) -> None:
+        timestamp = int(time.time() * 1000)
+        items = [Metric(key, float(value), timestamp, step) for key, value in metrics.items()]
+        if not items:
+            return
+
+        def send(client: MlflowClient) -> None:
+            client.log_batch(self._run_id(tracked), metrics=items)
+
+        self._enqueue(_Operation(tracked.run_key, "log metrics", send))
+
+    def log_artifact(self, tracked: TrackedRun, path: Path, artifact_path: str | None = None) -> None:
+        def send(client: MlflowClient) -> None:
+            client.log_artifact(self._run_id(tracked), str(path), artifact_path)
+
+        self._enqueue(_Operation(tracked.run_key, f"upload {path.name}", send))
+
+    def log_artifacts(self, tracked: TrackedRun, directory: Path, artifact_path: str) -> None:
+        def send(client: MlflowClient) -> None:
+            client.log_artifacts(self._run_id(tracked), str(directory), artifact_path)
+
+        self._enqueue(_Operation(tracked.run_key, f"upload {artifact_path}/", send))
+
+    def log_onnx_model(self, tracked: TrackedRun, onnx_path: Path) -> None:
+        """Log the ONNX file as an MLflow `onnx` flavour model (artifact `onnx_model`), registrable as is."""
+
+        def send(client: MlflowClient) -> None:
+            import mlflow.onnx
+            import onnx
+
+            with tempfile.TemporaryDirectory() as scratch:
+                model_dir = Path(scratch) / "onnx_model"
+                mlflow.onnx.save_model(onnx.load(str(onnx_path)), str(model_dir), save_as_external_data=False)
+                client.log_artifacts(self._run_id(tracked), str(model_dir), "onnx_model")
+
+        self._enqueue(_Operation(tracked.run_key, "upload onnx_model/", send))
+
+    def end_run(self, tracked: TrackedRun, status: str) -> None:
+        mlflow_status = TERMINAL_STATUS.get(status, "KILLED")
+
+        def send(client: MlflowClient) -> None:
+            client.set_terminated(self._run_id(tracked), status=mlflow_status)
+
+        self._enqueue(_Operation(tracked.run_key, f"end run {mlflow_status}", send))
+
+    def close_orphan(self, mlflow_run_id: str, status: str) -> None:
+        """Terminate an MLflow run left open by a process that died (restart recovery)."""
+
+        def send(client: MlflowClient) -> None:
+            run = client.get_run(mlflow_run_id)
+            if run.info.status == RunStatus.to_string(RunStatus.RUNNING):
+                client.set_terminated(mlflow_run_id, status=TERMINAL_STATUS.get(status, "KILLED"))
+
+        self._enqueue(_Operation(mlflow_run_id, "close orphaned run", send))
+
+    def state(self) -> TrackerState:
+        return TrackerState(
+            ok=not self._degraded_runs and self._last_error is None,
+            pending=self._queue.qsize(),
+            dropped=self._dropped,
+            last_error=self._last_error,
+        )
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until everything queued so far was sent (or `timeout_s` passed)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._queue.empty() and self._idle.is_set():
+                return True
+            time.sleep(0.05)
+        return False
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self.flush(timeout_s)
+        self._stop.set()
+        self._sender.join(timeout=2)
+
+    # --- sender thread -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _run_id(tracked: TrackedRun) -> str:
+        if tracked.mlflow_run_id is None:
+            raise RuntimeError("MLflow run not created yet")
+        return tracked.mlflow_run_id
+
+    def _enqueue(self, operation: _Operation) -> None:
+        try:
+            self._queue.put_nowait(operation)
+        except queue.Full:
+            self._dropped += 1
+            log.warning("mlflow_operation_dropped", run=operation.run_key, operation=operation.description)
+
+    def _send_loop(self) -> None:
+        backoff = BACKOFF_START_S
+        while not self._stop.is_set():
+            try:
+                operation = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            self._idle.clear()
+            while not self._stop.is_set():
+                try:
+                    operation.apply(self.client())
+                except Exception as error:
+                    operation.attempts += 1
+                    if not self._retry_after_failure(operation, error):
+                        break
+                    self._stop.wait(backoff)
+                    backoff = min(BACKOFF_MAX_S, backoff * 2)
+                    continue
+                backoff = BACKOFF_START_S
+                self._mark_recovered(operation.run_key)
+                break
+            self._idle.set()
+
+    def _retry_after_failure(self, operation: _Operation, error: Exception) -> bool:
+        message = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        self._last_error = message
+        if operation.run_key not in self._degraded_runs:
+            self._degraded_runs.add(operation.run_key)
+            log.warning(
+                "mlflow_degraded", run=operation.run_key, operation=operation.description, error=message
+            )
+            self._notify(operation.run_key, "degraded", message)
+        if _is_transient(error) or operation.attempts < PERMANENT_FAILURE_ATTEMPTS:
+            return True
+        log.error(
+            "mlflow_operation_failed", run=operation.run_key, operation=operation.description, error=message
+        )
+        return False
+
+    def _mark_recovered(self, run_key: str) -> None:
+        if run_key in self._degraded_runs:
+            self._degraded_runs.discard(run_key)
+            log.info("mlflow_recovered", run=run_key)
+            self._notify(run_key, "ok", None)
+        if not self._degraded_runs:
+            self._last_error = None
+
+    def _notify(self, run_key: str, status: str, error: str | None) -> None:
+        if self._on_tracking_status is None:
+            return
+        try:
+            self._on_tracking_status(run_key, status, error)
+        except Exception as notify_error:  # the database may be down too; tracking must go on
+            log.warning("tracking_status_not_recorded", run=run_key, error=str(notify_error))
+
+    # --- queries (request threads) ---------------------------------------------------------------------
+
+    def run_details(self, mlflow_run_id: str) -> RunDetails:
+        client = self.client()
+        run = client.get_run(mlflow_run_id)
+        history = {
+            key: [(m.step, m.value) for m in client.get_metric_history(mlflow_run_id, key)]
+            for key in HISTORY_KEYS
+        }
+        artifacts = [(a.path, a.file_size) for a in _walk_artifacts(client, mlflow_run_id, None)]
+        return RunDetails(
+            experiment_id=run.info.experiment_id,
+            status=run.info.status,
+            params=dict(run.data.params),
+            metrics=dict(run.data.metrics),
+            history=history,
+            artifacts=artifacts,
+            artifact_uri=run.info.artifact_uri,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDetails:
+    experiment_id: str
+    status: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    history: dict[str, list[tuple[int, float]]]
+    artifacts: list[tuple[str, int | None]]
+    artifact_uri: str | None
+
+
+def _walk_artifacts(client: MlflowClient, run_id: str, path: str | None, depth: int = 0) -> Iterator[Any]:
+    for info in client.list_artifacts(run_id, path):
+        if info.is_dir and depth < 3:
+            yield from _walk_artifacts(client, run_id, info.path, depth + 1)
+        elif not info.is_dir:
+            yield info

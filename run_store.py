@@ -170,12 +170,7 @@ class RunStore:
         return self.get(candidate)
 
     def record_setup(self, run_id: str, device: str, effective_hyperparameters: dict[str, Any]) -> None:
-        with self._transaction() as session:
-            session.execute(
-                update(TrainingRun)
-                .where(TrainingRun.id == run_id)
-                .values(device=device, effective_hyperparameters=effective_hyperparameters)
-            )
+        self._update(run_id, device=device, effective_hyperparameters=effective_hyperparameters)
 
     def record_progress(self, run_id: str, snapshot: ProgressSnapshot) -> None:
         with self._transaction() as session:
@@ -190,10 +185,24 @@ class RunStore:
             )
 
     def record_mlflow_run(self, run_id: str, mlflow_run_id: str) -> None:
+        self._update(run_id, mlflow_run_id=mlflow_run_id, tracking_status="ok", tracking_error=None)
+
+    def record_tracking_status(self, run_id: str, status: str, error: str | None) -> None:
+        self._update(run_id, tracking_status=status, tracking_error=error)
+
+    def record_fixed_maze_seed(self, run_id: str, maze_seed: int) -> None:
+        self._update(run_id, fixed_maze_seed=maze_seed)
+
+    def record_onnx(self, run_id: str, **values: Any) -> None:
+        """ONNX export state: `onnx_status` plus size, opset, timing, parity or the error."""
+        unknown = set(values) - {c.name for c in TrainingRun.__table__.columns if c.name.startswith("onnx_")}
+        if unknown:
+            raise ValueError(f"not ONNX fields: {sorted(unknown)}")
+        self._update(run_id, **values)
+
+    def _update(self, run_id: str, **values: Any) -> None:
         with self._transaction() as session:
-            session.execute(
-                update(TrainingRun).where(TrainingRun.id == run_id).values(mlflow_run_id=mlflow_run_id)
-            )
+            session.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(**values))
 
     def finish(
         self,

@@ -169,6 +169,69 @@ class TrainingStatus(BaseModel):
     stop_requested: bool
     error: str | None = None
     model_available: bool = Field(description="A trained SB3 model has been saved for this run.")
+    mlflow_run_id: str | None = None
+    tracking_status: Literal["ok", "degraded"] | None = Field(
+        None, description="'degraded' while MLflow is unreachable and logging is buffered for retry."
+    )
+    tracking_error: str | None = None
+    onnx: OnnxInfo | None = Field(None, description="ONNX export of the trained policy, once attempted.")
+
+
+class OnnxInfo(BaseModel):
+    status: Literal["pending", "exported", "failed"]
+    download_url: str | None = Field(description="GET it for the ONNX file (when exported).")
+    size_bytes: int | None = None
+    opset: int | None = None
+    export_seconds: float | None = Field(None, description="Export plus verification time.")
+    parity_passed: bool | None = Field(None, description="onnxruntime matched torch on ≥ 1,000 observations.")
+    error: str | None = None
+
+
+class ExperimentSummary(BaseModel):
+    experiment_id: str
+    status: RunStatusName
+    algorithm: Algorithm
+    maze_size: int
+    maze_mode: MazeMode
+    episode: int
+    total_episodes: int
+    progress: float
+    success_rate: float | None
+    created_at: datetime
+    finished_at: datetime | None
+    mlflow_run_id: str | None
+    mlflow_url: str | None = Field(description="The run in the MLflow UI, when a UI address is known.")
+
+
+class ExperimentList(BaseModel):
+    items: list[ExperimentSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class MetricPoint(BaseModel):
+    step: int = Field(description="Environment timesteps when the value was logged.")
+    value: float
+
+
+class ArtifactInfo(BaseModel):
+    name: str = Field(description="Path inside the MLflow run's artifacts.")
+    size_bytes: int | None
+    download_url: str | None = Field(description="Our download endpoint for it, when we serve it.")
+
+
+class ExperimentDetail(ExperimentSummary):
+    training: TrainingStatus
+    params: dict[str, str] = Field(
+        description="MLflow parameters: every hyperparameter used, maze, versions."
+    )
+    metrics: dict[str, float] = Field(description="Latest value of each MLflow metric.")
+    history: dict[str, list[MetricPoint]] = Field(description="reward, success_rate and loss over timesteps.")
+    artifacts: list[ArtifactInfo]
+    onnx: OnnxInfo | None
+    model_zip_url: str | None
+    mlflow_error: str | None = Field(None, description="Why MLflow data is missing, if it is.")
 
 
 class StopTrainingResponse(BaseModel):
@@ -188,3 +251,36 @@ class HealthResponse(BaseModel):
     mlflow: HealthComponent
     runs_training_here: int
     worker: str
+
+
+class RolloutRequest(_Strict):
+    maze_seed: int | None = Field(
+        None,
+        ge=0,
+        le=2**31 - 1,
+        description="Maze to play; default: a fixed-mode run's own maze, else random.",
+    )
+
+
+class RolloutResponse(BaseModel):
+    maze_size: int
+    maze_seed: int
+    grid: list[list[int]] = Field(description="(2N+1) × (2N+1) squares: 0 open, 1 wall.")
+    start: tuple[int, int]
+    goal: tuple[int, int]
+    path: list[tuple[int, int]] = Field(description="Every square the agent occupied, from start.")
+    success: bool
+    steps: int = Field(description="Actions taken (one action moves one cell, i.e. two squares).")
+    shortest_path_steps: int = Field(description="Actions on a shortest path.")
+
+
+class EvaluateRequest(_Strict):
+    episodes: int = Field(100, ge=1, le=5000, description="Held-out evaluation mazes to play.")
+
+
+class EvaluateResponse(BaseModel):
+    experiment_id: str
+    episodes: int
+    success_rate: float
+    path_efficiency: float = Field(description="Mean of shortest-path steps / steps taken (0 for failures).")
+    mean_steps: float

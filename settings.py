@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     database_url: str = Field("", description="SQLAlchemy URL; empty means a SQLite file in DATA_DIR.")
     mlflow_tracking_uri: str = Field("", description="MLflow tracking URI; empty means a store in DATA_DIR.")
     mlflow_experiment_name: str = Field("rl-maze", description="MLflow experiment that holds our runs.")
+    mlflow_ui_url: str = Field(
+        "", description="Base URL of an MLflow UI for links; empty: the tracking server's URL, if any."
+    )
     progress_interval_s: float = Field(10.0, gt=0, description="Seconds between progress snapshots.")
     max_concurrent_runs: int = Field(
         default_factory=_default_concurrency, ge=1, description="Runs training at once; more are queued."

@@ -146,3 +146,83 @@ class StopOnRequestCallback(BaseCallback):
                 self._local_stop.set()
                 return False
         return True
+
+
+# SB3 logger keys → our MLflow metric names.
+SB3_METRICS = {
+    "train/loss": "loss",
+    "train/policy_gradient_loss": "policy_loss",
+    "train/value_loss": "value_loss",
+    "train/entropy_loss": "entropy_loss",
+    "train/approx_kl": "approx_kl",
+    "train/clip_fraction": "clip_fraction",
+    "train/explained_variance": "explained_variance",
+    "train/learning_rate": "learning_rate",
+    "rollout/exploration_rate": "exploration_rate",
+}
+
+
+class TrackingCallback(BaseCallback):
+    """Sends one set of metrics per training iteration to the experiment tracker (step = timesteps).
+
+    :param progress: the run's ProgressCallback, whose counts it reports (place it first in the list).
+    :param timesteps_per_episode: steps in one training iteration.
+    :param log_metrics: receives (metrics, step); must not block (the tracker buffers).
+    """
+
+    def __init__(
+        self,
+        progress: ProgressCallback,
+        timesteps_per_episode: int,
+        log_metrics: Callable[[dict[str, float], int], None],
+    ) -> None:
+        super().__init__()
+        self._progress = progress
+        self._timesteps_per_episode = timesteps_per_episode
+        self._log_metrics = log_metrics
+        self._last_episode = 0
+        self._sb3_values: dict[str, float] = {}
+
+    def _on_training_start(self) -> None:
+        self._last_episode = self.num_timesteps // self._timesteps_per_episode
+
+    def _on_step(self) -> bool:
+        self._remember_sb3_values()
+        episode = self.num_timesteps // self._timesteps_per_episode
+        if episode != self._last_episode:
+            self._last_episode = episode
+            self._send()
+        return True
+
+    def _on_rollout_start(self) -> None:
+        self._remember_sb3_values()
+
+    def _on_training_end(self) -> None:
+        self._remember_sb3_values()
+        self._send()
+
+    def _remember_sb3_values(self) -> None:
+        # SB3 clears its logger on every dump, so keep the latest value of each key ourselves.
+        if self.model is None:
+            return
+        for key, value in self.model.logger.name_to_value.items():
+            if key in SB3_METRICS:
+                self._sb3_values[SB3_METRICS[key]] = float(value)
+
+    def _send(self) -> None:
+        snapshot = self._progress.snapshot()
+        metrics: dict[str, float] = {
+            "episode": float(snapshot.episode),
+            "maze_episodes": float(snapshot.maze_episodes),
+            **self._sb3_values,
+        }
+        for name in ("reward", "success_rate", "fps"):
+            value = getattr(snapshot, name)
+            if value is not None:
+                metrics[name] = float(value)
+        lengths = [info["l"] for info in (self.model.ep_info_buffer or [])] if self.model else []
+        if lengths:
+            metrics["episode_length"] = float(np.mean(lengths))
+        if "loss" in metrics and self.model is not None and type(self.model).__name__ == "DQN":
+            metrics["td_loss"] = metrics["loss"]
+        self._log_metrics(metrics, self.num_timesteps)

@@ -7,28 +7,34 @@ process's handles on the runs it trains, so the service stays correct under `uvi
 from __future__ import annotations
 
 import dataclasses
+import platform
 import secrets
 import threading
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import structlog
 import torch
+from stable_baselines3 import DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import CallbackList
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor, is_vecenv_wrapped
 
 import agents
 import maze_env
+import onnx_export
 from db_models import RunStatus, TrainingRun
+from mlflow_client import TrackedRun, Tracker
 from run_store import NewRun, ProgressSnapshot, RunStore, worker_identity
 from schemas import HYPERPARAMETER_MODELS, StartTrainingRequest
 from settings import Settings
-from training_callbacks import ProgressCallback, StopOnRequestCallback
+from training_callbacks import ProgressCallback, StopOnRequestCallback, TrackingCallback
 
 log = structlog.get_logger(__name__)
+
+ONNX_VERIFICATION_OBSERVATIONS = 1000
 
 
 class InvalidRequest(ValueError):
@@ -88,20 +94,14 @@ class TrainingService:
 
     :param settings: service settings.
     :param store: shared run records.
-    :param on_run_finished: called on the training thread after a run reaches a final state
-        (tracking and export hook in later stages), with the run id.
+    :param tracker: experiment tracking (MLflow); None disables it.
     """
 
-    def __init__(
-        self,
-        settings: Settings,
-        store: RunStore,
-        on_run_finished: Callable[[str], None] | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, store: RunStore, tracker: Tracker | None = None) -> None:
         self.settings = settings
         self.store = store
+        self.tracker = tracker
         self.owner = worker_identity()
-        self._on_run_finished = on_run_finished
         self._runs: dict[str, _LocalRun] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -115,6 +115,7 @@ class TrainingService:
         torch.set_num_threads(self.settings.torch_threads)
         for run_id in self.store.interrupt_dead_local_owners(self.owner):
             log.warning("run_interrupted", experiment_id=run_id, reason="owner process exited")
+            self._close_orphaned_tracking(run_id)
         for target, name in ((self._schedule_loop, "scheduler"), (self._heartbeat_loop, "heartbeat")):
             thread = threading.Thread(target=target, name=f"training-{name}", daemon=True)
             thread.start()
@@ -220,6 +221,7 @@ class TrainingService:
                 self.store.heartbeat(self.owner, self.local_run_ids())
                 for run_id in self.store.interrupt_stale(timeout):
                     log.warning("run_interrupted", experiment_id=run_id, reason="heartbeat timeout")
+                    self._close_orphaned_tracking(run_id)
             except Exception:
                 log.exception("heartbeat_failed")
 
@@ -229,46 +231,129 @@ class TrainingService:
         run_log = log.bind(experiment_id=run.id, algorithm=run.algorithm)
         with self._lock:
             local = self._runs[run.id]
+        tracked = self._start_tracking(run)
         env: VecEnv | None = None
+        final_status = RunStatus.FAILED
         try:
             device = resolve_device(run.device_requested)
             env = self._make_env(run)
             model = agents.build_model(
                 run.algorithm, env, dict(run.hyperparameters), run.seed, device, run.timesteps_per_episode
             )
-            self.store.record_setup(run.id, device, effective_hyperparameters(model, run.algorithm))
+            used = effective_hyperparameters(model, run.algorithm)
+            self.store.record_setup(run.id, device, used)
+            if run.maze_mode == "fixed":
+                self.store.record_fixed_maze_seed(run.id, fixed_maze_seed(env))
+            if tracked is not None:
+                self.tracker.log_params(tracked, run_parameters(run, device, used))  # type: ignore[union-attr]
             run_log.info("run_started", device=device, total_timesteps=run.total_timesteps)
-            progress = ProgressCallback(
-                run.timesteps_per_episode, self.settings.progress_interval_s, self._publisher(run.id)
-            )
-            stopper = StopOnRequestCallback(local.stop, lambda: self.store.stop_requested(run.id))
-            model.learn(total_timesteps=run.total_timesteps, callback=CallbackList([progress, stopper]))
+            model.learn(total_timesteps=run.total_timesteps, callback=self._callbacks(run, local, tracked))
             model_path = self._save_model(run.id, model)
             if local.stop.is_set():
-                status = RunStatus.INTERRUPTED if local.shutting_down else RunStatus.STOPPED
+                final_status = RunStatus.INTERRUPTED if local.shutting_down else RunStatus.STOPPED
                 reason = "the service shut down during training" if local.shutting_down else None
-                self.store.finish(run.id, status, error=reason, model_path=model_path)
+                self.store.finish(run.id, final_status, error=reason, model_path=model_path)
+                result = None
             else:
+                final_status = RunStatus.COMPLETED
                 result = self._evaluate(run, model, env)
                 self.store.finish(
                     run.id,
-                    RunStatus.COMPLETED,
+                    final_status,
                     model_path=model_path,
                     eval_success_rate=result.success_rate if result else None,
                     eval_path_efficiency=result.path_efficiency if result else None,
                 )
-            run_log.info("run_finished", status=self.store.get(run.id).status)
+            run_log.info("run_finished", status=final_status.value)
+            self._log_outcome(tracked, result, Path(model_path), model.num_timesteps)
+            if not local.shutting_down:
+                self._export_onnx(run, model, env, tracked)
         except Exception as error:
             run_log.exception("run_failed")
+            final_status = RunStatus.FAILED
             self._record_failure(run.id, describe_error(error))
         finally:
             if env is not None:
                 env.close()
+            if tracked is not None:
+                self.tracker.end_run(tracked, final_status.value)  # type: ignore[union-attr]
             with self._lock:
                 self._runs.pop(run.id, None)
             self._wake.set()  # a slot is free: start the next queued run
-        if self._on_run_finished is not None:
-            self._on_run_finished(run.id)
+
+    def _callbacks(self, run: TrainingRun, local: _LocalRun, tracked: TrackedRun | None) -> CallbackList:
+        progress = ProgressCallback(
+            run.timesteps_per_episode, self.settings.progress_interval_s, self._publisher(run.id)
+        )
+        callbacks: list[BaseCallback] = [progress]
+        if tracked is not None and self.tracker is not None:
+            tracker = self.tracker
+            callbacks.append(
+                TrackingCallback(
+                    progress,
+                    run.timesteps_per_episode,
+                    lambda metrics, step: tracker.log_metrics(tracked, metrics, step),
+                )
+            )
+        callbacks.append(StopOnRequestCallback(local.stop, lambda: self.store.stop_requested(run.id)))
+        return CallbackList(callbacks)
+
+    def _start_tracking(self, run: TrainingRun) -> TrackedRun | None:
+        if self.tracker is None:
+            return None
+        tags = {"experiment_id": run.id, "algorithm": run.algorithm, "maze_size": str(run.maze_size)}
+        return self.tracker.start_run(run.id, f"{run.algorithm}-maze{run.maze_size}-{run.id[:8]}", tags)
+
+    def _log_outcome(
+        self, tracked: TrackedRun | None, result: agents.EvalResult | None, model_path: Path, step: int
+    ) -> None:
+        if tracked is None or self.tracker is None:
+            return
+        if result is not None:
+            metrics = {
+                "eval_success_rate": result.success_rate,
+                "eval_path_efficiency": result.path_efficiency,
+            }
+            self.tracker.log_metrics(tracked, metrics, step)
+        self.tracker.log_artifact(tracked, model_path, "sb3_model")
+
+    def _export_onnx(
+        self, run: TrainingRun, model: BaseAlgorithm, env: VecEnv, tracked: TrackedRun | None
+    ) -> None:
+        """Export, verify and publish the policy; a failed export is recorded and keeps the SB3 model."""
+        self.store.record_onnx(run.id, onnx_status="pending", onnx_error=None)
+        out_path = self.settings.models_dir / run.id / "model.onnx"
+        try:
+            observations = onnx_export.collect_observations(
+                model, env, ONNX_VERIFICATION_OBSERVATIONS, seed=run.seed
+            )
+            report = onnx_export.export_policy(
+                cast(PPO | DQN, model), out_path, onnx_metadata(run, env), observations
+            )
+        except Exception as error:
+            message = str(error) if isinstance(error, onnx_export.OnnxExportError) else describe_error(error)
+            log.warning("onnx_export_failed", experiment_id=run.id, error=message)
+            self.store.record_onnx(run.id, onnx_status="failed", onnx_error=message)
+            return
+        self.store.record_onnx(
+            run.id,
+            onnx_status="exported",
+            onnx_size_bytes=report.size_bytes,
+            onnx_opset=report.opset,
+            onnx_export_seconds=report.export_seconds,
+            onnx_parity_passed=report.parity.passed,
+        )
+        log.info("onnx_exported", experiment_id=run.id, seconds=round(report.export_seconds, 3))
+        if tracked is not None and self.tracker is not None:
+            self.tracker.log_onnx_model(tracked, out_path)
+            self.tracker.log_metrics(
+                tracked,
+                {
+                    "onnx_export_seconds": report.export_seconds,
+                    "onnx_action_agreement": report.parity.action_agreement,
+                },
+                model.num_timesteps,
+            )
 
     def _make_env(self, run: TrainingRun) -> VecEnv:
         env = agents.make_vec_env(run.maze_size, run.maze_mode, run.seed, run.n_envs)
@@ -295,18 +380,70 @@ class TrainingService:
 
     def _evaluate(self, run: TrainingRun, model: BaseAlgorithm, env: VecEnv) -> agents.EvalResult | None:
         if run.maze_mode == "fixed":
-            seeds = [int(env.get_attr("maze", [0])[0].seed)]
+            seeds = [fixed_maze_seed(env)]
         elif self.settings.eval_episodes > 0:
             seeds = maze_env.eval_maze_seeds(self.settings.eval_episodes)
         else:
             return None
         return agents.evaluate(model, run.maze_size, seeds)
 
+    def _close_orphaned_tracking(self, run_id: str) -> None:
+        mlflow_run_id = self.store.get(run_id).mlflow_run_id
+        if self.tracker is not None and mlflow_run_id:
+            self.tracker.close_orphan(mlflow_run_id, RunStatus.INTERRUPTED.value)
+
     def _record_failure(self, run_id: str, message: str) -> None:
         try:
             self.store.finish(run_id, RunStatus.FAILED, error=message)
         except Exception:
             log.exception("failure_not_recorded", experiment_id=run_id)
+
+
+def fixed_maze_seed(env: VecEnv) -> int:
+    return int(env.get_attr("maze", [0])[0].seed)
+
+
+def run_parameters(run: TrainingRun, device: str, used: dict[str, Any]) -> dict[str, Any]:
+    """Everything that defines a run, for MLflow's parameters."""
+    return {
+        **used,
+        "algorithm": run.algorithm,
+        "total_episodes": run.total_episodes,
+        "timesteps_per_episode": run.timesteps_per_episode,
+        "total_timesteps": run.total_timesteps,
+        "maze_size": run.maze_size,
+        "maze_mode": run.maze_mode,
+        "seed": run.seed,
+        "device": device,
+        **library_versions(),
+    }
+
+
+def library_versions() -> dict[str, str]:
+    import gymnasium
+    import stable_baselines3
+
+    return {
+        "python_version": platform.python_version(),
+        "torch_version": torch.__version__,
+        "stable_baselines3_version": stable_baselines3.__version__,
+        "gymnasium_version": gymnasium.__version__,
+    }
+
+
+def onnx_metadata(run: TrainingRun, env: VecEnv) -> dict[str, str]:
+    """What a client needs to run the exported model without asking the service anything else."""
+    metadata = {
+        onnx_export.METADATA_ALGORITHM: run.algorithm,
+        onnx_export.METADATA_MAZE_SIZE: str(run.maze_size),
+        onnx_export.METADATA_MAZE_MODE: run.maze_mode,
+        onnx_export.METADATA_OBSERVATION_ENCODING: maze_env.OBSERVATION_ENCODING,
+        onnx_export.METADATA_ACTION_MEANINGS: ",".join(maze_env.ACTIONS),
+        onnx_export.METADATA_EXPERIMENT_ID: run.id,
+    }
+    if run.maze_mode == "fixed":
+        metadata[onnx_export.METADATA_MAZE_SEED] = str(fixed_maze_seed(env))
+    return metadata
 
 
 def model_file(settings: Settings, run: TrainingRun) -> Path | None:

@@ -11,54 +11,13 @@ from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 
 from api.deps import ServiceDep, SettingsDep, StoreDep
-from db_models import RunStatus, TrainingRun
-from run_store import elapsed_seconds
+from db_models import RunStatus
+from run_views import training_status
 from schemas import StartTrainingRequest, StartTrainingResponse, StopTrainingResponse, TrainingStatus
-from settings import Settings
-from training_service import model_file
 
 router = APIRouter(prefix="/training", tags=["training"])
 
 STOP_POLL_S = 0.2
-
-
-def training_status(run: TrainingRun, settings: Settings) -> TrainingStatus:
-    """What a user sees of a run: its record plus derived progress, elapsed time and ETA."""
-    elapsed = elapsed_seconds(run)
-    running = run.status == RunStatus.RUNNING.value
-    remaining = max(0, run.total_timesteps - run.timesteps)
-    eta = remaining / run.fps if running and run.fps else None
-    return TrainingStatus(
-        experiment_id=run.id,
-        status=run.status,
-        algorithm=run.algorithm,
-        maze_size=run.maze_size,
-        maze_mode=run.maze_mode,
-        seed=run.seed,
-        n_envs=run.n_envs,
-        device=run.device,
-        episode=min(run.episode, run.total_episodes),
-        total_episodes=run.total_episodes,
-        timesteps=run.timesteps,
-        total_timesteps=run.total_timesteps,
-        progress=min(1.0, run.timesteps / run.total_timesteps) if run.total_timesteps else 0.0,
-        maze_episodes=run.maze_episodes,
-        reward=run.reward,
-        success_rate=run.success_rate,
-        eval_success_rate=run.eval_success_rate,
-        eval_path_efficiency=run.eval_path_efficiency,
-        loss=run.loss,
-        fps=run.fps,
-        elapsed_s=elapsed,
-        eta_s=eta,
-        created_at=run.created_at,
-        started_at=run.started_at,
-        finished_at=run.finished_at,
-        updated_at=run.progress_at,
-        stop_requested=run.stop_requested,
-        error=run.error,
-        model_available=model_file(settings, run) is not None,
-    )
 
 
 @router.post("/start", response_model=StartTrainingResponse, summary="Start (or queue) a training run")

@@ -1,0 +1,123 @@
+"""Turns run records into what users see: status, experiment summaries and WebSocket messages."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import mlflow_client
+from db_models import RunStatus, TrainingRun
+from run_store import elapsed_seconds
+from schemas import ExperimentSummary, OnnxInfo, TrainingStatus
+from settings import Settings
+from training_service import model_file
+
+
+def training_status(run: TrainingRun, settings: Settings) -> TrainingStatus:
+    """What a user sees of a run: its record plus derived progress, elapsed time and ETA."""
+    elapsed = elapsed_seconds(run)
+    running = run.status == RunStatus.RUNNING.value
+    remaining = max(0, run.total_timesteps - run.timesteps)
+    eta = remaining / run.fps if running and run.fps else None
+    return TrainingStatus(
+        experiment_id=run.id,
+        status=run.status,
+        algorithm=run.algorithm,
+        maze_size=run.maze_size,
+        maze_mode=run.maze_mode,
+        seed=run.seed,
+        n_envs=run.n_envs,
+        device=run.device,
+        episode=min(run.episode, run.total_episodes),
+        total_episodes=run.total_episodes,
+        timesteps=run.timesteps,
+        total_timesteps=run.total_timesteps,
+        progress=min(1.0, run.timesteps / run.total_timesteps) if run.total_timesteps else 0.0,
+        maze_episodes=run.maze_episodes,
+        reward=run.reward,
+        success_rate=run.success_rate,
+        eval_success_rate=run.eval_success_rate,
+        eval_path_efficiency=run.eval_path_efficiency,
+        loss=run.loss,
+        fps=run.fps,
+        elapsed_s=elapsed,
+        eta_s=eta,
+        created_at=run.created_at,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        updated_at=run.progress_at,
+        stop_requested=run.stop_requested,
+        error=run.error,
+        model_available=model_file(settings, run) is not None,
+        mlflow_run_id=run.mlflow_run_id,
+        tracking_status=run.tracking_status,
+        tracking_error=run.tracking_error,
+        onnx=onnx_info(run),
+    )
+
+
+def onnx_info(run: TrainingRun) -> OnnxInfo | None:
+    if run.onnx_status is None:
+        return None
+    exported = run.onnx_status == "exported"
+    return OnnxInfo(
+        status=run.onnx_status,
+        download_url=f"/experiments/{run.id}/model.onnx" if exported else None,
+        size_bytes=run.onnx_size_bytes,
+        opset=run.onnx_opset,
+        export_seconds=run.onnx_export_seconds,
+        parity_passed=run.onnx_parity_passed,
+        error=run.onnx_error,
+    )
+
+
+def experiment_summary(
+    run: TrainingRun, settings: Settings, mlflow_experiment_id: str | None
+) -> ExperimentSummary:
+    return ExperimentSummary(
+        experiment_id=run.id,
+        status=run.status,
+        algorithm=run.algorithm,
+        maze_size=run.maze_size,
+        maze_mode=run.maze_mode,
+        episode=min(run.episode, run.total_episodes),
+        total_episodes=run.total_episodes,
+        progress=min(1.0, run.timesteps / run.total_timesteps) if run.total_timesteps else 0.0,
+        success_rate=run.success_rate,
+        created_at=run.created_at,
+        finished_at=run.finished_at,
+        mlflow_run_id=run.mlflow_run_id,
+        mlflow_url=mlflow_client.ui_url(
+            settings.mlflow_tracking_uri,
+            settings.mlflow_ui_url or None,
+            mlflow_experiment_id,
+            run.mlflow_run_id,
+        ),
+    )
+
+
+PROGRESS_FIELDS = (
+    "experiment_id",
+    "status",
+    "episode",
+    "total_episodes",
+    "timesteps",
+    "total_timesteps",
+    "reward",
+    "success_rate",
+    "loss",
+    "fps",
+    "elapsed_s",
+    "eta_s",
+    "error",
+    "tracking_status",
+)
+
+
+def progress_message(run: TrainingRun, settings: Settings) -> dict[str, Any]:
+    """One WebSocket message: `type` is "final" once the run reached a final state."""
+    status = training_status(run, settings).model_dump(mode="json")
+    message: dict[str, Any] = {"type": "final" if RunStatus(run.status).is_final else "progress"}
+    message.update({field: status[field] for field in PROGRESS_FIELDS})
+    message["timestamp"] = datetime.now(UTC).isoformat()
+    return message

@@ -1,0 +1,162 @@
+"""Runs tracked in MLflow (a local store and a real `mlflow server`), read back through /experiments."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from fastapi.testclient import TestClient
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import FINAL_STATES, LONG_PPO, TINY_DQN, TINY_PPO, LiveService, app_state, wait_for_status
+from tests.mlflow_server import MlflowServer
+
+
+def run_to_end(client: TestClient | httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
+    run_id = client.post("/training/start", json=body).json()["experiment_id"]
+    wait_for_status(client.get, run_id, lambda s: s["status"] in FINAL_STATES)
+    # The ONNX export and the last MLflow uploads follow the final state.
+    return wait_for_status(
+        client.get, run_id, lambda s: s["onnx"] is not None and s["onnx"]["status"] != "pending"
+    )
+
+
+def test_a_completed_run_is_in_mlflow_with_params_metrics_and_artifacts(client: TestClient) -> None:
+    status = run_to_end(client, TINY_PPO)
+    run_id = status["experiment_id"]
+    assert app_state(client).tracker.flush(60)
+
+    detail = client.get(f"/experiments/{run_id}").json()
+
+    assert detail["mlflow_error"] is None
+    assert detail["mlflow_run_id"] == status["mlflow_run_id"] is not None
+    params = detail["params"]
+    for key, value in {
+        "algorithm": "PPO",
+        "maze_size": "5",
+        "seed": "7",
+        "n_envs": "4",
+        "device": "cpu",
+    }.items():
+        assert params[key] == value
+    for key in (
+        "learning_rate",
+        "n_steps",
+        "batch_size",
+        "gamma",
+        "torch_version",
+        "stable_baselines3_version",
+    ):
+        assert key in params
+    for key in ("reward", "success_rate", "loss", "policy_loss", "value_loss", "entropy_loss", "fps"):
+        assert key in detail["metrics"], key
+    assert detail["metrics"]["eval_success_rate"] == status["success_rate"]
+    # One point per training iteration, at step = timesteps.
+    assert [p["step"] for p in detail["history"]["reward"]][-1] == status["timesteps"]
+    assert len(detail["history"]["loss"]) >= 2
+    artifacts = {a["name"]: a for a in detail["artifacts"]}
+    assert artifacts["sb3_model/model.zip"]["download_url"] == f"/experiments/{run_id}/model.zip"
+    assert "onnx_model/MLmodel" in artifacts
+    mlflow_run = MlflowClient(app_state(client).settings.mlflow_tracking_uri).get_run(detail["mlflow_run_id"])
+    assert mlflow_run.info.status == "FINISHED"
+    assert mlflow_run.data.tags["experiment_id"] == run_id
+
+
+def test_a_stopped_run_is_killed_in_mlflow(client: TestClient) -> None:
+    run_id = client.post("/training/start", json=LONG_PPO).json()["experiment_id"]
+    wait_for_status(client.get, run_id, lambda s: s["timesteps"] > 0 and s["mlflow_run_id"] is not None)
+    client.post(f"/training/stop/{run_id}")
+    wait_for_status(client.get, run_id, lambda s: s["onnx"] is not None and s["onnx"]["status"] != "pending")
+    assert app_state(client).tracker.flush(60)
+
+    mlflow_run_id = client.get(f"/training/status/{run_id}").json()["mlflow_run_id"]
+    mlflow_run = MlflowClient(app_state(client).settings.mlflow_tracking_uri).get_run(mlflow_run_id)
+
+    assert mlflow_run.info.status == "KILLED"
+
+
+def test_experiments_are_paginated_newest_first_and_filterable(client: TestClient) -> None:
+    ids = []
+    for body in (TINY_PPO, TINY_DQN, TINY_PPO):
+        ids.append(client.post("/training/start", json=body).json()["experiment_id"])
+        time.sleep(0.01)
+    for run_id in ids:
+        wait_for_status(client.get, run_id, lambda s: s["status"] in FINAL_STATES)
+
+    first_page = client.get("/experiments", params={"limit": 2}).json()
+    second_page = client.get("/experiments", params={"limit": 2, "offset": 2}).json()
+    dqn_only = client.get("/experiments", params={"algorithm": "DQN"}).json()
+    completed = client.get("/experiments", params={"status": "completed"}).json()
+    running = client.get("/experiments", params={"status": "running"}).json()
+
+    assert first_page["total"] == 3
+    assert [item["experiment_id"] for item in first_page["items"] + second_page["items"]] == ids[::-1]
+    assert [item["experiment_id"] for item in dqn_only["items"]] == [ids[1]]
+    assert completed["total"] == 3 and running["total"] == 0
+    item = first_page["items"][0]
+    assert item["algorithm"] == "PPO" and item["maze_size"] == 5 and item["status"] == "completed"
+    assert item["progress"] == 1.0 and item["finished_at"] is not None and item["success_rate"] is not None
+    assert client.get("/experiments", params={"status": "bogus"}).status_code == 422
+    assert client.get("/experiments", params={"limit": 0}).status_code == 422
+
+
+def test_unknown_experiments_are_404(client: TestClient) -> None:
+    missing = "00000000-0000-4000-8000-000000000000"
+    for path in ("", "/model.zip", "/model.onnx"):
+        assert client.get(f"/experiments/{missing}{path}").status_code == 404
+    assert client.post(f"/experiments/{missing}/rollout", json={}).status_code == 404
+    assert client.get("/experiments/not-a-uuid").status_code == 422
+
+
+def test_tracking_to_a_real_mlflow_server(
+    live_service: Callable[..., LiveService], mlflow_server: MlflowServer
+) -> None:
+    service = live_service(MLFLOW_TRACKING_URI=mlflow_server.uri)
+    with service.client() as http:
+        assert http.get("/health").json()["mlflow"]["ok"] is True
+        status = run_to_end(http, TINY_DQN)
+        detail = wait_for_status(
+            lambda _path: http.get(f"/experiments/{status['experiment_id']}"),
+            status["experiment_id"],
+            lambda d: any(a["name"] == "onnx_model/model.onnx" for a in d["artifacts"]),
+            timeout_s=60,
+        )
+
+    assert detail["mlflow_url"].startswith(f"{mlflow_server.uri}/#/experiments/")
+    assert detail["metrics"]["td_loss"] == detail["metrics"]["loss"]
+    server_run = MlflowClient(mlflow_server.uri).get_run(detail["mlflow_run_id"])
+    assert server_run.info.status == "FINISHED"
+    assert server_run.data.params["algorithm"] == "DQN"
+
+
+def test_an_mlflow_outage_neither_stops_training_nor_loses_metrics(
+    live_service: Callable[..., LiveService], private_mlflow_server: MlflowServer
+) -> None:
+    server = private_mlflow_server
+    service = live_service(MLFLOW_TRACKING_URI=server.uri)
+    body = {**TINY_PPO, "total_episodes": 150}
+    with service.client() as http:
+        run_id = http.post("/training/start", json=body).json()["experiment_id"]
+        wait_for_status(http.get, run_id, lambda s: s["mlflow_run_id"] is not None and s["episode"] >= 2)
+
+        server.stop()
+        degraded = wait_for_status(
+            http.get, run_id, lambda s: s["tracking_status"] == "degraded", timeout_s=60
+        )
+        assert degraded["status"] == "running"
+        assert http.get("/health").json()["mlflow"]["ok"] is False
+        before = degraded["timesteps"]
+        still_training = wait_for_status(http.get, run_id, lambda s: s["timesteps"] > before + 500)
+        assert still_training["status"] == "running"
+
+        server.start()
+        final = wait_for_status(http.get, run_id, lambda s: s["status"] in FINAL_STATES, timeout_s=300)
+        assert final["status"] == "completed"
+        recovered = wait_for_status(http.get, run_id, lambda s: s["tracking_status"] == "ok", timeout_s=120)
+        assert recovered["tracking_status"] == "ok"
+
+    history = MlflowClient(server.uri).get_metric_history(final["mlflow_run_id"], "episode")
+    logged = sorted({int(point.value) for point in history})
+    assert logged == list(range(1, body["total_episodes"] + 1)), "every iteration's metrics arrived"

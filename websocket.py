@@ -1,0 +1,198 @@
+"""Live progress over WebSocket: `/ws/training/{experiment_id}` and the hub that feeds it.
+
+Training threads never touch sockets or the event loop: they write progress snapshots to the
+database (shared by every uvicorn worker). Each worker's hub polls the snapshots of the runs its
+clients watch and fans them out to per-client bounded queues, so a slow or vanished client can
+only lose its own stale messages, never slow training or other clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+import uuid
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi.concurrency import run_in_threadpool
+from starlette.websockets import WebSocketState
+
+from run_store import RunNotFound, RunStore
+from run_views import progress_message
+from settings import Settings
+
+log = structlog.get_logger(__name__)
+
+CLIENT_QUEUE_SIZE = 8
+SEND_TIMEOUT_S = 10.0
+CLOSE_UNKNOWN_RUN = 4404
+CLOSE_SERVER_SHUTDOWN = 1001
+
+router = APIRouter(tags=["progress"])
+
+
+@dataclasses.dataclass
+class _Watched:
+    """Per-run fan-out state in this worker."""
+
+    queues: set[asyncio.Queue[dict[str, Any] | None]] = dataclasses.field(default_factory=set)
+    version: int = -1
+    status: str = ""
+    pushed_at: float = 0.0
+
+
+class ProgressHub:
+    """Polls the progress of watched runs and pushes messages to their clients' queues.
+
+    :param store: run records.
+    :param settings: `progress_interval_s` sets the push period.
+    """
+
+    def __init__(self, store: RunStore, settings: Settings) -> None:
+        self._store = store
+        self._settings = settings
+        self._interval_s = settings.progress_interval_s
+        # State changes should reach clients within a second even when the interval is long.
+        self._poll_s = min(1.0, settings.progress_interval_s / 2)
+        self._watched: dict[str, _Watched] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._poll_loop(), name="progress-hub")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for watched in self._watched.values():
+            for queue in watched.queues:
+                _offer(queue, None)
+
+    def subscribe(self, run_id: str, current_version: int, current_status: str) -> asyncio.Queue[Any]:
+        watched = self._watched.setdefault(run_id, _Watched())
+        if not watched.queues:
+            watched.version, watched.status, watched.pushed_at = (
+                current_version,
+                current_status,
+                time.monotonic(),
+            )
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=CLIENT_QUEUE_SIZE)
+        watched.queues.add(queue)
+        return queue
+
+    def unsubscribe(self, run_id: str, queue: asyncio.Queue[Any]) -> None:
+        watched = self._watched.get(run_id)
+        if watched is None:
+            return
+        watched.queues.discard(queue)
+        if not watched.queues:
+            del self._watched[run_id]
+
+    def client_count(self) -> int:
+        return sum(len(w.queues) for w in self._watched.values())
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_s)
+            try:
+                await self._poll_once()
+            except Exception as error:  # a database outage must not end live updates for good
+                log.warning("progress_poll_failed", error=str(error).splitlines()[0] if str(error) else "")
+
+    async def _poll_once(self) -> None:
+        run_ids = list(self._watched)
+        if not run_ids:
+            return
+        versions = await run_in_threadpool(self._store.latest_versions, run_ids)
+        now = time.monotonic()
+        for run_id in run_ids:
+            watched = self._watched.get(run_id)
+            if watched is None or run_id not in versions:
+                continue
+            changed = versions[run_id] != watched.version
+            if not changed and now - watched.pushed_at < self._interval_s:
+                continue
+            run = await run_in_threadpool(self._store.get, run_id)
+            state_changed = run.status != watched.status
+            if not state_changed and now - watched.pushed_at < self._interval_s:
+                continue  # progress moved, but the next periodic push will carry it
+            message = progress_message(run, self._settings)
+            watched.version, watched.status, watched.pushed_at = versions[run_id], run.status, now
+            for queue in list(watched.queues):
+                _offer(queue, message)
+
+
+def _offer(queue: asyncio.Queue[Any], message: dict[str, Any] | None) -> None:
+    """Put without waiting; a full queue drops its oldest message (a slow client only misses the stale)."""
+    while True:
+        try:
+            queue.put_nowait(message)
+            return
+        except asyncio.QueueFull:
+            with contextlib.suppress(asyncio.QueueEmpty):
+                queue.get_nowait()
+
+
+@router.websocket("/ws/training/{experiment_id}")
+async def training_progress(websocket: WebSocket, experiment_id: str) -> None:
+    """Streams JSON progress messages for one run (schema in the README); closes 1000 after `final`,
+    4404 for an unknown run."""
+    store: RunStore = websocket.app.state.run_store
+    settings: Settings = websocket.app.state.settings
+    hub: ProgressHub = websocket.app.state.progress_hub
+    await websocket.accept()
+    try:
+        run = await run_in_threadpool(store.get, str(uuid.UUID(experiment_id)))
+    except (ValueError, RunNotFound):
+        await websocket.close(code=CLOSE_UNKNOWN_RUN, reason="unknown experiment_id")
+        return
+    queue = hub.subscribe(run.id, run.progress_version, run.status)
+    try:
+        first = progress_message(run, settings)
+        await websocket.send_json(first)
+        if first["type"] == "final":
+            await websocket.close(code=1000, reason=f"run {run.status}")
+            return
+        await _stream(websocket, queue)
+    except (WebSocketDisconnect, TimeoutError):
+        pass
+    finally:
+        hub.unsubscribe(run.id, queue)
+
+
+async def _stream(websocket: WebSocket, queue: asyncio.Queue[Any]) -> None:
+    """Forward queued messages until the run ends, the server stops, or the client leaves.
+
+    Waiting on the queue alone would never notice a client that left; so race it against receive().
+    """
+    receiver = asyncio.create_task(_until_disconnect(websocket))
+    try:
+        while True:
+            getter = asyncio.create_task(queue.get())
+            done, _ = await asyncio.wait({getter, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            if receiver in done:
+                getter.cancel()
+                return
+            message = getter.result()
+            if message is None:
+                await websocket.close(code=CLOSE_SERVER_SHUTDOWN, reason="server shutting down")
+                return
+            await asyncio.wait_for(websocket.send_json(message), SEND_TIMEOUT_S)
+            if message["type"] == "final":
+                await websocket.close(code=1000, reason=f"run {message['status']}")
+                return
+    finally:
+        receiver.cancel()
+        with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect):
+            await receiver
+
+
+async def _until_disconnect(websocket: WebSocket) -> None:
+    while websocket.application_state == WebSocketState.CONNECTED:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
