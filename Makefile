@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PIP_INSTALL := $(PY) -m pip install --disable-pip-version-check -q
 
-.PHONY: install run test lint format typecheck unit bench bench-full clean
+.PHONY: install system-deps run test lint format typecheck unit bench bench-full clean
 
 install: $(STAMP)
 
@@ -15,6 +15,10 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) -r requirements-dev.txt -c constraints.txt
 	@touch $(STAMP)
+
+# PostgreSQL and Chromium for the tests that drive them (installed only where missing; needs root + apt).
+system-deps:
+	@bash scripts/install-system-deps.sh
 
 run: install
 	$(PY) main.py
@@ -33,7 +37,7 @@ typecheck: install
 unit: install
 	$(PY) -m pytest
 
-test: lint typecheck unit
+test: system-deps lint typecheck unit
 
 bench: install
 	$(PY) -m bench.run --quick
