@@ -7,12 +7,15 @@ from contextlib import asynccontextmanager
 
 import structlog
 import uvicorn
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.concurrency import run_in_threadpool
+from fastapi.middleware.cors import CORSMiddleware
 
 import websocket
 from api import experiments, health, training
+from api.dashboard import install_dashboard
 from api.errors import install_error_handlers
+from api.security import BodySizeLimit, require_api_key
 from database import create_db_engine, make_session_factory, upgrade_schema
 from logging_setup import configure_logging
 from mlflow_client import Tracker
@@ -48,8 +51,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             on_run_created=store.record_mlflow_run,
             on_tracking_status=store.record_tracking_status,
         )
-        service = TrainingService(settings, store, tracker)
+        service = TrainingService(settings, store, tracker if settings.mlflow_enabled else None)
         await run_in_threadpool(service.start)
+        tracker.prepare()  # in the background: a first request must not wait for MLflow's set-up
         hub = ProgressHub(store, settings)
         hub.start()
         app.state.settings = settings
@@ -74,10 +78,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    app.include_router(training.router)
-    app.include_router(experiments.router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+        )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    guarded = [Depends(require_api_key)]
+    app.include_router(training.router, dependencies=guarded)
+    app.include_router(experiments.router, dependencies=guarded)
     app.include_router(websocket.router)
     app.include_router(health.router)
+    install_dashboard(app)
     return app
 
 

@@ -210,6 +210,18 @@ class Tracker:
                     self._experiment_id = str(existing.experiment_id)
         return self._experiment_id
 
+    def cached_experiment_id(self) -> str | None:
+        """The experiment id if already known: for request paths that must not wait on MLflow."""
+        return self._experiment_id
+
+    def prepare(self) -> None:
+        """Set up the store and experiment on the sender thread, ahead of the first run or request."""
+
+        def prepare(_client: MlflowClient) -> None:
+            self.experiment_id()
+
+        self._enqueue(_Operation("service", "prepare experiment", prepare))
+
     # --- logging API (called from training threads; never blocks) -----------------------------------
 
     def start_run(self, run_key: str, run_name: str, tags: Mapping[str, str]) -> TrackedRun:

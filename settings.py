@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def _default_concurrency() -> int:
@@ -27,6 +29,7 @@ class Settings(BaseSettings):
     database_url: str = Field("", description="SQLAlchemy URL; empty means a SQLite file in DATA_DIR.")
     mlflow_tracking_uri: str = Field("", description="MLflow tracking URI; empty means a store in DATA_DIR.")
     mlflow_experiment_name: str = Field("rl-maze", description="MLflow experiment that holds our runs.")
+    mlflow_enabled: bool = Field(True, description="Log runs to MLflow; false turns tracking off.")
     mlflow_ui_url: str = Field(
         "", description="Base URL of an MLflow UI for links; empty: the tracking server's URL, if any."
     )
@@ -40,9 +43,27 @@ class Settings(BaseSettings):
         30.0, gt=0, description="A running run whose heartbeat is older than this is marked interrupted."
     )
     max_total_timesteps: int = Field(50_000_000, ge=1, description="Upper bound on a run's step budget.")
+    max_queued_runs: int = Field(20, ge=0, description="Queued runs beyond which starts get 429.")
+    max_maze_size: int = Field(30, ge=2, le=30, description="Largest maze_size accepted.")
+    max_request_bytes: int = Field(65_536, ge=1024, description="Largest request body accepted.")
+    api_key: str = Field("", description="When set, REST calls need X-API-Key and WebSockets a token.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins allowed by CORS (comma-separated or JSON list); none by default.",
+    )
     eval_episodes: int = Field(100, ge=0, description="Held-out mazes evaluated when a run ends.")
     log_level: str = Field("INFO", description="Log level for the service and uvicorn.")
     log_json: bool = Field(True, description="JSON logs (true) or human-readable console logs (false).")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [origin.strip() for origin in text.split(",") if origin.strip()]
+        return value
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> Settings:

@@ -181,6 +181,7 @@ class TrackingCallback(BaseCallback):
         self._timesteps_per_episode = timesteps_per_episode
         self._log_metrics = log_metrics
         self._last_episode = 0
+        self._last_sent_step = -1
         self._sb3_values: dict[str, float] = {}
 
     def _on_training_start(self) -> None:
@@ -210,6 +211,9 @@ class TrackingCallback(BaseCallback):
                 self._sb3_values[SB3_METRICS[key]] = float(value)
 
     def _send(self) -> None:
+        if self.num_timesteps == self._last_sent_step:
+            return  # training ended right on an iteration boundary: that point is logged already
+        self._last_sent_step = self.num_timesteps
         snapshot = self._progress.snapshot()
         metrics: dict[str, float] = {
             "episode": float(snapshot.episode),

@@ -35,6 +35,7 @@ from training_callbacks import ProgressCallback, StopOnRequestCallback, Tracking
 log = structlog.get_logger(__name__)
 
 ONNX_VERIFICATION_OBSERVATIONS = 1000
+QUEUE_RETRY_AFTER_S = 30
 
 
 class InvalidRequest(ValueError):
@@ -44,6 +45,14 @@ class InvalidRequest(ValueError):
         super().__init__(message)
         self.field = field
         self.message = message
+
+
+class ServiceBusy(RuntimeError):
+    """The queue is full; answered as 429 with Retry-After."""
+
+    def __init__(self, queued: int, retry_after_s: int) -> None:
+        super().__init__(f"{queued} runs are already queued (MAX_QUEUED_RUNS); try again later")
+        self.retry_after_s = retry_after_s
 
 
 @dataclasses.dataclass
@@ -145,6 +154,9 @@ class TrainingService:
     def submit(self, request: StartTrainingRequest) -> TrainingRun:
         """Record a new run as queued and start it at once when the cap allows."""
         new_run = self._resolve(request)
+        _, queued = self.store.list_runs(status=RunStatus.QUEUED.value, limit=1)
+        if queued >= self.settings.max_queued_runs and not self._has_free_slot():
+            raise ServiceBusy(queued, retry_after_s=QUEUE_RETRY_AFTER_S)
         run = self.store.create(new_run)
         log.info("run_submitted", experiment_id=run.id, algorithm=run.algorithm, maze_size=run.maze_size)
         self._claim_and_start()
@@ -158,7 +170,15 @@ class TrainingService:
             local.stop.set()
         return run
 
+    def _has_free_slot(self) -> bool:
+        _, running = self.store.list_runs(status=RunStatus.RUNNING.value, limit=1)
+        return running < self.settings.max_concurrent_runs
+
     def _resolve(self, request: StartTrainingRequest) -> NewRun:
+        if request.maze_size > self.settings.max_maze_size:
+            raise InvalidRequest(
+                "maze_size", f"must be at most {self.settings.max_maze_size} on this server (MAX_MAZE_SIZE)"
+            )
         if request.total_timesteps > self.settings.max_total_timesteps:
             raise InvalidRequest(
                 "total_episodes",

@@ -20,6 +20,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketState
 
+from api.security import websocket_rejection, websocket_subprotocol
 from run_store import RunNotFound, RunStore
 from run_views import progress_message
 from settings import Settings
@@ -30,6 +31,7 @@ CLIENT_QUEUE_SIZE = 8
 SEND_TIMEOUT_S = 10.0
 CLOSE_UNKNOWN_RUN = 4404
 CLOSE_SERVER_SHUTDOWN = 1001
+CLOSE_POLICY_VIOLATION = 1008
 
 router = APIRouter(tags=["progress"])
 
@@ -144,7 +146,11 @@ async def training_progress(websocket: WebSocket, experiment_id: str) -> None:
     store: RunStore = websocket.app.state.run_store
     settings: Settings = websocket.app.state.settings
     hub: ProgressHub = websocket.app.state.progress_hub
-    await websocket.accept()
+    await websocket.accept(subprotocol=websocket_subprotocol(websocket))
+    rejection = websocket_rejection(websocket, settings)
+    if rejection is not None:
+        await websocket.close(code=CLOSE_POLICY_VIOLATION, reason=rejection)
+        return
     try:
         run = await run_in_threadpool(store.get, str(uuid.UUID(experiment_id)))
     except (ValueError, RunNotFound):

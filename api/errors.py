@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from run_store import RunNotFound
-from training_service import InvalidRequest
+from training_service import InvalidRequest, ServiceBusy
 
 log = structlog.get_logger(__name__)
 
@@ -25,6 +25,13 @@ async def _invalid_request(_request: Request, error: Exception) -> JSONResponse:
     return JSONResponse(status_code=422, content={"detail": detail})
 
 
+async def _service_busy(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, ServiceBusy)
+    return JSONResponse(
+        status_code=429, content={"detail": str(error)}, headers={"Retry-After": str(error.retry_after_s)}
+    )
+
+
 async def _database_unavailable(_request: Request, error: Exception) -> JSONResponse:
     log.warning("database_unavailable", error=str(error).splitlines()[0])
     return JSONResponse(
@@ -37,5 +44,6 @@ async def _database_unavailable(_request: Request, error: Exception) -> JSONResp
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RunNotFound, _run_not_found)
     app.add_exception_handler(InvalidRequest, _invalid_request)
+    app.add_exception_handler(ServiceBusy, _service_busy)
     app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(DBAPIError, _database_unavailable)

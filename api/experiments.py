@@ -47,14 +47,6 @@ def _tracker(request: Request) -> Tracker:
     return tracker
 
 
-def _mlflow_experiment_id(tracker: Tracker) -> str | None:
-    try:
-        return tracker.experiment_id()
-    except Exception as error:
-        log.warning("mlflow_unavailable", error=str(error).splitlines()[0] if str(error) else "")
-        return None
-
-
 @router.get("", response_model=ExperimentList, summary="Runs, newest first, with their MLflow run ids")
 async def list_experiments(
     request: Request,
@@ -68,7 +60,7 @@ async def list_experiments(
     runs, total = await run_in_threadpool(
         store.list_runs, status=status, algorithm=algorithm, limit=limit, offset=offset
     )
-    mlflow_experiment = await run_in_threadpool(_mlflow_experiment_id, _tracker(request))
+    mlflow_experiment = _tracker(request).cached_experiment_id()
     items = [experiment_summary(run, settings, mlflow_experiment) for run in runs]
     return ExperimentList(items=items, total=total, limit=limit, offset=offset)
 

@@ -1,0 +1,110 @@
+// The runs table: polls `GET /experiments` every few seconds while the list is shown.
+import { api, errorMessage } from "./api.js";
+import { el, formatPercent, formatTime, isFinal, safeUrl, shortId } from "./format.js";
+
+const POLL_MS = 3000;
+const PAGE_SIZE = 50;
+
+function statusBadge(status) {
+  return el("span", { className: "badge", dataset: { status } }, status);
+}
+
+function progressCell(run) {
+  const percent = Math.round((run.progress || 0) * 100);
+  const bar = el(
+    "div",
+    { className: "progress small", title: `${percent}%`, dataset: { status: run.status } },
+    el("div", { className: "progress-fill" }),
+  );
+  bar.firstChild.style.width = `${((run.progress || 0) * 100).toFixed(2)}%`;
+  const text = el("span", { className: "muted" }, `${run.episode} / ${run.total_episodes} (${percent}%)`);
+  return [bar, text];
+}
+
+function successCell(run) {
+  if (run.success_rate === null || run.success_rate === undefined) return "—";
+  const text = formatPercent(run.success_rate);
+  return isFinal(run.status) ? text : el("span", { className: "muted", title: "rolling, during training" }, text);
+}
+
+function detailLink(run) {
+  const href = `#/runs/${encodeURIComponent(run.experiment_id)}`;
+  return el("a", { href, className: "run-link", title: `details of ${run.experiment_id}` }, shortId(run.experiment_id));
+}
+
+function mlflowLink(run) {
+  const url = safeUrl(run.mlflow_url);
+  return url ? el("a", { href: url, target: "_blank", rel: "noopener" }, "MLflow ↗") : "—";
+}
+
+function cell(label, ...content) {
+  return el("td", { dataset: { label } }, ...content);
+}
+
+function runRow(run) {
+  const row = el(
+    "tr",
+    { dataset: { runId: run.experiment_id, status: run.status } },
+    cell("Run", detailLink(run)),
+    cell("State", statusBadge(run.status)),
+    cell("Algorithm", run.algorithm),
+    cell("Maze", `${run.maze_size}×${run.maze_size} ${run.maze_mode}`),
+    cell("Progress", ...progressCell(run)),
+    cell("Success", successCell(run)),
+    cell("Created", formatTime(run.created_at)),
+    cell("Finished", run.finished_at ? formatTime(run.finished_at) : "—"),
+    cell("MLflow", mlflowLink(run)),
+  );
+  return row;
+}
+
+function query(filters) {
+  const params = new URLSearchParams({ limit: String(PAGE_SIZE), offset: "0" });
+  for (const [key, value] of Object.entries(filters)) if (value) params.set(key, value);
+  return `/experiments?${params}`;
+}
+
+/**
+ * Start polling into `table`'s body. `filters()` returns {status, algorithm}; `onHealth(ok)`
+ * reports whether the service answered. Returns {stop(), refresh()}.
+ */
+export function startRunsTable(table, messageNode, filters, onHealth) {
+  const body = table.tBodies[0];
+  let timer = null;
+  let stopped = false;
+
+  async function refresh() {
+    window.clearTimeout(timer);
+    if (document.hidden) {
+      timer = window.setTimeout(refresh, POLL_MS); // a background tab does not poll
+      return;
+    }
+    try {
+      const page = await api(query(filters()));
+      if (stopped) return;
+      body.replaceChildren(...page.items.map(runRow));
+      const shown = page.items.length;
+      messageNode.textContent = shown ? `${shown} of ${page.total} runs` : "No runs yet: start one above.";
+      onHealth(true);
+    } catch (error) {
+      messageNode.textContent = `Could not load runs: ${errorMessage(error)}`;
+      onHealth(false);
+    }
+    if (!stopped) timer = window.setTimeout(refresh, POLL_MS);
+  }
+
+  const onVisible = () => {
+    if (!document.hidden && !stopped) refresh();
+  };
+  document.addEventListener("visibilitychange", onVisible);
+  messageNode.textContent = "Loading runs…";
+  refresh();
+  return {
+    refresh,
+    stop() {
+      stopped = true;
+      window.clearTimeout(timer);
+      document.removeEventListener("visibilitychange", onVisible);
+    },
+  };
+}

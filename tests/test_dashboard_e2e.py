@@ -1,0 +1,325 @@
+"""The dashboard at `/`, driven in headless Chromium against a real uvicorn service that really trains.
+
+Screenshots land in test-artifacts/ (gitignored). Needs Debian's Chromium (see tests/browser.py).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.browser import (
+    DESKTOP,
+    PHONE,
+    DashboardService,
+    PageProblems,
+    launch_chromium,
+    screenshot,
+    skip_or_fail,
+)
+from tests.conftest import FINAL_STATES
+
+try:
+    from playwright.sync_api import Browser, Page, expect
+except ImportError:
+    skip_or_fail("playwright is not installed (pip install -r requirements-dev.txt)", module_level=True)
+
+RUN_URL = re.compile(r"#/runs/([0-9a-f-]{36})$")
+# One fixed 5x5 maze; PPO with the service's planner policy solves it within ~4k steps (measured: 0.5-4k).
+SOLVABLE_PPO: dict[str, Any] = {
+    "algorithm": "PPO",
+    "total_episodes": 16,
+    "timesteps_per_episode": 512,
+    "maze_size": 5,
+    "maze_mode": "fixed",
+    "n_envs": 4,
+    "seed": 7,
+}
+# Runs until stopped.
+ENDLESS_PPO: dict[str, Any] = {**SOLVABLE_PPO, "total_episodes": 1500, "timesteps_per_episode": 128}
+TRAINING_TIMEOUT_S = 240.0
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with launch_chromium() as chromium:
+        yield chromium
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DashboardService]:
+    live = DashboardService(tmp_path_factory.mktemp("dashboard") / "data")
+    try:
+        yield live.start()
+    finally:
+        live.stop()
+
+
+@pytest.fixture
+def api(service: DashboardService) -> Iterator[httpx.Client]:
+    with service.client() as client:
+        yield client
+
+
+class Dashboard:
+    """One browser tab on the service's dashboard."""
+
+    def __init__(self, page: Page, base_url: str) -> None:
+        self.page = page
+        self.base_url = base_url
+        self.problems = PageProblems(page)
+
+    def open(self, fragment: str = "#/") -> None:
+        self.page.goto(f"{self.base_url}/{fragment}")
+
+    def field_error(self, name: str) -> Any:
+        return self.page.locator(f'#start-form .field[data-field="{name}"] .field-error')
+
+    def fill_start_form(self, values: dict[str, Any]) -> None:
+        if self.page.locator("#advanced").get_attribute("open") is None:
+            self.page.locator("#advanced summary").click()
+        for name, value in values.items():
+            if name == "hyperparameters":
+                self.page.fill('textarea[name="hyperparameters"]', value)
+            elif name in ("algorithm", "maze_mode", "device"):
+                self.page.select_option(f'select[name="{name}"]', str(value))
+            else:
+                self.page.fill(f'input[name="{name}"]', str(value))
+
+    def run_id_from_url(self) -> str:
+        self.page.wait_for_url(RUN_URL)
+        match = RUN_URL.search(self.page.url)
+        assert match, self.page.url
+        return match.group(1)
+
+    def chart_points(self) -> dict[str, int]:
+        points: dict[str, int] = self.page.evaluate(
+            "() => Object.fromEntries([...document.querySelectorAll('figure.chart')]"
+            ".map((f) => [f.id.replace('chart-', ''), Number(f.dataset.points)]))"
+        )
+        return points
+
+    def ws_messages(self) -> int:
+        return int(self.page.locator("#view-detail").get_attribute("data-ws-messages") or 0)
+
+    def episode_shown(self) -> int:
+        match = re.search(r"Episode (\d+)", self.page.locator("#d-progress-text").inner_text())
+        return int(match.group(1)) if match else -1
+
+    def assert_no_page_errors(self) -> None:
+        assert self.problems.errors == [], self.problems.errors
+
+
+@pytest.fixture
+def dashboard(
+    browser: Browser, service: DashboardService, request: pytest.FixtureRequest
+) -> Iterator[Dashboard]:
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    view = Dashboard(page, service.base_url)
+    try:
+        yield view
+    finally:
+        screenshot(page, f"{request.node.name}-last")
+        context.close()
+
+
+def wait_until(predicate: Any, timeout_s: float, what: str, poll_s: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def api_error(api: httpx.Client, body: dict[str, Any], field: str) -> str:
+    """The message the API itself gives for `field` for this start request."""
+    response = api.post("/training/start", json=body)
+    assert response.status_code == 422, response.text
+    messages = [item["msg"] for item in response.json()["detail"] if item["loc"] == ["body", field]]
+    assert messages, response.text
+    return str(messages[0])
+
+
+def wait_for_exported_run(api: httpx.Client, run_id: str) -> dict[str, Any]:
+    def exported() -> dict[str, Any] | None:
+        body: dict[str, Any] = api.get(f"/experiments/{run_id}").raise_for_status().json()
+        if body["status"] in FINAL_STATES and body["status"] != "completed":
+            raise AssertionError(f"run ended {body['status']}: {body['training'].get('error')}")
+        onnx = body.get("onnx") or {}
+        return (
+            body if body["status"] == "completed" and onnx.get("status") in ("exported", "failed") else None
+        )
+
+    body: dict[str, Any] = wait_until(exported, TRAINING_TIMEOUT_S, f"run {run_id} completed and exported")
+    assert body["onnx"]["status"] == "exported", body["onnx"]
+    return body
+
+
+def test_page_and_static_files_are_served(api: httpx.Client) -> None:
+    page = api.get("/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert '<script type="module" src="/static/app.js">' in page.text
+    for path in ("/static/app.js", "/static/style.css", "/static/vendor/uplot/uPlot.esm.js"):
+        assert api.get(path).status_code == 200, path
+    assert api.get("/static/../main.py").status_code == 404
+
+
+def test_form_shows_the_apis_validation_messages_next_to_fields(
+    dashboard: Dashboard, api: httpx.Client
+) -> None:
+    too_big = {"algorithm": "PPO", "total_episodes": 20, "timesteps_per_episode": 512, "maze_size": 99}
+    expected = api_error(api, too_big, "maze_size")
+    dashboard.open()
+    dashboard.fill_start_form({"maze_size": 99})
+    dashboard.page.click('#start-form button[type="submit"]')
+    expect(dashboard.field_error("maze_size")).to_have_text(expected)
+    expect(dashboard.page.locator('#start-form .field[data-field="maze_size"]')).to_have_class(
+        re.compile("invalid")
+    )
+    expect(dashboard.field_error("total_episodes")).to_have_text("")
+    screenshot(dashboard.page, "form-maze-size-error")
+
+    bad_hyper = {**too_big, "maze_size": 5, "hyperparameters": {"not_a_knob": 1}}
+    expected = api_error(api, bad_hyper, "hyperparameters")
+    dashboard.fill_start_form({"maze_size": 5, "hyperparameters": '{"not_a_knob": 1}'})
+    dashboard.page.click('#start-form button[type="submit"]')
+    expect(dashboard.field_error("hyperparameters")).to_have_text(expected)
+    expect(dashboard.field_error("maze_size")).to_have_text("")
+
+    dashboard.fill_start_form({"hyperparameters": "{oops"})
+    dashboard.page.click('#start-form button[type="submit"]')
+    expect(dashboard.field_error("hyperparameters")).to_contain_text("not valid JSON")
+    screenshot(dashboard.page, "form-hyperparameters-error")
+    assert not RUN_URL.search(dashboard.page.url), "no run may start from an invalid form"
+
+    dashboard.open("#/runs/00000000-0000-4000-8000-000000000000")
+    expect(dashboard.page.locator("#d-status")).to_have_text("not found")
+    expect(dashboard.page.locator("#d-message")).to_contain_text("No such run")
+    dashboard.assert_no_page_errors()
+
+
+def test_start_from_form_watch_live_progress_and_stop(dashboard: Dashboard, api: httpx.Client) -> None:
+    page = dashboard.page
+    dashboard.open()
+    dashboard.fill_start_form(ENDLESS_PPO)
+    page.click('#start-form button[type="submit"]')
+    run_id = dashboard.run_id_from_url()
+
+    expect(page.locator("#d-socket")).to_have_attribute("data-state", "live", timeout=30_000)
+    expect(page.locator("#d-status")).to_have_text("running", timeout=60_000)
+    wait_until(lambda: dashboard.episode_shown() >= 2, 90, "episodes on the progress line")
+    # Charts grow from WebSocket messages alone: the page loaded its history once, before these.
+    before = dashboard.chart_points()
+    messages_before = dashboard.ws_messages()
+    wait_until(
+        lambda: (
+            dashboard.ws_messages() >= messages_before + 3
+            and sum(dashboard.chart_points().values()) > sum(before.values())
+        ),
+        90,
+        f"charts to grow from WebSocket messages (before: {before})",
+    )
+    fill = page.locator("#d-progress .progress-fill")
+    width = float(fill.evaluate("(node) => parseFloat(node.style.width)"))
+    assert width > 0, "the progress bar does not move"
+    expect(page.locator("#d-progress-text")).to_contain_text(f"/ {ENDLESS_PPO['total_episodes']}")
+    expect(page.locator("#d-progress-text")).to_contain_text("ETA")
+    screenshot(page, "run-live")
+
+    page.click("#d-stop")
+    expect(page.locator("#d-status")).to_have_text("stopped", timeout=90_000)
+    expect(page.locator("#d-stop")).to_be_hidden()
+    model_link = page.get_by_role("link", name="SB3 model (.zip)")
+    expect(model_link).to_be_visible(timeout=30_000)
+    href = model_link.get_attribute("href")
+    assert href and api.get(href).status_code == 200
+    screenshot(page, "run-stopped")
+    # The ONNX export finishes after the run ends: the page looks again by itself and enables the player.
+    expect(page.get_by_role("link", name="ONNX model")).to_be_visible(timeout=120_000)
+    expect(page.locator('#rollout-form button[type="submit"]')).to_be_enabled()
+
+    page.click("text=← All runs")
+    row = page.locator(f'#runs-table tbody tr[data-run-id="{run_id}"]')
+    expect(row).to_have_attribute("data-status", "stopped", timeout=15_000)
+    expect(row).to_contain_text("PPO")
+    expect(row).to_contain_text("5×5 fixed")
+    screenshot(page, "runs-list")
+    page.set_viewport_size(PHONE)
+    page.wait_for_timeout(300)
+    screenshot(page, "runs-list-phone")
+    dashboard.assert_no_page_errors()
+
+
+def test_completed_run_shows_history_downloads_and_rollout_reaches_goal(
+    dashboard: Dashboard, api: httpx.Client
+) -> None:
+    run_id = api.post("/training/start", json=SOLVABLE_PPO).raise_for_status().json()["experiment_id"]
+    body = wait_for_exported_run(api, run_id)
+    page = dashboard.page
+    dashboard.open(f"#/runs/{run_id}")
+    expect(page.locator("#d-status")).to_have_text("completed")
+
+    # A reload loses nothing: every history point from the API is drawn.
+    # (One point per step: the final snapshot may log a step twice.)
+    expected_points = {
+        key: len({p["step"] for p in points}) for key, points in body["history"].items() if points
+    }
+    assert expected_points.get("reward"), f"no reward history to draw: {body['history']}"
+    wait_until(
+        lambda: all(dashboard.chart_points().get(key) == n for key, n in expected_points.items()),
+        15,
+        f"charts drawing the history {expected_points} (drawn: {dashboard.chart_points()})",
+    )
+    onnx_link = page.get_by_role("link", name="ONNX model")
+    expect(onnx_link).to_be_visible()
+    onnx_href = onnx_link.get_attribute("href")
+    assert onnx_href and api.get(onnx_href).status_code == 200
+    expect(page.get_by_role("link", name="SB3 model (.zip)")).to_be_visible()
+
+    page.click('#rollout-form button[type="submit"]')  # empty seed: the run's own fixed maze
+    canvas = page.locator("#maze")
+    expect(canvas).to_have_attribute("data-state", "done", timeout=30_000)
+    result = page.locator("#rollout-result")
+    expect(result).to_have_attribute("data-success", "true")
+    expect(result).to_contain_text("Reached the goal")
+    replay = api.post(f"/experiments/{run_id}/rollout", json={}).raise_for_status().json()
+    goal = ",".join(str(v) for v in replay["goal"])
+    expect(canvas).to_have_attribute("data-agent", goal)
+    screenshot(page, "rollout-desktop")
+
+    page.set_viewport_size(PHONE)
+    page.wait_for_timeout(300)
+    screenshot(page, "rollout-phone")
+    dashboard.assert_no_page_errors()
+
+
+def test_socket_reconnects_after_the_service_restarts(
+    dashboard: Dashboard, service: DashboardService, api: httpx.Client
+) -> None:
+    run_id = api.post("/training/start", json=ENDLESS_PPO).raise_for_status().json()["experiment_id"]
+    page = dashboard.page
+    dashboard.open(f"#/runs/{run_id}")
+    expect(page.locator("#d-socket")).to_have_attribute("data-state", "live", timeout=30_000)
+    wait_until(lambda: dashboard.ws_messages() >= 2, 60, "progress messages")
+
+    service.kill()  # a crash: no goodbye on the socket
+    expect(page.locator("#d-socket")).to_have_attribute("data-state", re.compile("waiting|reconnecting"))
+    screenshot(page, "socket-disconnected")
+    messages_before = dashboard.ws_messages()
+    service.start()
+
+    # The restarted service knows the run (now ended: its worker died) and the page catches up by itself.
+    wait_until(lambda: dashboard.ws_messages() > messages_before, 90, "messages after the restart")
+    expect(page.locator("#d-status")).to_have_text(re.compile("|".join(FINAL_STATES)), timeout=90_000)
+    screenshot(page, "socket-reconnected")
+    dashboard.assert_no_page_errors()
