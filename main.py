@@ -27,7 +27,7 @@ from websocket import ProgressHub
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_GRACE_S = 30.0
-TRACKING_FLUSH_S = 10.0
+TRACKING_FLUSH_S = 30.0
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

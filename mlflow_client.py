@@ -38,6 +38,7 @@ log = structlog.get_logger(__name__)
 
 HEALTH_TIMEOUT_S = 2.0
 MAX_PENDING_OPERATIONS = 50_000
+MAX_METRICS_PER_BATCH = 900  # MLflow accepts at most 1,000 metrics per log_batch
 MAX_PARAM_LENGTH = 500
 PERMANENT_FAILURE_ATTEMPTS = 3
 BACKOFF_START_S = 0.5
@@ -109,6 +110,9 @@ class _Operation:
     description: str
     apply: Callable[[MlflowClient], None]
     attempts: int = 0
+    # Metric points of a "log metrics" operation: consecutive ones of a run are sent as one batch.
+    metrics: list[Metric] | None = None
+    tracked: TrackedRun | None = None
 
 
 @dataclasses.dataclass
@@ -156,6 +160,7 @@ class Tracker:
         self._experiment_id: str | None = None
         self._queue: queue.Queue[_Operation] = queue.Queue(maxsize=MAX_PENDING_OPERATIONS)
         self._degraded_runs: set[str] = set()
+        self._held: _Operation | None = None
         self._dropped = 0
         self._last_error: str | None = None
         self._stop = threading.Event()
@@ -259,10 +264,13 @@ class Tracker:
         if not items:
             return
 
+        self._enqueue(self._metrics_operation(tracked, items))
+
+    def _metrics_operation(self, tracked: TrackedRun, items: list[Metric]) -> _Operation:
         def send(client: MlflowClient) -> None:
             client.log_batch(self._run_id(tracked), metrics=items)
 
-        self._enqueue(_Operation(tracked.run_key, "log metrics", send))
+        return _Operation(tracked.run_key, "log metrics", send, metrics=items, tracked=tracked)
 
     def log_artifact(self, tracked: TrackedRun, path: Path, artifact_path: str | None = None) -> None:
         def send(client: MlflowClient) -> None:
@@ -320,7 +328,7 @@ class Tracker:
         """Wait until everything queued so far was sent (or `timeout_s` passed)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self._queue.empty() and self._idle.is_set():
+            if self._queue.empty() and self._held is None and self._idle.is_set():
                 return True
             time.sleep(0.05)
         return False
@@ -345,11 +353,31 @@ class Tracker:
             self._dropped += 1
             log.warning("mlflow_operation_dropped", run=operation.run_key, operation=operation.description)
 
+    def _next_operation(self) -> _Operation:
+        """The next operation; queued metric points of the same run are merged into one request."""
+        operation = self._held or self._queue.get(timeout=0.2)
+        self._held = None
+        if operation.metrics is None or operation.tracked is None:
+            return operation
+        metrics = list(operation.metrics)
+        while len(metrics) < MAX_METRICS_PER_BATCH:
+            try:
+                following = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if following.metrics is None or following.run_key != operation.run_key:
+                self._held = following
+                break
+            metrics.extend(following.metrics)
+        if len(metrics) == len(operation.metrics):
+            return operation
+        return self._metrics_operation(operation.tracked, metrics)
+
     def _send_loop(self) -> None:
         backoff = BACKOFF_START_S
         while not self._stop.is_set():
             try:
-                operation = self._queue.get(timeout=0.2)
+                operation = self._next_operation()
             except queue.Empty:
                 continue
             self._idle.clear()
@@ -364,6 +392,8 @@ class Tracker:
                     backoff = min(BACKOFF_MAX_S, backoff * 2)
                     continue
                 backoff = BACKOFF_START_S
+                if operation.metrics is None:
+                    log.info("mlflow_sent", run=operation.run_key, operation=operation.description)
                 self._mark_recovered(operation.run_key)
                 break
             self._idle.set()

@@ -253,6 +253,26 @@ class RunStore:
             )
         return self.get(run_id)
 
+    def requeue_for_resume(self, run_id: str) -> bool:
+        """Put an interrupted or stopped run back in the queue; False when it is in another state."""
+        with self._transaction() as session:
+            result = session.execute(
+                update(TrainingRun)
+                .where(TrainingRun.id == run_id)
+                .where(TrainingRun.status.in_([RunStatus.INTERRUPTED.value, RunStatus.STOPPED.value]))
+                .values(
+                    status=RunStatus.QUEUED.value,
+                    finished_at=None,
+                    error=None,
+                    stop_requested=False,
+                    owner=None,
+                    onnx_status=None,
+                    onnx_error=None,
+                    progress_version=TrainingRun.progress_version + 1,
+                )
+            )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
     def stop_requested(self, run_id: str) -> bool:
         with self._session_factory() as session:
             return bool(session.scalar(select(TrainingRun.stop_requested).where(TrainingRun.id == run_id)))

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
         description="Origins allowed by CORS (comma-separated or JSON list); none by default.",
     )
     eval_episodes: int = Field(100, ge=0, description="Held-out mazes evaluated when a run ends.")
+    checkpoint_every_episodes: int = Field(
+        10, ge=0, description="Save a resumable checkpoint every N training iterations (0: never)."
+    )
     log_level: str = Field("INFO", description="Log level for the service and uvicorn.")
     log_json: bool = Field(True, description="JSON logs (true) or human-readable console logs (false).")
 

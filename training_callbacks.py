@@ -23,6 +23,8 @@ class ProgressCallback(BaseCallback):
     :param interval_s: publish at least this often, even inside a long iteration.
     :param publish: receives each snapshot, on the training thread; must be quick.
     :param clock: monotonic seconds (injected for tests of the timing logic).
+    :param maze_episodes: episodes already counted (a resumed run continues its counts).
+    :param maze_successes: successes already counted.
     """
 
     def __init__(
@@ -31,6 +33,8 @@ class ProgressCallback(BaseCallback):
         interval_s: float,
         publish: Callable[[ProgressSnapshot], None],
         clock: Callable[[], float] = time.monotonic,
+        maze_episodes: int = 0,
+        maze_successes: int = 0,
     ) -> None:
         super().__init__()
         self._timesteps_per_episode = timesteps_per_episode
@@ -40,8 +44,8 @@ class ProgressCallback(BaseCallback):
         self._successes: collections.deque[bool] = collections.deque(maxlen=ROLLING_WINDOW)
         self._rewards: collections.deque[float] = collections.deque(maxlen=ROLLING_WINDOW)
         self._episode_returns: np.ndarray = np.zeros(0)
-        self.maze_episodes = 0
-        self.maze_successes = 0
+        self.maze_episodes = maze_episodes
+        self.maze_successes = maze_successes
         self._loss: float | None = None
         self._started_at = 0.0
         self._start_timesteps = 0

@@ -19,7 +19,7 @@ import structlog
 import torch
 from stable_baselines3 import DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor, is_vecenv_wrapped
 
 import agents
@@ -36,6 +36,8 @@ log = structlog.get_logger(__name__)
 
 ONNX_VERIFICATION_OBSERVATIONS = 1000
 QUEUE_RETRY_AFTER_S = 30
+CHECKPOINT_DIR = "checkpoints"
+ALGORITHM_CLASSES: dict[str, type[PPO] | type[DQN]] = {"PPO": PPO, "DQN": DQN}
 
 
 class InvalidRequest(ValueError):
@@ -53,6 +55,10 @@ class ServiceBusy(RuntimeError):
     def __init__(self, queued: int, retry_after_s: int) -> None:
         super().__init__(f"{queued} runs are already queued (MAX_QUEUED_RUNS); try again later")
         self.retry_after_s = retry_after_s
+
+
+class NotResumable(RuntimeError):
+    """The run cannot be resumed (wrong state, or nothing saved); answered as 409."""
 
 
 @dataclasses.dataclass
@@ -162,6 +168,19 @@ class TrainingService:
         self._claim_and_start()
         return self.store.get(run.id)
 
+    def resume(self, run_id: str) -> TrainingRun:
+        """Queue an interrupted or stopped run again; it continues from its newest checkpoint."""
+        run = self.store.get(run_id)
+        if latest_checkpoint(self.settings.models_dir / run.id) is None:
+            raise NotResumable(f"run {run.id} has no checkpoint to resume from (status: {run.status})")
+        if not self.store.requeue_for_resume(run.id):
+            raise NotResumable(
+                f"run {run.id} is {run.status}; only interrupted or stopped runs can be resumed"
+            )
+        log.info("run_resume_requested", experiment_id=run.id, from_status=run.status)
+        self._claim_and_start()
+        return self.store.get(run.id)
+
     def request_stop(self, run_id: str) -> TrainingRun:
         run = self.store.request_stop(run_id)
         with self._lock:
@@ -257,17 +276,28 @@ class TrainingService:
         try:
             device = resolve_device(run.device_requested)
             env = self._make_env(run)
-            model = agents.build_model(
-                run.algorithm, env, dict(run.hyperparameters), run.seed, device, run.timesteps_per_episode
-            )
+            checkpoint = latest_checkpoint(self.settings.models_dir / run.id)
+            if checkpoint is None:
+                model = agents.build_model(
+                    run.algorithm, env, dict(run.hyperparameters), run.seed, device, run.timesteps_per_episode
+                )
+            else:
+                model = ALGORITHM_CLASSES[run.algorithm].load(checkpoint, env=env, device=device)
             used = effective_hyperparameters(model, run.algorithm)
             self.store.record_setup(run.id, device, used)
             if run.maze_mode == "fixed":
                 self.store.record_fixed_maze_seed(run.id, fixed_maze_seed(env))
-            if tracked is not None:
+            if tracked is not None and checkpoint is None:
                 self.tracker.log_params(tracked, run_parameters(run, device, used))  # type: ignore[union-attr]
-            run_log.info("run_started", device=device, total_timesteps=run.total_timesteps)
-            model.learn(total_timesteps=run.total_timesteps, callback=self._callbacks(run, local, tracked))
+            remaining = max(0, run.total_timesteps - model.num_timesteps)
+            run_log.info(
+                "run_started", device=device, remaining_timesteps=remaining, resumed=checkpoint is not None
+            )
+            model.learn(
+                total_timesteps=remaining,
+                callback=self._callbacks(run, local, tracked),
+                reset_num_timesteps=checkpoint is None,
+            )
             model_path = self._save_model(run.id, model)
             if local.stop.is_set():
                 final_status = RunStatus.INTERRUPTED if local.shutting_down else RunStatus.STOPPED
@@ -303,9 +333,22 @@ class TrainingService:
 
     def _callbacks(self, run: TrainingRun, local: _LocalRun, tracked: TrackedRun | None) -> CallbackList:
         progress = ProgressCallback(
-            run.timesteps_per_episode, self.settings.progress_interval_s, self._publisher(run.id)
+            run.timesteps_per_episode,
+            self.settings.progress_interval_s,
+            self._publisher(run.id),
+            maze_episodes=run.maze_episodes,
+            maze_successes=run.maze_successes,
         )
         callbacks: list[BaseCallback] = [progress]
+        every = self.settings.checkpoint_every_episodes
+        if every > 0:
+            callbacks.append(
+                CheckpointCallback(
+                    save_freq=max(1, every * run.timesteps_per_episode // run.n_envs),
+                    save_path=str(self.settings.models_dir / run.id / CHECKPOINT_DIR),
+                    name_prefix="checkpoint",
+                )
+            )
         if tracked is not None and self.tracker is not None:
             tracker = self.tracker
             callbacks.append(
@@ -417,6 +460,13 @@ class TrainingService:
             self.store.finish(run_id, RunStatus.FAILED, error=message)
         except Exception:
             log.exception("failure_not_recorded", experiment_id=run_id)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest saved model of a run: a periodic checkpoint, or the model saved when it stopped."""
+    candidates = [run_dir / "model.zip", *(run_dir / CHECKPOINT_DIR).glob("checkpoint_*_steps.zip")]
+    existing = [path for path in candidates if path.is_file()]
+    return max(existing, key=lambda path: path.stat().st_mtime_ns) if existing else None
 
 
 def fixed_maze_seed(env: VecEnv) -> int:

@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from run_store import RunNotFound
-from training_service import InvalidRequest, ServiceBusy
+from training_service import InvalidRequest, NotResumable, ServiceBusy
 
 log = structlog.get_logger(__name__)
 
@@ -23,6 +23,10 @@ async def _invalid_request(_request: Request, error: Exception) -> JSONResponse:
     # Same shape as FastAPI's own validation errors, so clients parse one format.
     detail = [{"type": "value_error", "loc": ["body", error.field], "msg": error.message, "input": None}]
     return JSONResponse(status_code=422, content={"detail": detail})
+
+
+async def _not_resumable(_request: Request, error: Exception) -> JSONResponse:
+    return JSONResponse(status_code=409, content={"detail": str(error)})
 
 
 async def _service_busy(_request: Request, error: Exception) -> JSONResponse:
@@ -45,5 +49,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RunNotFound, _run_not_found)
     app.add_exception_handler(InvalidRequest, _invalid_request)
     app.add_exception_handler(ServiceBusy, _service_busy)
+    app.add_exception_handler(NotResumable, _not_resumable)
     app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(DBAPIError, _database_unavailable)

@@ -64,3 +64,16 @@ async def stop_training(
     else:
         message = "stop requested; the run will save its model and end as 'stopped' shortly"
     return StopTrainingResponse(experiment_id=run_id, status=run.status, message=message)
+
+
+@router.post(
+    "/resume/{experiment_id}",
+    response_model=StartTrainingResponse,
+    summary="Continue an interrupted or stopped run from its checkpoint",
+    responses={409: {"description": "Not interrupted/stopped, or nothing saved to resume from"}},
+)
+async def resume_training(experiment_id: uuid.UUID, service: ServiceDep) -> StartTrainingResponse:
+    """Queues the run again; it continues from its newest checkpoint with its step count, progress
+    counters and MLflow run carrying on."""
+    run = await run_in_threadpool(service.resume, str(experiment_id))
+    return StartTrainingResponse(experiment_id=run.id, run_status=run.status)
