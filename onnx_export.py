@@ -229,16 +229,19 @@ class OnnxPolicy:
         :param observations: a batch of observations, shape (batch, *obs_shape)
         :return: the deterministic actions, int64, shape (batch,)
         """
-        return self.outputs(observations)[ACTION_OUTPUT]
+        return np.asarray(self._session.run([ACTION_OUTPUT], self._feed(observations))[0])
 
     def outputs(self, observations: np.ndarray) -> dict[str, np.ndarray]:
         """
         :param observations: a batch of observations, shape (batch, *obs_shape)
         :return: every graph output by name (``action`` and ``logits`` or ``q_values``)
         """
-        feed = {self._input_name: np.asarray(observations, dtype=self._input_dtype)}
-        results = self._session.run(self._output_names, feed)
+        results = self._session.run(self._output_names, self._feed(observations))
         return {name: np.asarray(value) for name, value in zip(self._output_names, results, strict=True)}
+
+    def _feed(self, observations: np.ndarray) -> dict[str, np.ndarray]:
+        # A lossless cast for the maze's 0/1 observations, which agents.evaluate_with sends as float32.
+        return {self._input_name: np.asarray(observations, dtype=self._input_dtype)}
 
 
 def _check_request(metadata: Mapping[str, str], observations: np.ndarray, opset: int) -> None:

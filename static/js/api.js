@@ -24,14 +24,32 @@ function parseBody(text) {
   }
 }
 
+const API_KEY_STORAGE = "rlmaze.apiKey";
+
+/** The API key a user entered for a service started with API_KEY (kept in this browser only). */
+export function apiKey() {
+  return window.localStorage.getItem(API_KEY_STORAGE) || "";
+}
+
+function askForApiKey() {
+  const entered = window.prompt("This service needs an API key (X-API-Key):", apiKey());
+  if (entered === null) return false;
+  window.localStorage.setItem(API_KEY_STORAGE, entered.trim());
+  return true;
+}
+
 /** fetch a JSON endpoint; throws ApiError (HTTP error) or TypeError (network down). */
-export async function api(path, { method = "GET", body, signal } = {}) {
+export async function api(path, { method = "GET", body, signal } = {}, retried = false) {
   const init = { method, signal, headers: { Accept: "application/json" } };
+  if (apiKey()) init.headers["X-API-Key"] = apiKey();
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
   const response = await fetch(path, init);
+  if (response.status === 401 && !retried && askForApiKey()) {
+    return api(path, { method, body, signal }, true);
+  }
   const data = parseBody(await response.text());
   if (!response.ok) {
     throw new ApiError(response.status, data && typeof data === "object" ? data.detail : data);

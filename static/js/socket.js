@@ -1,4 +1,5 @@
 // A run's progress WebSocket that reconnects with exponential backoff (and jitter) until the run
+import { apiKey } from "./api.js";
 // ends: the server sends a "final" message and closes with 1000, or closes with 4404 (unknown run).
 
 const BASE_DELAY_MS = 500;
@@ -40,7 +41,8 @@ export function openRunSocket(runId, handlers) {
 
   function connect() {
     handlers.onState(everOpened || attempt ? "reconnecting" : "connecting");
-    socket = new WebSocket(socketUrl(runId));
+    // Browsers cannot send headers on a WebSocket: the key travels as the "apikey.<key>" subprotocol.
+    socket = apiKey() ? new WebSocket(socketUrl(runId), [`apikey.${apiKey()}`]) : new WebSocket(socketUrl(runId));
     socket.addEventListener("open", onOpen);
     socket.addEventListener("message", onMessage);
     socket.addEventListener("close", onClose);

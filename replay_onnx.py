@@ -1,0 +1,79 @@
+"""Replay an exported maze policy with onnxruntime only (no torch, no Stable-Baselines3).
+
+Usage: ``python replay_onnx.py path/to/model.onnx [--maze-seed N]``
+
+The maze size, mode and seed come from the file's metadata (see ``onnx_export.METADATA_MAZE_*``);
+``--maze-seed`` replays the policy on another maze of the same size. Prints the squares the agent
+visited, the number of steps and whether it reached the goal. Exit code: 0 goal reached, 1 not reached
+(time limit), 2 bad arguments or metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import maze_env
+from onnx_export import METADATA_MAZE_MODE, METADATA_MAZE_SEED, METADATA_MAZE_SIZE, OnnxPolicy
+
+
+@dataclass(frozen=True)
+class Replay:
+    maze: maze_env.Maze
+    path: list[tuple[int, int]]  # squares visited, start included
+    steps: int
+    reached_goal: bool
+
+
+def replay(policy: OnnxPolicy, maze_size: int, maze_mode: str, maze_seed: int) -> Replay:
+    """
+    Run one deterministic episode of the policy on the given maze.
+
+    :param policy: the exported policy
+    :param maze_size: cells per side, as in training
+    :param maze_mode: ``"fixed"`` or ``"random"``, as in training
+    :param maze_seed: the maze to play
+    :return: the squares visited and the outcome
+    """
+    env = maze_env.MazeEnv(maze_size=maze_size, maze_mode=maze_mode, seed=maze_seed)
+    obs, info = env.reset(options={"maze_seed": maze_seed})
+    path: list[tuple[int, int]] = [info["agent_pos"]]
+    while True:
+        action = policy.predict(obs[None])[0]
+        obs, _, terminated, truncated, info = env.step(action)
+        path.append(info["agent_pos"])
+        if terminated or truncated:
+            return Replay(env.maze, path, int(info["steps"]), bool(info["is_success"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """
+    :param argv: command-line arguments (default: ``sys.argv[1:]``)
+    :return: the process exit code
+    """
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path, help="an .onnx file written by onnx_export.export_policy")
+    parser.add_argument("--maze-seed", type=int, help="maze to play (default: the one in the metadata)")
+    args = parser.parse_args(argv)
+
+    policy = OnnxPolicy(args.model)
+    metadata = policy.metadata
+    missing = [key for key in (METADATA_MAZE_SIZE, METADATA_MAZE_MODE) if key not in metadata]
+    if missing:
+        parser.error(f"{args.model} has no {', '.join(missing)} metadata")
+    maze_seed = args.maze_seed if args.maze_seed is not None else metadata.get(METADATA_MAZE_SEED)
+    if maze_seed is None:
+        parser.error(f"{args.model} has no {METADATA_MAZE_SEED} metadata: pass --maze-seed")
+
+    result = replay(policy, int(metadata[METADATA_MAZE_SIZE]), metadata[METADATA_MAZE_MODE], int(maze_seed))
+    print(f"maze: size {result.maze.size}, seed {result.maze.seed}, goal {result.maze.goal}")
+    print(f"path: {result.path}")
+    print(f"steps: {result.steps} (shortest: {maze_env.shortest_path_moves(result.maze)})")
+    print(f"reached goal: {'yes' if result.reached_goal else 'no'}")
+    return 0 if result.reached_goal else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
