@@ -1,0 +1,31 @@
+"""`make bench` / `make bench-full`: run every benchmark in turn; each appends its section to RESULTS.md."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+QUICK = [
+    ["bench.bench_learning", "--quick"],
+    ["bench.bench_onnx", "--maze-sizes", "5", "10", "--repeats", "100"],
+    ["bench.bench_service", "--quick"],
+]
+FULL = [["bench.bench_learning"], ["bench.bench_onnx"], ["bench.bench_service"]]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="minutes instead of hours")
+    args = parser.parse_args()
+    failures = []
+    for module, *options in QUICK if args.quick else FULL:
+        print(f"\n=== {module} {' '.join(options)}", flush=True)
+        if subprocess.call([sys.executable, "-m", module, *options]) != 0:
+            failures.append(module)
+    if failures:
+        sys.exit(f"benchmarks failed: {', '.join(failures)}")
+
+
+if __name__ == "__main__":
+    main()
