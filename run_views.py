@@ -74,19 +74,9 @@ def onnx_info(run: TrainingRun) -> OnnxInfo | None:
 def experiment_summary(
     run: TrainingRun, settings: Settings, mlflow_experiment_id: str | None
 ) -> ExperimentSummary:
+    status = training_status(run, settings)
     return ExperimentSummary(
-        experiment_id=run.id,
-        status=run.status,
-        algorithm=run.algorithm,
-        maze_size=run.maze_size,
-        maze_mode=run.maze_mode,
-        episode=min(run.episode, run.total_episodes),
-        total_episodes=run.total_episodes,
-        progress=min(1.0, run.timesteps / run.total_timesteps) if run.total_timesteps else 0.0,
-        success_rate=run.success_rate,
-        created_at=run.created_at,
-        finished_at=run.finished_at,
-        mlflow_run_id=run.mlflow_run_id,
+        **status.model_dump(include=set(ExperimentSummary.model_fields) - {"mlflow_url"}),
         mlflow_url=mlflow_client.ui_url(
             settings.mlflow_tracking_uri,
             settings.mlflow_ui_url or None,

@@ -10,19 +10,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import httpx
 import pytest
-from fastapi import FastAPI
 
-from tests.conftest import PROJECT_ROOT, LiveService
+from tests.conftest import PROJECT_ROOT
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page, ViewportSize
@@ -94,60 +89,3 @@ def screenshot(page: Page, name: str) -> Path:
     path = ARTIFACTS_DIR / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
-
-
-def dashboard_app() -> FastAPI:
-    """uvicorn factory: the service's own `main:app`, with the dashboard installed in case main.py does
-    not install it (yet). `install_dashboard` is idempotent: once main.py calls it, this is `main.app`."""
-    import main
-    from api.dashboard import install_dashboard
-
-    install_dashboard(main.app)
-    return main.app
-
-
-class DashboardService(LiveService):
-    """`LiveService`, but serving `tests.browser:dashboard_app`; `restart()` keeps port and data."""
-
-    def start(self, timeout_s: float = 120.0) -> DashboardService:
-        env = {
-            **os.environ,
-            "DATA_DIR": str(self.data_dir),
-            "PROGRESS_INTERVAL_S": "0.5",
-            "HEARTBEAT_INTERVAL_S": "0.5",
-            "HEARTBEAT_TIMEOUT_S": "10",
-            "EVAL_EPISODES": "5",
-            "MAX_CONCURRENT_RUNS": "2",
-            "LOG_LEVEL": "INFO",
-            **self.extra_env,
-        }
-        command = [sys.executable, "-m", "uvicorn", "tests.browser:dashboard_app", "--factory"]
-        command += ["--host", "127.0.0.1", "--port", str(self.port)]
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log_file:
-            self.process = subprocess.Popen(
-                command, cwd=PROJECT_ROOT, env=env, stdout=log_file, stderr=log_file
-            )
-        self._wait_healthy(timeout_s)
-        return self
-
-    def _wait_healthy(self, timeout_s: float) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"service exited early:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.base_url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"service did not become healthy:\n{self.log_tail()}")
-
-    def log_tail(self, chars: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
-
-    def restart(self) -> DashboardService:
-        self.stop()
-        return self.start()

@@ -154,17 +154,25 @@ class LiveService:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"service exited early:\n{self.log_path.read_text()[-4000:]}")
+                raise RuntimeError(f"service exited early:\n{self.log_tail()}")
             try:
                 if httpx.get(f"{self.base_url}/health", timeout=2).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)
-        raise RuntimeError(f"service did not become healthy:\n{self.log_path.read_text()[-4000:]}")
+        raise RuntimeError(f"service did not become healthy:\n{self.log_tail()}")
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=30)
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+    def restart(self) -> LiveService:
+        """Stop gracefully and start again on the same port and data directory."""
+        self.stop()
+        return self.start()
 
     def kill(self) -> None:
         """SIGKILL the whole process group member we started: no shutdown code runs."""

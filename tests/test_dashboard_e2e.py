@@ -16,13 +16,12 @@ import pytest
 from tests.browser import (
     DESKTOP,
     PHONE,
-    DashboardService,
     PageProblems,
     launch_chromium,
     screenshot,
     skip_or_fail,
 )
-from tests.conftest import FINAL_STATES
+from tests.conftest import FINAL_STATES, LiveService
 
 try:
     from playwright.sync_api import Browser, Page, expect
@@ -52,8 +51,8 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DashboardService]:
-    live = DashboardService(tmp_path_factory.mktemp("dashboard") / "data")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
+    live = LiveService(tmp_path_factory.mktemp("dashboard") / "data")
     try:
         yield live.start()
     finally:
@@ -61,7 +60,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DashboardServi
 
 
 @pytest.fixture
-def api(service: DashboardService) -> Iterator[httpx.Client]:
+def api(service: LiveService) -> Iterator[httpx.Client]:
     with service.client() as client:
         yield client
 
@@ -116,9 +115,7 @@ class Dashboard:
 
 
 @pytest.fixture
-def dashboard(
-    browser: Browser, service: DashboardService, request: pytest.FixtureRequest
-) -> Iterator[Dashboard]:
+def dashboard(browser: Browser, service: LiveService, request: pytest.FixtureRequest) -> Iterator[Dashboard]:
     context = browser.new_context(viewport=DESKTOP)
     page = context.new_page()
     page.set_default_timeout(30_000)
@@ -304,7 +301,7 @@ def test_completed_run_shows_history_downloads_and_rollout_reaches_goal(
 
 
 def test_socket_reconnects_after_the_service_restarts(
-    dashboard: Dashboard, service: DashboardService, api: httpx.Client
+    dashboard: Dashboard, service: LiveService, api: httpx.Client
 ) -> None:
     run_id = api.post("/training/start", json=ENDLESS_PPO).raise_for_status().json()["experiment_id"]
     page = dashboard.page
