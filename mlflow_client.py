@@ -290,10 +290,18 @@ class Tracker:
         def send(client: MlflowClient) -> None:
             import mlflow.onnx
             import onnx
+            import onnxruntime
 
+            # Explicit requirements: MLflow would otherwise infer them in a subprocess after every run.
+            requirements = [f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"]
             with tempfile.TemporaryDirectory() as scratch:
                 model_dir = Path(scratch) / "onnx_model"
-                mlflow.onnx.save_model(onnx.load(str(onnx_path)), str(model_dir), save_as_external_data=False)
+                mlflow.onnx.save_model(
+                    onnx.load(str(onnx_path)),
+                    str(model_dir),
+                    save_as_external_data=False,
+                    pip_requirements=requirements,
+                )
                 client.log_artifacts(self._run_id(tracked), str(model_dir), "onnx_model")
 
         self._enqueue(_Operation(tracked.run_key, "upload onnx_model/", send))

@@ -213,14 +213,22 @@ class RunStore:
         model_path: str | None = None,
         eval_success_rate: float | None = None,
         eval_path_efficiency: float | None = None,
+        progress: ProgressSnapshot | None = None,
     ) -> None:
-        """Move a running run to a final state, once: a run already final is left as it is."""
+        """Move a running run to a final state, once: a run already final is left as it is.
+
+        :param progress: the last progress snapshot, written with the final state: when the database
+            was down as training published it, the record would otherwise keep stale progress.
+        """
+        finished_at = utcnow()
         values: dict[str, Any] = {
             "status": status.value,
-            "finished_at": utcnow(),
+            "finished_at": finished_at,
             "error": error,
             "progress_version": TrainingRun.progress_version + 1,
         }
+        if progress is not None:
+            values.update(dataclasses.asdict(progress), progress_at=finished_at)
         if model_path is not None:
             values["model_path"] = model_path
         if eval_success_rate is not None:

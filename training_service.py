@@ -6,10 +6,14 @@ process's handles on the runs it trains, so the service stays correct under `uvi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import platform
 import secrets
+import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +21,7 @@ from typing import Any, cast
 
 import structlog
 import torch
+from sqlalchemy.exc import SQLAlchemyError
 from stable_baselines3 import DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
@@ -35,7 +40,15 @@ from training_callbacks import ProgressCallback, StopOnRequestCallback, Tracking
 log = structlog.get_logger(__name__)
 
 ONNX_VERIFICATION_OBSERVATIONS = 1000
+# Writing a run's final state waits out a database outage: first retry after this, doubling up to the max.
+FINAL_STATE_RETRY_FIRST_S = 0.5
+FINAL_STATE_RETRY_MAX_S = 10.0
+# During shutdown the process is about to exit: wait this long at most, then give up (the next
+# start-up marks the run interrupted).
+FINAL_STATE_RETRY_AT_SHUTDOWN_S = 10.0
 QUEUE_RETRY_AFTER_S = 30
+GIL_SWITCH_INTERVAL_S = 0.001
+TRAINING_THREAD_NICENESS = 10
 CHECKPOINT_DIR = "checkpoints"
 ALGORITHM_CLASSES: dict[str, type[PPO] | type[DQN]] = {"PPO": PPO, "DQN": DQN}
 
@@ -128,6 +141,9 @@ class TrainingService:
     def start(self) -> None:
         """Recover runs orphaned by a dead process on this host, then start scheduling and heartbeats."""
         torch.set_num_threads(self.settings.torch_threads)
+        # Training threads run Python between torch calls and hold the GIL; a short switch interval
+        # hands it to the event loop sooner, so requests are not stuck behind a training step.
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         for run_id in self.store.interrupt_dead_local_owners(self.owner):
             log.warning("run_interrupted", experiment_id=run_id, reason="owner process exited")
             self._close_orphaned_tracking(run_id)
@@ -239,8 +255,8 @@ class TrainingService:
         while not self._closing.is_set():
             try:
                 run = self.store.claim_next_queued(self.owner, self.settings.max_concurrent_runs)
-            except Exception:
-                log.exception("claim_failed")
+            except Exception as error:
+                log.warning("claim_failed", error=_first_line(error))
                 return
             if run is None:
                 return
@@ -255,18 +271,30 @@ class TrainingService:
     def _heartbeat_loop(self) -> None:
         interval = self.settings.heartbeat_interval_s
         timeout = timedelta(seconds=self.settings.heartbeat_timeout_s)
+        # After a database outage every worker's heartbeats lapsed together: judge other workers only
+        # once they have had a full timeout to write theirs again.
+        reachable_since: float | None = time.monotonic()
         while not self._closing.wait(interval):
             try:
                 self.store.heartbeat(self.owner, self.local_run_ids())
+            except Exception as error:
+                reachable_since = None
+                log.warning("heartbeat_failed", error=_first_line(error))
+                continue
+            reachable_since = reachable_since or time.monotonic()
+            if time.monotonic() - reachable_since < self.settings.heartbeat_timeout_s:
+                continue
+            try:
                 for run_id in self.store.interrupt_stale(timeout):
                     log.warning("run_interrupted", experiment_id=run_id, reason="heartbeat timeout")
                     self._close_orphaned_tracking(run_id)
-            except Exception:
-                log.exception("heartbeat_failed")
+            except Exception as error:
+                log.warning("stale_check_failed", error=_first_line(error))
 
     # --- training (on the run's own thread) ------------------------------------------------------------
 
     def _train(self, run: TrainingRun) -> None:
+        lower_thread_priority()
         run_log = log.bind(experiment_id=run.id, algorithm=run.algorithm)
         with self._lock:
             local = self._runs[run.id]
@@ -293,26 +321,31 @@ class TrainingService:
             run_log.info(
                 "run_started", device=device, remaining_timesteps=remaining, resumed=checkpoint is not None
             )
+            callbacks = self._callbacks(run, local, tracked)
             model.learn(
                 total_timesteps=remaining,
-                callback=self._callbacks(run, local, tracked),
+                callback=callbacks,
                 reset_num_timesteps=checkpoint is None,
             )
+            final_progress = progress_snapshot(callbacks)
             model_path = self._save_model(run.id, model)
             if local.stop.is_set():
                 final_status = RunStatus.INTERRUPTED if local.shutting_down else RunStatus.STOPPED
                 reason = "the service shut down during training" if local.shutting_down else None
-                self.store.finish(run.id, final_status, error=reason, model_path=model_path)
+                self._finish(
+                    run.id, final_status, error=reason, model_path=model_path, progress=final_progress
+                )
                 result = None
             else:
                 final_status = RunStatus.COMPLETED
                 result = self._evaluate(run, model, env)
-                self.store.finish(
+                self._finish(
                     run.id,
                     final_status,
                     model_path=model_path,
                     eval_success_rate=result.success_rate if result else None,
                     eval_path_efficiency=result.path_efficiency if result else None,
+                    progress=final_progress,
                 )
             run_log.info("run_finished", status=final_status.value)
             self._log_outcome(tracked, result, Path(model_path), model.num_timesteps)
@@ -358,7 +391,7 @@ class TrainingService:
                     lambda metrics, step: tracker.log_metrics(tracked, metrics, step),
                 )
             )
-        callbacks.append(StopOnRequestCallback(local.stop, lambda: self.store.stop_requested(run.id)))
+        callbacks.append(StopOnRequestCallback(local.stop, lambda: self._poll_stop_request(run.id)))
         return CallbackList(callbacks)
 
     def _start_tracking(self, run: TrainingRun) -> TrackedRun | None:
@@ -457,9 +490,63 @@ class TrainingService:
 
     def _record_failure(self, run_id: str, message: str) -> None:
         try:
-            self.store.finish(run_id, RunStatus.FAILED, error=message)
+            self._finish(run_id, RunStatus.FAILED, error=message)
         except Exception:
             log.exception("failure_not_recorded", experiment_id=run_id)
+
+    def _poll_stop_request(self, run_id: str) -> bool:
+        """Did another worker ask this run to stop? While the database is down the answer is "not yet":
+        an outage must not crash a training run that needs no database to go on."""
+        try:
+            return self.store.stop_requested(run_id)
+        except SQLAlchemyError as error:
+            log.warning("stop_poll_failed", experiment_id=run_id, error=str(error).splitlines()[0])
+            return False
+
+    def _finish(self, run_id: str, status: RunStatus, **outcome: Any) -> None:
+        """`RunStore.finish`, retried while the database is unreachable.
+
+        A run's outcome (minutes or hours of training) must survive a database restart. The run keeps
+        its slot and its heartbeat until the write lands; at shutdown we give up after
+        FINAL_STATE_RETRY_AT_SHUTDOWN_S and re-raise.
+        """
+        delay = FINAL_STATE_RETRY_FIRST_S
+        give_up_at: float | None = None
+        while True:
+            try:
+                self.store.finish(run_id, status, **outcome)
+                return
+            except SQLAlchemyError as error:
+                if self._closing.is_set():
+                    give_up_at = give_up_at or time.monotonic() + FINAL_STATE_RETRY_AT_SHUTDOWN_S
+                    if time.monotonic() >= give_up_at:
+                        raise
+                log.warning(
+                    "final_state_not_recorded_yet",
+                    experiment_id=run_id,
+                    status=status.value,
+                    retry_in_s=delay,
+                    error=str(error).splitlines()[0],
+                )
+            time.sleep(delay)
+            delay = min(2 * delay, FINAL_STATE_RETRY_MAX_S)
+
+
+def progress_snapshot(callbacks: CallbackList) -> ProgressSnapshot:
+    """The run's final progress as its ProgressCallback measured it, to be written with the final state."""
+    progress = next(callback for callback in callbacks.callbacks if isinstance(callback, ProgressCallback))
+    return progress.snapshot()
+
+
+def lower_thread_priority() -> None:
+    """Make the calling (training) thread yield the CPU to the API's threads when both want it."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), TRAINING_THREAD_NICENESS)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Installs the system programs the test suite drives for real: a PostgreSQL server and headless Chromium.
+# Installs the system programs the test suite drives for real: a PostgreSQL server, headless Chromium,
+# and a docker-compose client (to validate the compose file; no Docker engine).
 # Idempotent and quick when both are present. Needs root (CI runs as root) and Debian's apt.
 set -euo pipefail
 
 need=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# A compose client validates docker-compose.yml offline (tests/test_deployment_files.py); no engine needed.
+{ docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2>&1; } || need+=(docker-compose)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then

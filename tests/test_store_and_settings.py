@@ -43,7 +43,9 @@ def test_a_run_whose_worker_went_silent_is_interrupted_after_the_timeout(store: 
     assert store.interrupt_stale(timedelta(seconds=30)) == []  # fresh heartbeat: left alone
     with store._session_factory() as session, session.begin():
         session.execute(
-            update(TrainingRun).where(TrainingRun.id == run.id).values(heartbeat_at=utcnow() - timedelta(minutes=5))
+            update(TrainingRun)
+            .where(TrainingRun.id == run.id)
+            .values(heartbeat_at=utcnow() - timedelta(minutes=5))
         )
     interrupted = store.interrupt_stale(timedelta(seconds=30))
 
@@ -162,5 +164,7 @@ def test_openapi_documents_every_endpoint(client: TestClient) -> None:
     ]:
         assert method in paths[path], path
         assert paths[path][method].get("summary"), path
-    assert {"StartTrainingRequest", "TrainingStatus", "ExperimentDetail"} <= set(schema["components"]["schemas"])
+    assert {"StartTrainingRequest", "TrainingStatus", "ExperimentDetail"} <= set(
+        schema["components"]["schemas"]
+    )
     assert client.get("/docs").status_code == 200
