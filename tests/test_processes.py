@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from mlflow.tracking import MlflowClient
+
 from tests.conftest import FINAL_STATES, LONG_PPO, TINY_PPO, LiveService, wait_for_status
 
 
@@ -37,12 +39,15 @@ def test_sigterm_stops_runs_gracefully_as_interrupted_with_their_model(
     service = live_service()
     with service.client() as http:
         run_id = http.post("/training/start", json=LONG_PPO).json()["experiment_id"]
-        wait_for_status(http.get, run_id, lambda s: s["timesteps"] > 0)
+        running = wait_for_status(http.get, run_id, lambda s: s["timesteps"] > 0 and s["mlflow_run_id"])
 
     began = time.monotonic()
     service.stop()  # SIGTERM, as `docker stop` or Ctrl-C would
 
-    assert time.monotonic() - began < 30
+    # Bounded: the run stops at its next step, then MLflow gets at most 30 s to flush.
+    assert time.monotonic() - began < 60
+    tracking_uri = f"sqlite:///{service.data_dir.resolve() / 'mlflow.db'}"
+    assert MlflowClient(tracking_uri).get_run(running["mlflow_run_id"]).info.status == "KILLED"
     restarted = live_service(data_dir=service.data_dir)
     with restarted.client() as http:
         status = http.get(f"/training/status/{run_id}").json()
@@ -102,8 +107,6 @@ def test_the_concurrency_cap_holds_across_workers(live_service: Callable[..., Li
 def test_a_killed_run_resumes_from_its_checkpoint_with_a_continuous_step_count(
     live_service: Callable[..., LiveService],
 ) -> None:
-    from mlflow.tracking import MlflowClient
-
     body = {**TINY_PPO, "total_episodes": 24}
     service = live_service(CHECKPOINT_EVERY_EPISODES="2")
     with service.client() as http:
