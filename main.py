@@ -15,6 +15,7 @@ import websocket
 from api import experiments, health, training
 from api.dashboard import install_dashboard
 from api.errors import install_error_handlers
+from api.responses import UNAUTHORIZED
 from api.security import BodySizeLimit, require_api_key
 from database import create_db_engine, make_session_factory, upgrade_schema
 from logging_setup import configure_logging
@@ -87,8 +88,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     guarded = [Depends(require_api_key)]
-    app.include_router(training.router, dependencies=guarded)
-    app.include_router(experiments.router, dependencies=guarded)
+    app.include_router(training.router, dependencies=guarded, responses=UNAUTHORIZED)
+    app.include_router(experiments.router, dependencies=guarded, responses=UNAUTHORIZED)
     app.include_router(websocket.router)
     app.include_router(health.router)
     install_dashboard(app)

@@ -234,6 +234,12 @@ class ExperimentDetail(ExperimentSummary):
     mlflow_error: str | None = Field(None, description="Why MLflow data is missing, if it is.")
 
 
+class ErrorMessage(BaseModel):
+    """Body of 4xx/5xx answers other than 422."""
+
+    detail: str
+
+
 class StopTrainingResponse(BaseModel):
     experiment_id: str
     status: RunStatusName

@@ -15,6 +15,7 @@ from fastapi.responses import FileResponse
 import agents
 import maze_env
 from api.deps import SettingsDep, StoreDep
+from api.responses import BAD_BODY, DATABASE_DOWN, NO_ONNX_MODEL, NOT_FOUND
 from db_models import TrainingRun
 from mlflow_client import RunDetails, Tracker
 from onnx_export import OnnxPolicy
@@ -23,6 +24,7 @@ from run_views import experiment_summary, onnx_info, training_status
 from schemas import (
     Algorithm,
     ArtifactInfo,
+    ErrorMessage,
     EvaluateRequest,
     EvaluateResponse,
     ExperimentDetail,
@@ -47,7 +49,12 @@ def _tracker(request: Request) -> Tracker:
     return tracker
 
 
-@router.get("", response_model=ExperimentList, summary="Runs, newest first, with their MLflow run ids")
+@router.get(
+    "",
+    response_model=ExperimentList,
+    summary="Runs, newest first, with their MLflow run ids",
+    responses=DATABASE_DOWN,
+)
 async def list_experiments(
     request: Request,
     store: StoreDep,
@@ -65,7 +72,12 @@ async def list_experiments(
     return ExperimentList(items=items, total=total, limit=limit, offset=offset)
 
 
-@router.get("/{experiment_id}", response_model=ExperimentDetail, summary="One run with its MLflow data")
+@router.get(
+    "/{experiment_id}",
+    response_model=ExperimentDetail,
+    summary="One run with its MLflow data",
+    responses={**NOT_FOUND, **DATABASE_DOWN},
+)
 async def get_experiment(
     experiment_id: uuid.UUID, request: Request, store: StoreDep, settings: SettingsDep
 ) -> ExperimentDetail:
@@ -130,7 +142,11 @@ async def _existing_model(
     "/{experiment_id}/model.onnx",
     response_class=FileResponse,
     summary="Download the exported ONNX policy",
-    responses={200: {"content": {"application/octet-stream": {}}}, 404: {"description": "Not exported yet"}},
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        404: {"model": ErrorMessage, "description": "Unknown run, or not exported yet"},
+        **DATABASE_DOWN,
+    },
 )
 async def download_onnx(experiment_id: uuid.UUID, store: StoreDep, settings: SettingsDep) -> FileResponse:
     path = await _existing_model(store, settings, experiment_id, "model.onnx")
@@ -143,7 +159,11 @@ async def download_onnx(experiment_id: uuid.UUID, store: StoreDep, settings: Set
     "/{experiment_id}/model.zip",
     response_class=FileResponse,
     summary="Download the Stable-Baselines3 model (PPO.load / DQN.load)",
-    responses={200: {"content": {"application/zip": {}}}, 404: {"description": "No model saved yet"}},
+    responses={
+        200: {"content": {"application/zip": {}}},
+        404: {"model": ErrorMessage, "description": "Unknown run, or no model saved yet"},
+        **DATABASE_DOWN,
+    },
 )
 async def download_sb3_model(
     experiment_id: uuid.UUID, store: StoreDep, settings: SettingsDep
@@ -163,7 +183,10 @@ async def _exported_policy(
 
 
 @router.post(
-    "/{experiment_id}/rollout", response_model=RolloutResponse, summary="Watch the policy solve a maze"
+    "/{experiment_id}/rollout",
+    response_model=RolloutResponse,
+    summary="Watch the policy solve a maze",
+    responses={**BAD_BODY, **NOT_FOUND, **NO_ONNX_MODEL, **DATABASE_DOWN},
 )
 async def rollout(
     experiment_id: uuid.UUID, body: RolloutRequest, store: StoreDep, settings: SettingsDep
@@ -189,7 +212,10 @@ async def rollout(
 
 
 @router.post(
-    "/{experiment_id}/evaluate", response_model=EvaluateResponse, summary="Success on held-out mazes"
+    "/{experiment_id}/evaluate",
+    response_model=EvaluateResponse,
+    summary="Success on held-out mazes",
+    responses={**BAD_BODY, **NOT_FOUND, **NO_ONNX_MODEL, **DATABASE_DOWN},
 )
 async def evaluate(
     experiment_id: uuid.UUID, body: EvaluateRequest, store: StoreDep, settings: SettingsDep

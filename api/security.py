@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlparse
 
-from fastapi import HTTPException, Request, WebSocket
+from fastapi import HTTPException, Request, Security, WebSocket
+from fastapi.security import APIKeyHeader
 
 from settings import Settings
 
@@ -26,10 +27,15 @@ def _matches(given: str | None, expected: str) -> bool:
     return given is not None and hmac.compare_digest(given.encode(), expected.encode())
 
 
-async def require_api_key(request: Request) -> None:
+_api_key_header = APIKeyHeader(
+    name=API_KEY_HEADER, auto_error=False, description="Needed when the service runs with API_KEY set."
+)
+
+
+async def require_api_key(request: Request, given: Annotated[str | None, Security(_api_key_header)]) -> None:
     """REST guard: with `API_KEY` set, every call needs the header `X-API-Key`."""
     settings: Settings = request.app.state.settings
-    if settings.api_key and not _matches(request.headers.get(API_KEY_HEADER), settings.api_key):
+    if settings.api_key and not _matches(given, settings.api_key):
         raise HTTPException(
             status_code=401,
             detail=f"missing or invalid API key (send it in the {API_KEY_HEADER} header)",

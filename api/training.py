@@ -11,16 +11,28 @@ from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 
 from api.deps import ServiceDep, SettingsDep, StoreDep
+from api.responses import BAD_BODY, DATABASE_DOWN, NOT_FOUND, QUEUE_FULL
 from db_models import RunStatus
 from run_views import training_status
-from schemas import StartTrainingRequest, StartTrainingResponse, StopTrainingResponse, TrainingStatus
+from schemas import (
+    ErrorMessage,
+    StartTrainingRequest,
+    StartTrainingResponse,
+    StopTrainingResponse,
+    TrainingStatus,
+)
 
 router = APIRouter(prefix="/training", tags=["training"])
 
 STOP_POLL_S = 0.2
 
 
-@router.post("/start", response_model=StartTrainingResponse, summary="Start (or queue) a training run")
+@router.post(
+    "/start",
+    response_model=StartTrainingResponse,
+    summary="Start (or queue) a training run",
+    responses={**BAD_BODY, **QUEUE_FULL, **DATABASE_DOWN},
+)
 async def start_training(request: StartTrainingRequest, service: ServiceDep) -> StartTrainingResponse:
     """Records the run and starts training in a background thread, or queues it behind the
     concurrency cap (`MAX_CONCURRENT_RUNS`). `status` is always `"started"` (the seed's contract);
@@ -29,7 +41,12 @@ async def start_training(request: StartTrainingRequest, service: ServiceDep) -> 
     return StartTrainingResponse(experiment_id=run.id, run_status=run.status)
 
 
-@router.get("/status/{experiment_id}", response_model=TrainingStatus, summary="State and progress of a run")
+@router.get(
+    "/status/{experiment_id}",
+    response_model=TrainingStatus,
+    summary="State and progress of a run",
+    responses={**NOT_FOUND, **DATABASE_DOWN},
+)
 async def get_training_status(
     experiment_id: uuid.UUID, store: StoreDep, settings: SettingsDep
 ) -> TrainingStatus:
@@ -37,7 +54,12 @@ async def get_training_status(
     return training_status(run, settings)
 
 
-@router.post("/stop/{experiment_id}", response_model=StopTrainingResponse, summary="Stop a run gracefully")
+@router.post(
+    "/stop/{experiment_id}",
+    response_model=StopTrainingResponse,
+    summary="Stop a run gracefully",
+    responses={**NOT_FOUND, **DATABASE_DOWN},
+)
 async def stop_training(
     experiment_id: uuid.UUID,
     service: ServiceDep,
@@ -70,7 +92,14 @@ async def stop_training(
     "/resume/{experiment_id}",
     response_model=StartTrainingResponse,
     summary="Continue an interrupted or stopped run from its checkpoint",
-    responses={409: {"description": "Not interrupted/stopped, or nothing saved to resume from"}},
+    responses={
+        **NOT_FOUND,
+        409: {
+            "model": ErrorMessage,
+            "description": "Not interrupted/stopped, or nothing saved to resume from",
+        },
+        **DATABASE_DOWN,
+    },
 )
 async def resume_training(experiment_id: uuid.UUID, service: ServiceDep) -> StartTrainingResponse:
     """Queues the run again; it continues from its newest checkpoint with its step count, progress

@@ -1,0 +1,473 @@
+"""Schemathesis against the service's own OpenAPI schema (issue 8).
+
+Every operation of the schema gets generated inputs (valid and invalid) sent to a real `uvicorn main:app`
+process with its own SQLite file and local MLflow store in tmp. Each response must be no 5xx, carry a
+documented status code and content type, and match the documented body and header schemas.
+
+Generated runs stay cheap: the service under test caps the step budget, maze size and queue, so most
+generated starts are answered 422 (or 429), each accepted one is stopped at once, and every run still
+active at the end is stopped. One tiny run is trained before fuzzing; generated experiment ids are
+swapped for its id (or a run stopped while queued), and `test_real_runs_answer_every_operation` calls
+every operation with them once, so the 200 paths (status, detail, downloads, rollout, evaluate) run too.
+
+`KNOWN_BUGS` lists the error statuses this fuzzer once found undocumented (404, 409, 413, 429, 400);
+they are documented now, the fuzz test tolerates nothing, and
+`test_once_undocumented_error_statuses_are_documented` provokes each one and validates it.
+
+`SCHEMATHESIS_MAX_EXAMPLES` (default 10) and `SCHEMATHESIS_SEED` tune a deeper or different run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import hypothesis
+import pytest
+import requests
+import schemathesis
+from hypothesis import strategies as st
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
+from schemathesis.specs.openapi.checks import (
+    UndefinedStatusCode,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from main import app as service_app
+from tests.conftest import FINAL_STATES, TINY_PPO, LiveService
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+]
+
+# Generated examples per operation in the fuzzing phase (the coverage phase adds its boundary cases).
+MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "10"))
+SEED = int(os.environ.get("SCHEMATHESIS_SEED", "20261125"))
+REQUEST_TIMEOUT_S = 60.0
+STOP_WAIT_S = 30
+SEED_RUN_TIMEOUT_S = 180.0
+# Generated evaluations of the real run play at most this many mazes (5,000 take ~30 s on a busy CPU).
+MAX_GENERATED_EVAL_EPISODES = 50
+
+# Limits of the service under test that keep generated training runs tiny (a 422 or 429 is a fine answer).
+SERVICE_ENV = {
+    "MAX_TOTAL_TIMESTEPS": "256",
+    "MAX_MAZE_SIZE": "8",
+    "MAX_CONCURRENT_RUNS": "1",
+    "MAX_QUEUED_RUNS": "3",
+    "MAX_REQUEST_BYTES": "65536",
+    "EVAL_EPISODES": "2",
+    "LOG_LEVEL": "WARNING",
+}
+
+# The real runs: 2 iterations of 128 steps on a 5x5 maze (a few seconds), within MAX_TOTAL_TIMESTEPS.
+RUN_BODY: dict[str, Any] = {**TINY_PPO, "total_episodes": 2}
+
+START = "POST /training/start"
+STATUS = "GET /training/status/{experiment_id}"
+STOP = "POST /training/stop/{experiment_id}"
+RESUME = "POST /training/resume/{experiment_id}"
+DETAIL = "GET /experiments/{experiment_id}"
+ONNX = "GET /experiments/{experiment_id}/model.onnx"
+ZIP = "GET /experiments/{experiment_id}/model.zip"
+ROLLOUT = "POST /experiments/{experiment_id}/rollout"
+EVALUATE = "POST /experiments/{experiment_id}/evaluate"
+
+
+@dataclass
+class LiveApi:
+    """The service under test, its seeded completed run, and the statuses it answered."""
+
+    service: LiveService
+    client: httpx.Client
+    seeded_run_id: str  # completed, with its model and ONNX export
+    unexported_run_id: str  # stopped while queued: no model, no checkpoint, no ONNX
+    busy: dict[str, httpx.Response]  # answers given while the run slot and the queue were full
+    session: requests.Session = field(default_factory=requests.Session)
+    seen: Counter[tuple[str, int]] = field(default_factory=Counter)
+
+    @property
+    def base_url(self) -> str:
+        return self.service.base_url
+
+
+# --- the schema under test -----------------------------------------------------------------------
+
+
+def _tuples_as_items(node: Any) -> Any:
+    """A copy where each homogeneous fixed-length tuple (`prefixItems` of one repeated schema, minItems =
+    maxItems = its length) is spelled `items` with the same bounds. Equivalent; it works around
+    Schemathesis 4.32 rewriting `prefixItems` into draft-4 `items: [...]`, which its own 2020-12
+    response validator then rejects as an invalid schema (upstream issues #3842, #4099)."""
+    if isinstance(node, list):
+        return [_tuples_as_items(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    copy = {key: _tuples_as_items(value) for key, value in node.items()}
+    prefix = copy.get("prefixItems")
+    if (
+        isinstance(prefix, list)
+        and prefix
+        and "items" not in copy
+        and all(item == prefix[0] for item in prefix)
+        and copy.get("minItems") == copy.get("maxItems") == len(prefix)
+    ):
+        copy["items"] = copy.pop("prefixItems")[0]
+    return copy
+
+
+SERVED_SCHEMA: dict[str, Any] = service_app.openapi()
+
+schema = schemathesis.openapi.from_dict(
+    _tuples_as_items(SERVED_SCHEMA),
+    config=schemathesis.Config.from_dict(
+        {
+            "seed": SEED,
+            "generation": {
+                "mode": "all",
+                "max-examples": MAX_EXAMPLES,
+                "database": "none",
+                "no-shrink": True,
+            },
+            "phases": {"stateful": {"enabled": False}},
+        }
+    ),
+)
+
+# The ids of the fixture's real runs; generation starts only after the `live_api` fixture made them.
+_REAL_IDS: list[str] = []
+
+
+@schema.hook
+def flatmap_path_parameters(context: schemathesis.HookContext, path_parameters: dict[str, Any]) -> Any:
+    """Valid generated experiment ids are often swapped for a real run's, so 200 paths run too."""
+    generated = (path_parameters or {}).get("experiment_id")
+    if not _REAL_IDS or not _is_uuid(generated):
+        return st.just(path_parameters)
+    real = [{**path_parameters, "experiment_id": run_id} for run_id in _REAL_IDS]
+    return st.sampled_from([path_parameters, *real])
+
+
+@schema.hook
+def map_body(context: schemathesis.HookContext, body: Any) -> Any:
+    """Keep generated evaluations short: valid `episodes` above the cap become the cap."""
+    operation = context.operation
+    if operation is None or operation.label != EVALUATE or not isinstance(body, dict):
+        return body
+    episodes = body.get("episodes")
+    # Only valid values are capped: above the documented maximum (5000) they stay, to be rejected.
+    if type(episodes) is int and MAX_GENERATED_EVAL_EPISODES < episodes <= 5000:
+        return {**body, "episodes": MAX_GENERATED_EVAL_EPISODES}
+    return body
+
+
+def _is_uuid(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+# --- known bugs: (operation, status) the service sends but the schema does not document ------------
+
+
+@dataclass(frozen=True)
+class KnownBug:
+    """An undocumented status code, with a request that makes the service send it."""
+
+    label: str
+    status: int
+    bug: str
+    reproduce: Callable[[LiveApi], httpx.Response]
+
+
+def _path(label: str, experiment_id: str | None = None) -> tuple[str, str]:
+    method, template = label.split(" ", 1)
+    return method, template.replace("{experiment_id}", experiment_id or str(uuid.uuid4()))
+
+
+def _unknown_id(label: str, body: dict[str, Any] | None = None) -> Callable[[LiveApi], httpx.Response]:
+    def reproduce(api: LiveApi) -> httpx.Response:
+        method, path = _path(label)
+        return api.client.request(method, path, json=body)
+
+    return reproduce
+
+
+def _undecodable_json(label: str) -> Callable[[LiveApi], httpx.Response]:
+    def reproduce(api: LiveApi) -> httpx.Response:
+        method, path = _path(label)
+        headers = {"Content-Type": "application/json"}
+        return api.client.request(method, path, content=b'{"\xff\xfe": 1}', headers=headers)
+
+    return reproduce
+
+
+def _oversized_body(label: str) -> Callable[[LiveApi], httpx.Response]:
+    def reproduce(api: LiveApi) -> httpx.Response:
+        method, path = _path(label)
+        padding = "x" * (int(SERVICE_ENV["MAX_REQUEST_BYTES"]) + 1)
+        return api.client.request(method, path, json={**RUN_BODY, "padding": padding})
+
+    return reproduce
+
+
+def _busy(label: str) -> Callable[[LiveApi], httpx.Response]:
+    def reproduce(api: LiveApi) -> httpx.Response:
+        return api.busy[label]
+
+    return reproduce
+
+
+def _known_bugs() -> list[KnownBug]:
+    unknown_404 = "BUG-1: an unknown experiment_id answers 404 {detail}, but the operation documents no 404"
+    bugs = [
+        KnownBug(label, 404, unknown_404, _unknown_id(label, body))
+        for label, body in (
+            (STATUS, None),
+            (STOP, None),
+            (RESUME, None),
+            (DETAIL, None),
+            (ROLLOUT, {}),
+            (EVALUATE, {"episodes": 1}),
+        )
+    ]
+    bugs += [
+        KnownBug(
+            label,
+            409,
+            "BUG-2: a run without an exported ONNX model answers 409 {detail}, but no 409 is documented",
+            _busy(label),
+        )
+        for label in (ROLLOUT, EVALUATE)
+    ]
+    bugs.append(
+        KnownBug(
+            START,
+            429,
+            "BUG-3: a full queue (MAX_QUEUED_RUNS) answers 429 {detail} + Retry-After; not documented",
+            _busy(START),
+        )
+    )
+    bugs += [
+        KnownBug(
+            label,
+            413,
+            "BUG-4: a body over MAX_REQUEST_BYTES answers 413 {detail}; no operation documents 413",
+            _oversized_body(label),
+        )
+        for label in (START, ROLLOUT, EVALUATE)
+    ]
+    bugs += [
+        KnownBug(
+            label,
+            400,
+            "BUG-5: a JSON body that is not UTF-8 answers FastAPI's 400 'There was an error parsing the "
+            "body'; not documented (the README promises 422 for bad input)",
+            _undecodable_json(label),
+        )
+        for label in (START, ROLLOUT, EVALUATE)
+    ]
+    return bugs
+
+
+KNOWN_BUGS = _known_bugs()
+# Responses the fuzzer may see without failing: none since the bugs above were fixed.
+KNOWN_UNDOCUMENTED: set[tuple[str, int]] = set()
+
+
+# --- the service under test ----------------------------------------------------------------------
+
+
+def _start(client: httpx.Client) -> str:
+    response = client.post("/training/start", json=RUN_BODY)
+    assert response.status_code == 200, response.text
+    run_id: str = response.json()["experiment_id"]
+    return run_id
+
+
+def _while_the_slot_is_busy(client: httpx.Client, running_id: str) -> tuple[str, dict[str, httpx.Response]]:
+    """With `running_id` holding the only run slot: fill the queue, then send a start (429: queue full)
+    and a rollout and an evaluation of a queued run, which has no ONNX model (409). The queued runs are
+    stopped before they ever train; the first one's id is returned with those answers."""
+    assert client.get(f"/training/status/{running_id}").json()["status"] in ("queued", "running")
+    queued = [_start(client) for _ in range(int(SERVICE_ENV["MAX_QUEUED_RUNS"]))]
+    try:
+        busy = {
+            START: client.post("/training/start", json=RUN_BODY),
+            ROLLOUT: client.post(f"/experiments/{queued[0]}/rollout", json={}),
+            EVALUATE: client.post(f"/experiments/{queued[0]}/evaluate", json={"episodes": 1}),
+        }
+    finally:
+        for run_id in queued:
+            client.post(f"/training/stop/{run_id}", params={"wait_s": 0})
+    return queued[0], busy
+
+
+def _wait_until_exported(client: httpx.Client, run_id: str) -> None:
+    """Wait for the run to complete with its ONNX export, for the 200 paths."""
+    deadline = time.monotonic() + SEED_RUN_TIMEOUT_S
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        body = client.get(f"/training/status/{run_id}").json()
+        if body["status"] in FINAL_STATES and (body["onnx"] or {}).get("status") != "pending":
+            assert body["status"] == "completed", body
+            assert body["onnx"]["status"] == "exported", body
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"seeded run {run_id} did not complete: {body}")
+
+
+def _stop_active_runs(client: httpx.Client, wait_s: float = STOP_WAIT_S) -> list[str]:
+    """Stop every run still queued or running (generated starts included); their ids."""
+    stopped: list[str] = []
+    for status in ("queued", "running"):
+        items = client.get("/experiments", params={"status": status, "limit": 500}).json()["items"]
+        for item in items:
+            client.post(f"/training/stop/{item['experiment_id']}", params={"wait_s": wait_s})
+            stopped.append(item["experiment_id"])
+    return stopped
+
+
+def _report(api: LiveApi, stopped: list[str], stop_s: float) -> None:
+    runs = api.client.get("/experiments", params={"limit": 1}).json()["total"]
+    by_status = sorted(api.seen.items())
+    print(f"\nschemathesis: {sum(api.seen.values())} requests; by (operation, status): {by_status}")
+    print(f"schemathesis: {runs} runs recorded; {len(stopped)} active at the end, stopped in {stop_s:.1f} s")
+
+
+@pytest.fixture(scope="module")
+def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
+    data_dir: Path = tmp_path_factory.mktemp("schemathesis") / "data"
+    service = LiveService(data_dir, env=SERVICE_ENV).start()
+    try:
+        with httpx.Client(base_url=service.base_url, timeout=REQUEST_TIMEOUT_S) as client:
+            assert client.get("/openapi.json").json() == SERVED_SCHEMA, "the schema under test is stale"
+            seeded = _start(client)  # it holds the only run slot while it trains
+            unexported, busy = _while_the_slot_is_busy(client, seeded)
+            _wait_until_exported(client, seeded)
+            api = LiveApi(service, client, seeded_run_id=seeded, unexported_run_id=unexported, busy=busy)
+            _REAL_IDS[:] = [seeded, unexported]
+            try:
+                yield api
+            finally:
+                _REAL_IDS.clear()
+                api.session.close()
+                began = time.monotonic()
+                stopped = _stop_active_runs(client)
+                _report(api, stopped, time.monotonic() - began)
+            assert not _stop_active_runs(client), "runs still active after stopping them"
+    finally:
+        # Every run is final by now; killing skips the ~30 s of ONNX exports and MLflow uploads that
+        # stopped runs still finish in the background during a graceful shutdown (test_processes covers it).
+        service.kill()
+
+
+# --- checks --------------------------------------------------------------------------------------
+
+
+def _validate(case: schemathesis.Case, response: Any) -> None:
+    """All CHECKS; of their failures only the undocumented statuses in KNOWN_UNDOCUMENTED are tolerated."""
+    try:
+        case.validate_response(response, checks=CHECKS)
+    except FailureGroup as group:
+        if not all(_is_known(case, failure) for failure in group.exceptions):
+            raise
+
+
+def _is_known(case: schemathesis.Case, failure: Exception) -> bool:
+    return (
+        isinstance(failure, UndefinedStatusCode)
+        and (case.operation.label, failure.status_code) in KNOWN_UNDOCUMENTED
+    )
+
+
+@schema.parametrize()
+@hypothesis.settings(
+    deadline=None,
+    suppress_health_check=[hypothesis.HealthCheck.too_slow, hypothesis.HealthCheck.filter_too_much],
+)
+def test_api_conforms_to_its_openapi_schema(case: schemathesis.Case, live_api: LiveApi) -> None:
+    response = case.call(base_url=live_api.base_url, session=live_api.session, timeout=REQUEST_TIMEOUT_S)
+    live_api.seen[(case.operation.label, response.status_code)] += 1
+    if case.operation.label == START and response.status_code == 200:
+        _stop_generated_run(live_api, response.json()["experiment_id"])
+    _validate(case, response)
+
+
+def _stop_generated_run(api: LiveApi, run_id: str) -> None:
+    """Stop a generated run at once: queued, it never trains; running, it ends at its next step."""
+    stopped = api.client.post(f"/training/stop/{run_id}", params={"wait_s": 0})
+    assert stopped.status_code == 200, stopped.text
+
+
+def _operation(label: str) -> schemathesis.APIOperation:
+    method, template = label.split(" ", 1)
+    return schema[template][method]
+
+
+# Every operation that takes an experiment id, called with each real run: (operation, run, body, status).
+REAL_RUN_CALLS: list[tuple[str, str, dict[str, Any] | None, int]] = [
+    (STATUS, "seeded", None, 200),
+    (DETAIL, "seeded", None, 200),
+    (ONNX, "seeded", None, 200),
+    (ZIP, "seeded", None, 200),
+    (ROLLOUT, "seeded", {"maze_seed": 123}, 200),
+    (EVALUATE, "seeded", {"episodes": 5}, 200),
+    (STOP, "seeded", None, 200),  # already completed: nothing to stop
+    (RESUME, "seeded", None, 409),  # only interrupted or stopped runs resume
+    (STATUS, "unexported", None, 200),
+    (DETAIL, "unexported", None, 200),
+    (ONNX, "unexported", None, 404),
+    (ZIP, "unexported", None, 404),
+    (STOP, "unexported", None, 200),  # already stopped
+    (RESUME, "unexported", None, 409),  # stopped before training: no checkpoint
+    # ROLLOUT and EVALUATE of the unexported run answer 409: see KNOWN_BUGS.
+]
+
+
+@pytest.mark.parametrize(
+    ("label", "run", "body", "expected"), REAL_RUN_CALLS, ids=[f"{c[0]} {c[1]}" for c in REAL_RUN_CALLS]
+)
+def test_real_runs_answer_every_operation(
+    label: str, run: str, body: dict[str, Any] | None, expected: int, live_api: LiveApi
+) -> None:
+    run_id = live_api.seeded_run_id if run == "seeded" else live_api.unexported_run_id
+    extra: dict[str, Any] = {} if body is None else {"body": body}
+    case = _operation(label).Case(path_parameters={"experiment_id": run_id}, **extra)
+    response = case.call(base_url=live_api.base_url, session=live_api.session, timeout=REQUEST_TIMEOUT_S)
+    assert response.status_code == expected, response.text
+    _validate(case, response)
+
+
+def _known_bug_param(bug: KnownBug) -> Any:
+    return pytest.param(bug, id=f"{bug.label} -> {bug.status}")
+
+
+@pytest.mark.parametrize("bug", [_known_bug_param(bug) for bug in KNOWN_BUGS])
+def test_once_undocumented_error_statuses_are_documented(bug: KnownBug, live_api: LiveApi) -> None:
+    """Regression tests for the statuses the fuzzer found undocumented (all fixed since)."""
+    response = bug.reproduce(live_api)
+    assert response.status_code == bug.status, response.text  # the case still produces that status
+    operation = _operation(bug.label)
+    ids = {"experiment_id": str(uuid.uuid4())} if "{experiment_id}" in bug.label else {}
+    case = operation.Case(path_parameters=ids)
+    case.validate_response(response, checks=CHECKS)  # raises if the status or its body is undocumented
