@@ -124,7 +124,7 @@ class LiveService:
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"service-{self.port}.log"
 
-    def start(self, timeout_s: float = 90.0) -> LiveService:
+    def start(self, timeout_s: float = 180.0) -> LiveService:
         env = {
             **os.environ,
             "DATA_DIR": str(self.data_dir),
