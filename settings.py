@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     def models_dir(self) -> Path:
         return self.data_dir / "runs"
 
+    def run_dir(self, run_id: str) -> Path:
+        """Where one run's models live; `run_id` is always our own record id, never raw user input."""
+        return self.models_dir / run_id
+
     @property
     def mlflow_artifacts_dir(self) -> Path:
         return self.data_dir / "mlartifacts"

@@ -187,7 +187,7 @@ class TrainingService:
     def resume(self, run_id: str) -> TrainingRun:
         """Queue an interrupted or stopped run again; it continues from its newest checkpoint."""
         run = self.store.get(run_id)
-        if latest_checkpoint(self.settings.models_dir / run.id) is None:
+        if latest_checkpoint(self.settings.run_dir(run.id)) is None:
             raise NotResumable(f"run {run.id} has no checkpoint to resume from (status: {run.status})")
         if not self.store.requeue_for_resume(run.id):
             raise NotResumable(
@@ -304,7 +304,7 @@ class TrainingService:
         try:
             device = resolve_device(run.device_requested)
             env = self._make_env(run)
-            checkpoint = latest_checkpoint(self.settings.models_dir / run.id)
+            checkpoint = latest_checkpoint(self.settings.run_dir(run.id))
             if checkpoint is None:
                 model = agents.build_model(
                     run.algorithm, env, dict(run.hyperparameters), run.seed, device, run.timesteps_per_episode
@@ -378,7 +378,7 @@ class TrainingService:
             callbacks.append(
                 CheckpointCallback(
                     save_freq=max(1, every * run.timesteps_per_episode // run.n_envs),
-                    save_path=str(self.settings.models_dir / run.id / CHECKPOINT_DIR),
+                    save_path=str(self.settings.run_dir(run.id) / CHECKPOINT_DIR),
                     name_prefix="checkpoint",
                 )
             )
@@ -418,7 +418,7 @@ class TrainingService:
     ) -> None:
         """Export, verify and publish the policy; a failed export is recorded and keeps the SB3 model."""
         self.store.record_onnx(run.id, onnx_status="pending", onnx_error=None)
-        out_path = self.settings.models_dir / run.id / "model.onnx"
+        out_path = self.settings.run_dir(run.id) / "model.onnx"
         try:
             observations = onnx_export.collect_observations(
                 model, env, ONNX_VERIFICATION_OBSERVATIONS, seed=run.seed
@@ -468,7 +468,7 @@ class TrainingService:
         return publish
 
     def _save_model(self, run_id: str, model: BaseAlgorithm) -> str:
-        directory = self.settings.models_dir / run_id
+        directory = self.settings.run_dir(run_id)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / "model.zip"
         model.save(path)
@@ -603,7 +603,8 @@ def onnx_metadata(run: TrainingRun, env: VecEnv) -> dict[str, str]:
     return metadata
 
 
-def model_file(settings: Settings, run: TrainingRun) -> Path | None:
-    """The saved SB3 model of a run, if any; the path is built from our own id, never from user input."""
-    path = settings.models_dir / run.id / "model.zip"
+def saved_file(settings: Settings, run: TrainingRun, filename: str = "model.zip") -> Path | None:
+    """A file saved for a run (SB3 model, ONNX export), if it exists; the path is built from our own
+    id and a constant name, never from user input."""
+    path = settings.run_dir(run.id) / filename
     return path if path.is_file() else None

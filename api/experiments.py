@@ -35,6 +35,7 @@ from schemas import (
     RunStatusName,
 )
 from settings import Settings
+from training_service import saved_file
 
 log = structlog.get_logger(__name__)
 
@@ -106,7 +107,7 @@ async def get_experiment(
         },
         artifacts=[_artifact(run, name, size) for name, size in (details.artifacts if details else [])],
         onnx=onnx_info(run),
-        model_zip_url=f"/experiments/{run.id}/model.zip" if _model_path(settings, run, "model.zip") else None,
+        model_zip_url=f"/experiments/{run.id}/model.zip" if saved_file(settings, run, "model.zip") else None,
         mlflow_error=mlflow_error,
     )
 
@@ -118,12 +119,6 @@ def _artifact(run: TrainingRun, name: str, size: int | None) -> ArtifactInfo:
     )
 
 
-def _model_path(settings: Settings, run: TrainingRun, filename: str) -> Path | None:
-    # Built from our own record id and a constant file name: nothing from the request reaches the path.
-    path = settings.models_dir / run.id / filename
-    return path if path.is_file() else None
-
-
 async def _existing_model(
     store: StoreDep, settings: Settings, experiment_id: uuid.UUID, filename: str
 ) -> Path:
@@ -132,7 +127,7 @@ async def _existing_model(
         raise HTTPException(
             404, f"run {run.id} has no exported ONNX model (export: {run.onnx_status or 'not yet'})"
         )
-    path = _model_path(settings, run, filename)
+    path = saved_file(settings, run, filename)
     if path is None:
         raise HTTPException(404, f"run {run.id} has no saved {filename} yet (status: {run.status})")
     return path
@@ -176,7 +171,7 @@ async def _exported_policy(
     store: StoreDep, settings: Settings, experiment_id: uuid.UUID
 ) -> tuple[TrainingRun, Path]:
     run = await run_in_threadpool(store.get, str(experiment_id))
-    path = _model_path(settings, run, "model.onnx")
+    path = saved_file(settings, run, "model.onnx")
     if run.onnx_status != "exported" or path is None:
         raise HTTPException(409, f"run {run.id} has no exported ONNX model yet (status: {run.status})")
     return run, path
