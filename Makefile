@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PIP_INSTALL := $(PY) -m pip install --disable-pip-version-check -q
 
-.PHONY: install system-deps run test lint format typecheck unit bench bench-full clean
+.PHONY: install system-deps run test lint format typecheck unit bench bench-full bench-gpu clean
 
 install: $(STAMP)
 
@@ -44,6 +44,10 @@ bench: install
 
 bench-full: install
 	$(PY) -m bench.run
+
+# Needs a CUDA GPU and the CUDA build of torch (README "CUDA"); not part of `make bench`.
+bench-gpu: install
+	$(PY) -m bench.bench_gpu
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import agents
 import maze_env
+from bench.results_file import RESULTS_FILE, write_section
 from onnx_export import OnnxPolicy, collect_observations, export_policy
 
-RESULTS_FILE = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION_HEADING = "## ONNX"
 MAZE_SEED = 7
 VERIFICATION_OBSERVATIONS = 1_000
@@ -188,19 +188,6 @@ def warm_up_export() -> float:
         return export_policy(model, Path(tmp) / "warm_up.onnx", {}, observations).export_seconds
 
 
-def write_section(section: str, path: Path = RESULTS_FILE) -> None:
-    """Replace this benchmark's section in ``path`` (or append it), keeping the other sections."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = text.find(SECTION_HEADING + "\n")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        following = text.find("\n## ", start + len(SECTION_HEADING))
-        rest = "" if following == -1 else text[following + 1 :]
-        text = text[:start] + section + ("\n" + rest if rest else "")
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--maze-sizes", type=int, nargs="+", default=[5, 10, 30])
@@ -223,7 +210,7 @@ def main() -> None:
     section = format_section(rows, args.repeats, command, first_export_s, load_averages)
     print(section)
     if not args.no_write:
-        write_section(section)
+        write_section(SECTION_HEADING, section)
 
 
 if __name__ == "__main__":
