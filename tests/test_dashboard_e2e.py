@@ -282,6 +282,7 @@ def test_completed_run_shows_history_downloads_and_rollout_reaches_goal(
     onnx_href = onnx_link.get_attribute("href")
     assert onnx_href and api.get(onnx_href).status_code == 200
     expect(page.get_by_role("link", name="SB3 model (.zip)")).to_be_visible()
+    assert_download_sends_api_key(page, onnx_link, api.get(onnx_href).content)
 
     page.click('#rollout-form button[type="submit"]')  # empty seed: the run's own fixed maze
     canvas = page.locator("#maze")
@@ -298,6 +299,26 @@ def test_completed_run_shows_history_downloads_and_rollout_reaches_goal(
     page.wait_for_timeout(300)
     screenshot(page, "rollout-phone")
     dashboard.assert_no_page_errors()
+
+
+def assert_download_sends_api_key(page: Page, link: Any, expected: bytes) -> None:
+    """A link cannot send X-API-Key: the dashboard fetches the file with the key the user entered.
+
+    This service has no API_KEY (tests/test_security.py covers the check itself); here the request
+    must carry the key, and the saved file must be the one the API serves.
+    """
+    page.evaluate("() => localStorage.setItem('rlmaze.apiKey', 'key-entered-by-the-user')")
+    with (
+        page.expect_request(lambda r: r.url.endswith("/model.onnx")) as request_info,
+        page.expect_download() as download_info,
+    ):
+        link.click()
+    assert request_info.value.headers.get("x-api-key") == "key-entered-by-the-user"
+    download = download_info.value
+    assert download.suggested_filename.endswith(".onnx"), download.suggested_filename
+    path = download.path()
+    assert path is not None and path.read_bytes() == expected
+    page.evaluate("() => localStorage.removeItem('rlmaze.apiKey')")
 
 
 def test_socket_reconnects_after_the_service_restarts(

@@ -40,8 +40,7 @@ function askForApiKey() {
 
 /** fetch a JSON endpoint; throws ApiError (HTTP error) or TypeError (network down). */
 export async function api(path, { method = "GET", body, signal } = {}, retried = false) {
-  const init = { method, signal, headers: { Accept: "application/json" } };
-  if (apiKey()) init.headers["X-API-Key"] = apiKey();
+  const init = { method, signal, headers: { Accept: "application/json", ...keyHeaders() } };
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
@@ -55,6 +54,36 @@ export async function api(path, { method = "GET", body, signal } = {}, retried =
     throw new ApiError(response.status, data && typeof data === "object" ? data.detail : data);
   }
   return data;
+}
+
+function keyHeaders() {
+  return apiKey() ? { "X-API-Key": apiKey() } : {};
+}
+
+function attachmentName(response, path) {
+  const match = /filename="?([^";]+)"?/i.exec(response.headers.get("Content-Disposition") || "");
+  return match ? match[1] : path.split("/").pop();
+}
+
+/**
+ * Save a file the API serves. A plain link cannot send X-API-Key, so the file is fetched with the
+ * key and handed to the browser as a blob.
+ */
+export async function downloadFile(path) {
+  let response = await fetch(path, { headers: keyHeaders() });
+  if (response.status === 401 && askForApiKey()) response = await fetch(path, { headers: keyHeaders() });
+  if (!response.ok) {
+    const data = parseBody(await response.text());
+    throw new ApiError(response.status, data && typeof data === "object" ? data.detail : data);
+  }
+  const url = URL.createObjectURL(await response.blob());
+  const link = document.createElement("a");
+  link.href = url;
+  link.download = attachmentName(response, path);
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
 }
 
 /** A message for any error a call may throw. */

@@ -1,6 +1,6 @@
 // One run: progress, live charts (history from `GET /experiments/{id}`, then WebSocket messages),
 // stop button, downloads, error text, and the rollout player.
-import { api, ApiError, errorMessage, experimentPath } from "./api.js";
+import { api, ApiError, downloadFile, errorMessage, experimentPath } from "./api.js";
 import { createCharts } from "./charts.js";
 import { clearErrors, showFieldError, showMessage } from "./form.js";
 import {
@@ -70,10 +70,24 @@ function summaryText(run) {
   return parts.join(" · ");
 }
 
+/** The service's own files are fetched with the API key; other links (the MLflow UI's) stay plain. */
+function servedHere(href) {
+  return new URL(href).origin === window.location.origin;
+}
+
 function downloadItem(label, url, note) {
   const href = safeUrl(url);
   if (!href) return null;
-  return el("li", {}, el("a", { href, download: "" }, label), note ? el("span", { className: "muted" }, ` ${note}`) : null);
+  const link = el("a", { href, download: "" }, label);
+  if (servedHere(href)) {
+    link.addEventListener("click", (event) => {
+      event.preventDefault();
+      downloadFile(href).catch((error) =>
+        showMessage(document.getElementById("d-message"), `Download failed: ${errorMessage(error)}`, "error"),
+      );
+    });
+  }
+  return el("li", {}, link, note ? el("span", { className: "muted" }, ` ${note}`) : null);
 }
 
 function onnxNote(onnx) {
