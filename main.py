@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -69,9 +70,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.progress_hub = hub
         app.state.status_cache = status_cache
         log.info("service_started", worker=service.owner, database=engine.url.get_backend_name())
+        _freeze_startup_objects()
         try:
             yield
         finally:
+            gc.unfreeze()  # objects frozen at start-up may be garbage now; let the collector see them
             log.info("service_stopping", worker=service.owner, runs=service.local_run_ids())
             await hub.stop()
             await status_cache.stop()
@@ -101,6 +104,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     install_dashboard(app)
     return app
+
+
+def _freeze_startup_objects() -> None:
+    """Keep the cyclic garbage collector off everything built so far (modules, classes, torch, the app).
+
+    Those objects live as long as the process, yet a full collection walks all of them while holding
+    the GIL: measured 0.2–0.4 s per collection, every few seconds while runs train, stalling every
+    request. Frozen, they are skipped; objects created later are collected as usual. One full
+    collection first, so that no garbage is frozen.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 app = create_app()

@@ -25,6 +25,7 @@ from api.security import websocket_rejection, websocket_subprotocol
 from run_store import RunNotFound, RunStore
 from run_views import progress_message
 from settings import Settings
+from status_cache import StatusCache
 
 log = structlog.get_logger(__name__)
 
@@ -159,7 +160,7 @@ def _offer(queue: asyncio.Queue[Any], message: Frame | None) -> None:
 async def training_progress(websocket: WebSocket, experiment_id: str) -> None:
     """Streams JSON progress messages for one run (schema in the README); closes 1000 after `final`,
     4404 for an unknown run."""
-    store: RunStore = websocket.app.state.run_store
+    cache: StatusCache = websocket.app.state.status_cache
     settings: Settings = websocket.app.state.settings
     hub: ProgressHub = websocket.app.state.progress_hub
     await websocket.accept(subprotocol=websocket_subprotocol(websocket))
@@ -168,7 +169,9 @@ async def training_progress(websocket: WebSocket, experiment_id: str) -> None:
         await websocket.close(code=CLOSE_POLICY_VIOLATION, reason=rejection)
         return
     try:
-        run = await run_in_threadpool(store.get, str(uuid.UUID(experiment_id)))
+        # From this worker's snapshots (see status_cache.py): 100 clients connecting at once would
+        # otherwise be 100 thread-pool reads, each fighting the training threads for the GIL.
+        run = (await cache.get(str(uuid.UUID(experiment_id)))).run
     except (ValueError, RunNotFound):
         await websocket.close(code=CLOSE_UNKNOWN_RUN, reason="unknown experiment_id")
         return
