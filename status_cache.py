@@ -9,8 +9,9 @@ Freshness, with several uvicorn workers sharing one database (each worker has it
 - A snapshot is served only while it is at most `STATUS_CACHE_S` old (measured from when its read
   started), so a change made by another worker process shows within that bound. A background task
   re-reads every recently requested run in one query twice per bound, so hot runs never expire.
-- Any write to the runs table by this process (API calls, training threads, heartbeats) makes every
-  snapshot read before it unusable at once: with one worker, answers are exact.
+- Any write to the runs table by this process (API calls, training threads, heartbeats) makes the
+  snapshots of the runs it wrote (all of them, when that cannot be told) that were read before it
+  unusable at once: with one worker, answers are exact.
 - `settle()` lets a route that changed a run (stop, resume) wait out the bound before answering, so
   that once it answers, every worker's status shows the change.
 - Misses (unknown to this worker, expired, invalidated) read the database, so new runs are found,
@@ -32,6 +33,8 @@ import structlog
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import event
 from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClauseList
 
 from db_models import TrainingRun
 from run_store import RunStore
@@ -56,7 +59,7 @@ class Snapshot:
 class _Entry:
     snapshot: Snapshot
     read_at: float  # monotonic time the read *started*: the data is at least this recent
-    generation: int  # this process's write generation when the read started
+    stamp: int  # taken when the read started; compared with the stamps of this process's writes
     used_at: float
 
 
@@ -64,7 +67,7 @@ class _Entry:
 class _Read:
     """A database read in flight for one run, which later misses may share."""
 
-    generation: int
+    stamp: int
     started: float
     task: asyncio.Task[Snapshot]
 
@@ -82,9 +85,13 @@ class StatusCache:
         self.max_age_s = settings.status_cache_s
         self._entries: dict[str, _Entry] = {}
         self._inflight: dict[str, _Read] = {}
-        self._generations = itertools.count(1)
-        self._generation = 0
-        self._generation_lock = threading.Lock()
+        # One counter orders reads and writes; `next()` on it is atomic, so any thread may draw.
+        self._stamps = itertools.count(1)
+        self._all_written = 0  # stamp of the last write this process could not pin to runs
+        self._written: dict[
+            str, tuple[int, float]
+        ] = {}  # run id -> (stamp, monotonic time) of its last write
+        self._written_lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -96,30 +103,55 @@ class StatusCache:
     def watch_writes(self, session_factory: sessionmaker[Session]) -> None:
         """Invalidate on every write made through `session_factory` (all of RunStore's writes).
 
-        Bumped when a write executes (a read starting later must not be kept as current) and again
-        once its transaction committed (a read that started in between saw the old row).
+        Marked when a write executes (a read starting later must not be kept as current) and again
+        once its transaction committed (a read that started in between saw the old row). An UPDATE
+        whose WHERE clause pins `training_runs.id` invalidates those runs only; any other write, all.
         """
         event.listen(session_factory, "do_orm_execute", self._on_execute)
         event.listen(session_factory, "after_flush", self._on_flush)
         event.listen(session_factory, "after_commit", self._on_commit)
+        event.listen(session_factory, "after_rollback", self._on_rollback)
 
     def _on_execute(self, state: ORMExecuteState) -> None:
         if state.is_update or state.is_insert or state.is_delete:
-            state.session.info[_WROTE] = True
-            self.invalidate_all()
+            self._note_write(state.session, _written_run_ids(state.statement))
 
     def _on_flush(self, session: Session, _context: Any) -> None:
-        session.info[_WROTE] = True
-        self.invalidate_all()
+        self._note_write(session, None)
+
+    def _note_write(self, session: Session, run_ids: set[str] | None) -> None:
+        pending = session.info.get(_WROTE, set())
+        session.info[_WROTE] = None if run_ids is None or pending is None else pending | run_ids
+        self.invalidate(run_ids)
 
     def _on_commit(self, session: Session) -> None:
-        if session.info.pop(_WROTE, False):
-            self.invalidate_all()
+        if _WROTE in session.info:
+            self.invalidate(session.info.pop(_WROTE))
 
-    def invalidate_all(self) -> None:
-        """Thread-safe: no snapshot read before now is served again."""
-        with self._generation_lock:
-            self._generation = next(self._generations)
+    def _on_rollback(self, session: Session) -> None:
+        session.info.pop(_WROTE, None)  # nothing changed
+
+    def invalidate(self, run_ids: set[str] | None = None) -> None:
+        """Thread-safe: no snapshot of these runs (None: of any run) read before now is served again."""
+        with self._written_lock:
+            stamp, now = next(self._stamps), time.monotonic()
+            if run_ids is None:
+                self._all_written = stamp
+            else:
+                for run_id in run_ids:
+                    self._written[run_id] = (stamp, now)
+
+    def _written_since(self, run_id: str, stamp: int) -> bool:
+        """Did this process write the run after a read stamped `stamp` started?"""
+        return self._all_written > stamp or self._written.get(run_id, (0, 0.0))[0] > stamp
+
+    def _forget_old_writes(self) -> None:
+        """A write older than the bound no longer matters: every read that started before it is too old
+        to be served anyway."""
+        horizon = time.monotonic() - self.max_age_s - 1.0
+        with self._written_lock:
+            for run_id in [r for r, (_, at) in self._written.items() if at < horizon]:
+                del self._written[run_id]
 
     # --- serving ----------------------------------------------------------------------------------
 
@@ -127,13 +159,13 @@ class StatusCache:
         """A snapshot no older than the bound; raises `RunNotFound` (404) or a database error (503)."""
         now = time.monotonic()
         entry = self._entries.get(run_id)
-        if entry is not None and self._is_fresh(entry, now):
+        if entry is not None and self._is_fresh(run_id, entry, now):
             entry.used_at = now
             return entry.snapshot
         return await self._read_through(run_id)
 
-    def _is_fresh(self, entry: _Entry, now: float) -> bool:
-        return entry.generation == self._generation and now - entry.read_at <= self.max_age_s
+    def _is_fresh(self, run_id: str, entry: _Entry, now: float) -> bool:
+        return now - entry.read_at <= self.max_age_s and not self._written_since(run_id, entry.stamp)
 
     async def _read_through(self, run_id: str) -> Snapshot:
         """Read the run; concurrent misses share one read when it started after the last local write
@@ -141,18 +173,23 @@ class StatusCache:
         for the others."""
         if not self.enabled:
             return await run_in_threadpool(self._read_one, run_id)
-        generation, now = self._generation, time.monotonic()
+        now = time.monotonic()
         inflight = self._inflight.get(run_id)
-        if inflight is None or inflight.generation != generation or now - inflight.started > self.max_age_s:
-            task = asyncio.get_running_loop().create_task(self._read_and_keep(run_id, generation, now))
-            inflight = _Read(generation, now, task)
+        if (
+            inflight is None
+            or now - inflight.started > self.max_age_s
+            or self._written_since(run_id, inflight.stamp)
+        ):
+            stamp = next(self._stamps)
+            task = asyncio.get_running_loop().create_task(self._read_and_keep(run_id, stamp, now))
+            inflight = _Read(stamp, now, task)
             self._inflight[run_id] = inflight
             task.add_done_callback(functools.partial(self._read_done, run_id))
         return await asyncio.shield(inflight.task)
 
-    async def _read_and_keep(self, run_id: str, generation: int, started: float) -> Snapshot:
+    async def _read_and_keep(self, run_id: str, stamp: int, started: float) -> Snapshot:
         snapshot = await run_in_threadpool(self._read_one, run_id)
-        self._store_entry(run_id, snapshot, started, generation, used=True)
+        self._store_entry(run_id, snapshot, started, stamp, used=True)
         return snapshot
 
     def _read_done(self, run_id: str, task: asyncio.Task[Snapshot]) -> None:
@@ -168,15 +205,13 @@ class StatusCache:
     def _snapshot(self, run: TrainingRun) -> Snapshot:
         return Snapshot(run, saved_file(self._settings, run) is not None)
 
-    def _store_entry(
-        self, run_id: str, snapshot: Snapshot, read_at: float, generation: int, used: bool
-    ) -> None:
+    def _store_entry(self, run_id: str, snapshot: Snapshot, read_at: float, stamp: int, used: bool) -> None:
         """Keep a read unless a newer one is already there (reads may finish out of order)."""
         current = self._entries.get(run_id)
-        if current is not None and (current.generation, current.read_at) > (generation, read_at):
+        if current is not None and current.stamp > stamp:
             return
         used_at = read_at if used or current is None else current.used_at
-        self._entries[run_id] = _Entry(snapshot, read_at, generation, used_at)
+        self._entries[run_id] = _Entry(snapshot, read_at, stamp, used_at)
 
     async def settle(self) -> None:
         """Wait out the bound: afterwards every worker's snapshots were read after this call began."""
@@ -209,14 +244,15 @@ class StatusCache:
         now = time.monotonic()
         for run_id in [r for r, e in self._entries.items() if now - e.used_at > IDLE_EVICT_S]:
             del self._entries[run_id]
+        self._forget_old_writes()
         run_ids = list(self._entries)
         if not run_ids:
             return
-        generation, started = self._generation, time.monotonic()
+        stamp, started = next(self._stamps), time.monotonic()
         snapshots = await run_in_threadpool(self._read_many, run_ids)
         for run_id in run_ids:
             if run_id in snapshots:
-                self._store_entry(run_id, snapshots[run_id], started, generation, used=False)
+                self._store_entry(run_id, snapshots[run_id], started, stamp, used=False)
             else:  # gone from the database
                 self._entries.pop(run_id, None)
 
@@ -225,3 +261,28 @@ class StatusCache:
 
     def cached_ids(self) -> list[str]:
         return list(self._entries)
+
+
+def _written_run_ids(statement: Any) -> set[str] | None:
+    """The runs an UPDATE or DELETE of `training_runs` is pinned to by `id = :x` or `id IN (...)` in its
+    WHERE clause (ANDed with anything); None when that cannot be told (then all runs count as written)."""
+    if getattr(getattr(statement, "table", None), "name", None) != TrainingRun.__tablename__:
+        return None
+    where = getattr(statement, "whereclause", None)
+    if where is None:
+        return None
+    criteria = list(where.clauses) if isinstance(where, BooleanClauseList) else [where]
+    if isinstance(where, BooleanClauseList) and where.operator is not operators.and_:
+        return None
+    id_column = TrainingRun.__table__.c.id
+    for criterion in criteria:
+        if not (isinstance(criterion, BinaryExpression) and isinstance(criterion.right, BindParameter)):
+            continue
+        if getattr(criterion.left, "table", None) is not id_column.table or criterion.left.key != "id":
+            continue
+        value = criterion.right.value
+        if criterion.operator is operators.eq and isinstance(value, str):
+            return {value}
+        if criterion.operator is operators.in_op and isinstance(value, list | tuple):
+            return {str(v) for v in value}
+    return None

@@ -23,6 +23,7 @@ from sqlalchemy import Engine, event
 from database import create_db_engine, make_session_factory, upgrade_schema
 from main import create_app
 from run_store import NewRun, RunStore
+from status_cache import Snapshot, StatusCache
 from tests.conftest import app_state, settings_for_tests
 from websocket import Frame, ProgressHub
 
@@ -182,3 +183,31 @@ def test_objects_built_at_start_up_are_kept_out_of_garbage_collection(tmp_path: 
         assert gc.get_freeze_count() > 100_000  # modules, torch, the app
 
     assert gc.get_freeze_count() == 0  # given back at shutdown: some may be garbage by then
+
+
+def test_a_write_to_one_run_leaves_the_snapshots_of_the_others_in_place(
+    tmp_path: Path, other_worker: RunStore
+) -> None:
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'data' / 'service.db'}")
+    factory = make_session_factory(engine)
+    store = RunStore(factory)
+    cache = StatusCache(store, settings_for_tests(tmp_path / "data", status_cache_s=10.0))
+    cache.watch_writes(factory)
+    first, second = other_worker.create(QUEUED_RUN), other_worker.create(QUEUED_RUN)
+
+    async def scenario() -> list[Snapshot]:
+        seen = [await cache.get(first.id), await cache.get(second.id)]
+        store.request_stop(first.id)  # this process writes the first run only
+        seen += [await cache.get(first.id), await cache.get(second.id)]
+        store.heartbeat("nobody:1:x", [second.id])  # an UPDATE pinned to the second (matching no row)
+        seen.append(await cache.get(second.id))
+        return seen
+
+    try:
+        before_first, before_second, after_first, after_second, after_heartbeat = asyncio.run(scenario())
+    finally:
+        engine.dispose()
+
+    assert after_first is not before_first and after_first.run.status == "stopped"
+    assert after_second is before_second  # the very same snapshot: not read again
+    assert after_heartbeat is not before_second
