@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import datetime
 import gc
 import importlib.metadata
 import json
 import math
+import multiprocessing
 import os
 import platform
 import shutil
@@ -347,6 +349,44 @@ def listeners(service: Service, run_ids: Sequence[str], until: float) -> list[as
     ]
 
 
+def listen_in_this_process(urls: Sequence[str], until: float) -> tuple[list[ListenerResult], float]:
+    """Run in a child process (see `ListenerProcess`): every listener until `until` (monotonic, the same
+    clock in every process). Returns their results and this process's CPU seconds."""
+    started = time.process_time()
+
+    async def listen_all() -> list[ListenerResult]:
+        return list(await asyncio.gather(*(listen(url, until) for url in urls)))
+
+    results = asyncio.run(listen_all())
+    return results, time.process_time() - started
+
+
+def _prepare_listener_process() -> None:
+    gc.collect()
+    gc.freeze()  # as in the main process: its own full collections are not the service's latency
+
+
+class ListenerProcess:
+    """The load test's WebSocket clients, in a process of their own, as separate clients would be.
+
+    In the pollers' process, 100 simultaneous WebSocket handshakes kept its event loop busy for a
+    quarter of a second, and the status answers waiting to be read meanwhile were timed as slow
+    answers. Started (and its imports done) before any window, so a window starts on time.
+    """
+
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("spawn")  # no fork of a process with an event loop
+        self._pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context)
+        self._pool.submit(_prepare_listener_process).result(timeout=120)
+
+    async def listen(self, urls: Sequence[str], until: float) -> tuple[list[ListenerResult], float]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, listen_in_this_process, list(urls), until)
+
+    def close(self) -> None:
+        self._pool.shutdown(cancel_futures=True)
+
+
 # --- 1. tracking + WebSocket overhead -------------------------------------------------------------
 
 
@@ -416,7 +456,7 @@ class CpuUse:
 
     service: float
     event_loop: float  # the service's main thread: uvicorn's event loop
-    load_generator: float  # this process: pollers, probe and WebSocket clients
+    load_generator: float  # this benchmark: pollers and probe, plus the WebSocket clients' process
 
 
 class CpuMeter:
@@ -433,11 +473,12 @@ class CpuMeter:
             time.process_time(),
         )
 
-    def read(self) -> CpuUse:
+    def read(self, other_client_cpu_s: float = 0.0) -> CpuUse:
+        """:param other_client_cpu_s: CPU seconds of load-generator processes other than this one."""
         end = self._now()
         wall = end[0] - self._start[0]
         service, loop, client = ((end[i] - self._start[i]) / wall for i in (1, 2, 3))
-        return CpuUse(service, loop, client)
+        return CpuUse(service, loop, client + other_client_cpu_s / wall)
 
 
 @dataclass
@@ -557,12 +598,15 @@ class LoadWindow:
         return statistics.fmean(self.run_fps)
 
 
-async def load_window(service: Service, run_ids: Sequence[str], loaded: bool, seconds: float) -> LoadWindow:
+async def load_window(
+    service: Service, run_ids: Sequence[str], loaded: bool, seconds: float, listener: ListenerProcess
+) -> LoadWindow:
     until = time.monotonic() + seconds
     polls, probe_stats = PollStats(), PollStats()
     meter = CpuMeter(service.pid)
     probe_task = asyncio.create_task(probe(service.keep_alive_client(), run_ids, until, probe_stats))
-    ws_tasks = listeners(service, run_ids, until) if loaded else []
+    urls = [service.ws_url(run_ids[i % len(run_ids)]) for i in range(WS_CLIENTS)]
+    ws_task = asyncio.create_task(listener.listen(urls, until)) if loaded else None
     poll_tasks = [
         asyncio.create_task(
             poller(service.keep_alive_client(), run_ids, POLL_INTERVAL_S * i / POLL_CLIENTS, until, polls)
@@ -571,8 +615,8 @@ async def load_window(service: Service, run_ids: Sequence[str], loaded: bool, se
     ]
     samples = await asyncio.wait_for(probe_task, timeout=seconds + 60)
     await asyncio.wait_for(asyncio.gather(*poll_tasks), timeout=60)
-    ws_results = [await asyncio.wait_for(task, timeout=60) for task in ws_tasks]
-    cpu = meter.read()
+    ws_results, listener_cpu_s = await asyncio.wait_for(ws_task, timeout=60) if ws_task else ([], 0.0)
+    cpu = meter.read(listener_cpu_s)
     run_fps = [snapshot_fps(samples[run_id]) for run_id in run_ids]
     if any(value is None for value in run_fps):
         raise RuntimeError(f"no progress seen in a {seconds:.0f} s window: {samples}")
@@ -648,6 +692,7 @@ async def run_load(options: Options) -> LoadResult:
     env = {"MAX_CONCURRENT_RUNS": "2", "PROGRESS_INTERVAL_S": "1"}
     service = Service("load", env, options.switch_interval)
     windows: list[LoadWindow] = []
+    listener = ListenerProcess()
     try:
         service.start()
         # This process's own garbage collections would show up as service latency: a full one walked
@@ -665,12 +710,13 @@ async def run_load(options: Options) -> LoadResult:
                 await wait_for_status(http, run_id, lambda s: s["timesteps"] >= 2048, timeout_s=300)
         for pair in range(mode.load_pairs):
             for loaded in (False, True) if pair % 2 == 0 else (True, False):
-                window = await load_window(service, run_ids, loaded, mode.load_window_s)
+                window = await load_window(service, run_ids, loaded, mode.load_window_s, listener)
                 log(f"load pair {pair}: {'loaded' if loaded else 'unloaded'} fps/run {window.fps:.0f}")
                 windows.append(window)
                 await asyncio.sleep(2)
     finally:
         service.stop()
+        listener.close()
     return LoadResult(windows, mode.load_window_s, status_cost)
 
 
@@ -804,12 +850,13 @@ def load_report(result: LoadResult) -> list[str]:
         f"{POLL_CLIENTS} clients each `GET /training/status/{{id}}` once every {POLL_INTERVAL_S:.0f} s "
         "(fixed schedule, staggered; each on its own HTTP/1.1 keep-alive connection, a minimal asyncio "
         "client in this process) and "
-        f"{WS_CLIENTS} WebSocket clients (50 per run) listen; unloaded window: nothing but a 1 Hz probe "
+        f"{WS_CLIENTS} WebSocket clients (50 per run, in a second process of this benchmark, connecting "
+        "together at the window's start) listen; unloaded window: nothing but a 1 Hz probe "
         f"per run, which also runs in loaded windows. {result.window_s:.0f} s windows, "
         f"{len(result.windows) // 2} pair(s), order alternating, same service and runs throughout. fps per "
         "window = steps / time between the first and last progress snapshot seen (mean of both runs). "
         "CPU = cores used on average in the window (CPU s / wall s) by the whole service process, by its "
-        "event-loop thread, and by the load generator (this benchmark's process).",
+        "event-loop thread, and by the load generator (this benchmark's two processes).",
         "",
         status_cost_line(result.status_cost),
         "",
