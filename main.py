@@ -109,10 +109,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _freeze_startup_objects() -> None:
     """Keep the cyclic garbage collector off everything built so far (modules, classes, torch, the app).
 
-    Those objects live as long as the process, yet a full collection walks all of them while holding
-    the GIL: measured 0.2–0.4 s per collection, every few seconds while runs train, stalling every
-    request. Frozen, they are skipped; objects created later are collected as usual. One full
-    collection first, so that no garbage is frozen.
+    Those objects live as long as the process, yet every full collection walks all of them while
+    holding the GIL, stalling every request: measured 190 ms for the 367k objects the imports leave,
+    0 ms once frozen. Objects created later (lazy imports, models) are still collected as usual. One
+    full collection first, so that no garbage is frozen.
     """
     gc.collect()
     gc.freeze()
