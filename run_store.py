@@ -116,6 +116,13 @@ class RunStore:
             raise RunNotFound(run_id)
         return run
 
+    def get_many(self, run_ids: Sequence[str]) -> Sequence[TrainingRun]:
+        """The runs among `run_ids` that exist, read in one query (one consistent snapshot)."""
+        if not run_ids:
+            return []
+        with self._session_factory() as session:
+            return session.scalars(select(TrainingRun).where(TrainingRun.id.in_(run_ids))).all()
+
     def list_runs(
         self,
         *,

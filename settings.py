@@ -25,6 +25,14 @@ class Settings(BaseSettings):
     host: str = Field("0.0.0.0", description="Interface the HTTP server binds to.")
     port: int = Field(8001, ge=1, le=65535, description="HTTP port.")
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes for `python main.py`.")
+    timeout_keep_alive_s: int = Field(
+        65,
+        ge=1,
+        le=3600,
+        description="Seconds an idle HTTP keep-alive connection stays open (`python main.py`); longer "
+        "than the idle timeout of clients and proxies, so that the server never closes a connection "
+        "a client is about to reuse.",
+    )
     data_dir: Path = Field(Path("data"), description="Where the SQLite file, models and MLflow store live.")
     database_url: str = Field("", description="SQLAlchemy URL; empty means a SQLite file in DATA_DIR.")
     mlflow_tracking_uri: str = Field("", description="MLflow tracking URI; empty means a store in DATA_DIR.")
@@ -34,6 +42,13 @@ class Settings(BaseSettings):
         "", description="Base URL of an MLflow UI for links; empty: the tracking server's URL, if any."
     )
     progress_interval_s: float = Field(10.0, gt=0, description="Seconds between progress snapshots.")
+    status_cache_s: float = Field(
+        0.5,
+        ge=0,
+        le=10,
+        description="Longest a status answer may lag a change made by another worker process (snapshots "
+        "kept in memory); 0 reads the database for every status request.",
+    )
     max_concurrent_runs: int = Field(
         default_factory=_default_concurrency, ge=1, description="Runs training at once; more are queued."
     )

@@ -2,8 +2,8 @@
 
 Training threads never touch sockets or the event loop: they write progress snapshots to the
 database (shared by every uvicorn worker). Each worker's hub polls the snapshots of the runs its
-clients watch and fans them out to per-client bounded queues, so a slow or vanished client can
-only lose its own stale messages, never slow training or other clients.
+clients watch, encodes each message once and fans the same text out to per-client bounded queues, so
+a slow or vanished client can only lose its own stale messages, never slow training or other clients.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import time
 import uuid
 from typing import Any
@@ -24,6 +25,7 @@ from api.security import websocket_rejection, websocket_subprotocol
 from run_store import RunNotFound, RunStore
 from run_views import progress_message
 from settings import Settings
+from status_cache import StatusCache
 
 log = structlog.get_logger(__name__)
 
@@ -36,11 +38,26 @@ CLOSE_POLICY_VIOLATION = 1008
 router = APIRouter(tags=["progress"])
 
 
+@dataclasses.dataclass(frozen=True)
+class Frame:
+    """One progress message, serialised once and sent as the same text to every client of the run."""
+
+    text: str
+    final: bool
+    status: str
+
+    @classmethod
+    def of(cls, message: dict[str, Any]) -> Frame:
+        # The same encoding as Starlette's send_json.
+        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+        return cls(text, message["type"] == "final", str(message["status"]))
+
+
 @dataclasses.dataclass
 class _Watched:
     """Per-run fan-out state in this worker."""
 
-    queues: set[asyncio.Queue[dict[str, Any] | None]] = dataclasses.field(default_factory=set)
+    queues: set[asyncio.Queue[Frame | None]] = dataclasses.field(default_factory=set)
     version: int = -1
     status: str = ""
     pushed_at: float = 0.0
@@ -82,7 +99,7 @@ class ProgressHub:
                 current_status,
                 time.monotonic(),
             )
-        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=CLIENT_QUEUE_SIZE)
+        queue: asyncio.Queue[Frame | None] = asyncio.Queue(maxsize=CLIENT_QUEUE_SIZE)
         watched.queues.add(queue)
         return queue
 
@@ -122,13 +139,13 @@ class ProgressHub:
             state_changed = run.status != watched.status
             if not state_changed and now - watched.pushed_at < self._interval_s:
                 continue  # progress moved, but the next periodic push will carry it
-            message = progress_message(run, self._settings)
+            frame = Frame.of(progress_message(run, self._settings))
             watched.version, watched.status, watched.pushed_at = versions[run_id], run.status, now
             for queue in list(watched.queues):
-                _offer(queue, message)
+                _offer(queue, frame)
 
 
-def _offer(queue: asyncio.Queue[Any], message: dict[str, Any] | None) -> None:
+def _offer(queue: asyncio.Queue[Any], message: Frame | None) -> None:
     """Put without waiting; a full queue drops its oldest message (a slow client only misses the stale)."""
     while True:
         try:
@@ -143,7 +160,7 @@ def _offer(queue: asyncio.Queue[Any], message: dict[str, Any] | None) -> None:
 async def training_progress(websocket: WebSocket, experiment_id: str) -> None:
     """Streams JSON progress messages for one run (schema in the README); closes 1000 after `final`,
     4404 for an unknown run."""
-    store: RunStore = websocket.app.state.run_store
+    cache: StatusCache = websocket.app.state.status_cache
     settings: Settings = websocket.app.state.settings
     hub: ProgressHub = websocket.app.state.progress_hub
     await websocket.accept(subprotocol=websocket_subprotocol(websocket))
@@ -152,15 +169,17 @@ async def training_progress(websocket: WebSocket, experiment_id: str) -> None:
         await websocket.close(code=CLOSE_POLICY_VIOLATION, reason=rejection)
         return
     try:
-        run = await run_in_threadpool(store.get, str(uuid.UUID(experiment_id)))
+        # From this worker's snapshots (see status_cache.py): 100 clients connecting at once would
+        # otherwise be 100 thread-pool reads, each fighting the training threads for the GIL.
+        run = (await cache.get(str(uuid.UUID(experiment_id)))).run
     except (ValueError, RunNotFound):
         await websocket.close(code=CLOSE_UNKNOWN_RUN, reason="unknown experiment_id")
         return
     queue = hub.subscribe(run.id, run.progress_version, run.status)
     try:
-        first = progress_message(run, settings)
-        await websocket.send_json(first)
-        if first["type"] == "final":
+        first = Frame.of(progress_message(run, settings))
+        await websocket.send_text(first.text)
+        if first.final:
             await websocket.close(code=1000, reason=f"run {run.status}")
             return
         await _stream(websocket, queue)
@@ -183,13 +202,13 @@ async def _stream(websocket: WebSocket, queue: asyncio.Queue[Any]) -> None:
             if receiver in done:
                 getter.cancel()
                 return
-            message = getter.result()
-            if message is None:
+            frame: Frame | None = getter.result()
+            if frame is None:
                 await websocket.close(code=CLOSE_SERVER_SHUTDOWN, reason="server shutting down")
                 return
-            await asyncio.wait_for(websocket.send_json(message), SEND_TIMEOUT_S)
-            if message["type"] == "final":
-                await websocket.close(code=1000, reason=f"run {message['status']}")
+            await asyncio.wait_for(websocket.send_text(frame.text), SEND_TIMEOUT_S)
+            if frame.final:
+                await websocket.close(code=1000, reason=f"run {frame.status}")
                 return
     finally:
         receiver.cancel()

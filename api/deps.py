@@ -1,4 +1,8 @@
-"""FastAPI dependencies as types, so a route's signature says what it needs."""
+"""FastAPI dependencies as types, so a route's signature says what it needs.
+
+They are `async def` on purpose: FastAPI runs a plain `def` dependency in its thread pool, and each such
+hop must win the GIL back from the training threads (measured: most of a status request's cost).
+"""
 
 from __future__ import annotations
 
@@ -8,24 +12,31 @@ from fastapi import Depends, Request
 
 from run_store import RunStore
 from settings import Settings
+from status_cache import StatusCache
 from training_service import TrainingService
 
 
-def get_service(request: Request) -> TrainingService:
+async def get_service(request: Request) -> TrainingService:
     service: TrainingService = request.app.state.training_service
     return service
 
 
-def get_store(request: Request) -> RunStore:
+async def get_store(request: Request) -> RunStore:
     store: RunStore = request.app.state.run_store
     return store
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
+
+
+async def get_status_cache(request: Request) -> StatusCache:
+    cache: StatusCache = request.app.state.status_cache
+    return cache
 
 
 ServiceDep = Annotated[TrainingService, Depends(get_service)]
 StoreDep = Annotated[RunStore, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+StatusCacheDep = Annotated[StatusCache, Depends(get_status_cache)]

@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import ServiceDep, SettingsDep, StoreDep
+from api.deps import ServiceDep, SettingsDep, StatusCacheDep, StoreDep
 from api.responses import BAD_BODY, DATABASE_DOWN, NOT_FOUND, QUEUE_FULL
 from db_models import RunStatus
 from run_views import training_status
@@ -48,10 +48,12 @@ async def start_training(request: StartTrainingRequest, service: ServiceDep) -> 
     responses={**NOT_FOUND, **DATABASE_DOWN},
 )
 async def get_training_status(
-    experiment_id: uuid.UUID, store: StoreDep, settings: SettingsDep
+    experiment_id: uuid.UUID, cache: StatusCacheDep, settings: SettingsDep
 ) -> TrainingStatus:
-    run = await run_in_threadpool(store.get, str(experiment_id))
-    return training_status(run, settings)
+    """At most `STATUS_CACHE_S` behind changes made by another worker process; exact for changes made
+    through this one."""
+    snapshot = await cache.get(str(experiment_id))
+    return training_status(snapshot.run, settings, model_available=snapshot.model_available)
 
 
 @router.post(
@@ -64,10 +66,12 @@ async def stop_training(
     experiment_id: uuid.UUID,
     service: ServiceDep,
     store: StoreDep,
+    cache: StatusCacheDep,
     wait_s: Annotated[float, Query(ge=0, le=60, description="Seconds to wait for the run to end.")] = 15.0,
 ) -> StopTrainingResponse:
     """A queued run is stopped at once. A running run saves the model trained so far and ends as
-    `stopped`; the call waits up to `wait_s` seconds for that. Stopping a finished run changes nothing."""
+    `stopped`; the call waits up to `wait_s` seconds for that. Stopping a finished run changes nothing.
+    Once it answers a final state, every worker's status shows that state."""
     run_id = str(experiment_id)
     before = await run_in_threadpool(store.get, run_id)
     if RunStatus(before.status).is_final:
@@ -82,6 +86,7 @@ async def stop_training(
         await asyncio.sleep(STOP_POLL_S)
         run = await run_in_threadpool(store.get, run_id)
     if RunStatus(run.status).is_final:
+        await cache.settle()  # other workers' status snapshots catch up before we say it is over
         message = f"run {run.status}" + (" and its model saved" if run.model_path else "")
     else:
         message = "stop requested; the run will save its model and end as 'stopped' shortly"
@@ -101,8 +106,12 @@ async def stop_training(
         **DATABASE_DOWN,
     },
 )
-async def resume_training(experiment_id: uuid.UUID, service: ServiceDep) -> StartTrainingResponse:
+async def resume_training(
+    experiment_id: uuid.UUID, service: ServiceDep, cache: StatusCacheDep
+) -> StartTrainingResponse:
     """Queues the run again; it continues from its newest checkpoint with its step count, progress
-    counters and MLflow run carrying on."""
+    counters and MLflow run carrying on. Once it answers, every worker's status shows the run queued
+    (or running)."""
     run = await run_in_threadpool(service.resume, str(experiment_id))
+    await cache.settle()
     return StartTrainingResponse(experiment_id=run.id, run_status=run.status)

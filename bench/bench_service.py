@@ -8,6 +8,7 @@
    ``GET /training/status/{id}`` and 100 WebSocket clients listen, in windows alternating with unloaded
    windows on the same service and the same runs. Training fps per window comes from the runs' own
    progress snapshots (``timesteps`` and ``updated_at``), read by a 1 Hz probe in both kinds of window.
+   Before the runs start, the service CPU per 1000 status requests is measured on the idle service.
 
 Usage: ``.venv/bin/python -m bench.bench_service [--quick] [--no-write]``
 
@@ -19,11 +20,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import datetime
+import gc
 import importlib.metadata
 import json
 import math
+import multiprocessing
 import os
 import platform
 import shutil
@@ -43,6 +47,8 @@ import httpx
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedOK
 
+from settings import Settings
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_FILE = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION_HEADING = "## Service load"
@@ -57,6 +63,8 @@ HTTP_TIMEOUT_S = 10.0
 OVERHEAD_TARGET = 0.95
 LOAD_FPS_TARGET = 0.90
 P99_TARGET_MS = 100.0
+STATUS_COST_REQUESTS = 2000
+STATUS_COST_CONNECTIONS = 10
 
 # The service's defaults, spelled out so that the caller's environment or a `.env` cannot change them.
 SERVICE_DEFAULTS = {
@@ -140,6 +148,9 @@ class Service:
         self.log_path = self.workdir / "service.log"
         self.process: subprocess.Popen[bytes] | None = None
 
+    def keep_alive_client(self) -> KeepAliveClient:
+        return KeepAliveClient(HOST, self.port)
+
     def ws_url(self, run_id: str) -> str:
         return f"ws://{HOST}:{self.port}/ws/training/{run_id}"
 
@@ -151,7 +162,9 @@ class Service:
                 f"import sys; sys.setswitchinterval({self.switch_interval}); import uvicorn; uvicorn.main()"
             )
             command = [sys.executable, "-c", setup]
-        command += ["main:app", "--host", HOST, "--port", str(self.port)]
+        # The keep-alive timeout `python main.py` uses (TIMEOUT_KEEP_ALIVE_S), for this CLI launch.
+        keep_alive = str(Settings.model_fields["timeout_keep_alive_s"].default)
+        command += ["main:app", "--host", HOST, "--port", str(self.port), "--timeout-keep-alive", keep_alive]
         with self.log_path.open("ab") as log_file:
             self.process = subprocess.Popen(
                 command, cwd=PROJECT_ROOT, env=env, stdout=log_file, stderr=log_file
@@ -260,12 +273,14 @@ async def wait_until_idle(service: Service, timeout_s: float = 180.0, max_cores:
         log(f"service {service.name} still busy after {timeout_s:.0f} s; going on")
 
 
-async def warm_up(service: Service) -> None:
-    """One tiny run: first-use costs (imports, MLflow store creation) land outside the measurements."""
+async def warm_up(service: Service) -> str:
+    """One tiny run: first-use costs (imports, MLflow store creation) land outside the measurements.
+    Returns the run's id."""
     async with http_client(service) as http:
         run_id = await start_run(http, WARMUP_RUN)
         await wait_for_status(http, run_id, settled, timeout_s=300)
     await wait_until_idle(service)
+    return run_id
 
 
 # --- WebSocket listeners --------------------------------------------------------------------------
@@ -332,6 +347,44 @@ def listeners(service: Service, run_ids: Sequence[str], until: float) -> list[as
         asyncio.create_task(listen(service.ws_url(run_ids[i % len(run_ids)]), until))
         for i in range(WS_CLIENTS)
     ]
+
+
+def listen_in_this_process(urls: Sequence[str], until: float) -> tuple[list[ListenerResult], float]:
+    """Run in a child process (see `ListenerProcess`): every listener until `until` (monotonic, the same
+    clock in every process). Returns their results and this process's CPU seconds."""
+    started = time.process_time()
+
+    async def listen_all() -> list[ListenerResult]:
+        return list(await asyncio.gather(*(listen(url, until) for url in urls)))
+
+    results = asyncio.run(listen_all())
+    return results, time.process_time() - started
+
+
+def _prepare_listener_process() -> None:
+    gc.collect()
+    gc.freeze()  # as in the main process: its own full collections are not the service's latency
+
+
+class ListenerProcess:
+    """The load test's WebSocket clients, in a process of their own, as separate clients would be.
+
+    In the pollers' process, 100 simultaneous WebSocket handshakes kept its event loop busy for a
+    quarter of a second, and the status answers waiting to be read meanwhile were timed as slow
+    answers. Started (and its imports done) before any window, so a window starts on time.
+    """
+
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("spawn")  # no fork of a process with an event loop
+        self._pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context)
+        self._pool.submit(_prepare_listener_process).result(timeout=120)
+
+    async def listen(self, urls: Sequence[str], until: float) -> tuple[list[ListenerResult], float]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, listen_in_this_process, list(urls), until)
+
+    def close(self) -> None:
+        self._pool.shutdown(cancel_futures=True)
 
 
 # --- 1. tracking + WebSocket overhead -------------------------------------------------------------
@@ -403,7 +456,7 @@ class CpuUse:
 
     service: float
     event_loop: float  # the service's main thread: uvicorn's event loop
-    load_generator: float  # this process: pollers, probe and WebSocket clients
+    load_generator: float  # this benchmark: pollers and probe, plus the WebSocket clients' process
 
 
 class CpuMeter:
@@ -420,11 +473,12 @@ class CpuMeter:
             time.process_time(),
         )
 
-    def read(self) -> CpuUse:
+    def read(self, other_client_cpu_s: float = 0.0) -> CpuUse:
+        """:param other_client_cpu_s: CPU seconds of load-generator processes other than this one."""
         end = self._now()
         wall = end[0] - self._start[0]
         service, loop, client = ((end[i] - self._start[i]) / wall for i in (1, 2, 3))
-        return CpuUse(service, loop, client)
+        return CpuUse(service, loop, client + other_client_cpu_s / wall)
 
 
 @dataclass
@@ -433,23 +487,63 @@ class PollStats:
     errors: Counter[str] = field(default_factory=Counter)
 
 
-async def timed_status(http: httpx.AsyncClient, run_id: str, stats: PollStats) -> dict[str, Any] | None:
+class KeepAliveClient:
+    """One client's HTTP/1.1 keep-alive connection: GET, answers with Content-Length (uvicorn's JSON).
+
+    A real TCP HTTP/1.1 client, but a small one: httpx costs several times more CPU per request, and the
+    load generator shares the service's cores, so its CPU would be taken from the training it measures.
+    A failure is raised (and counted by the caller); the next request opens a new connection.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self._host, self._port = host, port
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            return await asyncio.wait_for(self._get(path), HTTP_TIMEOUT_S)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _get(self, path: str) -> tuple[int, bytes]:
+        if self._streams is None:
+            self._streams = await asyncio.open_connection(self._host, self._port)
+        reader, writer = self._streams
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {self._host}:{self._port}\r\n\r\n".encode())
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        headers = dict(line.lower().split(": ", 1) for line in head[1:] if ": " in line)
+        body = await reader.readexactly(int(headers["content-length"]))
+        if headers.get("connection") == "close":
+            await self.close()
+        return int(head[0].split(" ", 2)[1]), body
+
+    async def close(self) -> None:
+        if self._streams is not None:
+            writer = self._streams[1]
+            self._streams = None
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+async def timed_status(client: KeepAliveClient, run_id: str, stats: PollStats) -> dict[str, Any] | None:
     started = time.perf_counter()
     try:
-        response = await http.get(f"/training/status/{run_id}")
+        status, raw = await client.get(f"/training/status/{run_id}")
     except Exception as error:
         stats.errors[type(error).__name__] += 1
         return None
     stats.latencies_ms.append((time.perf_counter() - started) * 1000)
-    if response.status_code != 200:
-        stats.errors[f"HTTP {response.status_code}"] += 1
+    if status != 200:
+        stats.errors[f"HTTP {status}"] += 1
         return None
-    body: dict[str, Any] = response.json()
+    body: dict[str, Any] = json.loads(raw)  # as a real client would; also checks the answer is whole
     return body
 
 
 async def poller(
-    http: httpx.AsyncClient, run_ids: Sequence[str], offset_s: float, until: float, stats: PollStats
+    client: KeepAliveClient, run_ids: Sequence[str], offset_s: float, until: float, stats: PollStats
 ) -> None:
     """One client: a status request every POLL_INTERVAL_S on a fixed schedule (slow answers do not
     lower the offered rate), alternating between the runs."""
@@ -457,24 +551,26 @@ async def poller(
     index = 0
     while next_at < until:
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-        await timed_status(http, run_ids[index % len(run_ids)], stats)
+        await timed_status(client, run_ids[index % len(run_ids)], stats)
         index += 1
         next_at = max(next_at + POLL_INTERVAL_S, time.monotonic())
+    await client.close()
 
 
 Samples = dict[str, list[tuple[float, int]]]
 
 
-async def probe(http: httpx.AsyncClient, run_ids: Sequence[str], until: float, stats: PollStats) -> Samples:
+async def probe(client: KeepAliveClient, run_ids: Sequence[str], until: float, stats: PollStats) -> Samples:
     """Read each run's latest progress snapshot once a second: (updated_at as epoch s, timesteps)."""
     samples: Samples = {run_id: [] for run_id in run_ids}
     while time.monotonic() < until:
         for run_id in run_ids:
-            body = await timed_status(http, run_id, stats)
+            body = await timed_status(client, run_id, stats)
             if body is not None and body.get("updated_at"):
                 stamp = datetime.datetime.fromisoformat(body["updated_at"]).timestamp()
                 samples[run_id].append((stamp, int(body["timesteps"])))
         await asyncio.sleep(PROBE_INTERVAL_S)
+    await client.close()
     return samples
 
 
@@ -502,21 +598,25 @@ class LoadWindow:
         return statistics.fmean(self.run_fps)
 
 
-async def load_window(service: Service, run_ids: Sequence[str], loaded: bool, seconds: float) -> LoadWindow:
+async def load_window(
+    service: Service, run_ids: Sequence[str], loaded: bool, seconds: float, listener: ListenerProcess
+) -> LoadWindow:
     until = time.monotonic() + seconds
     polls, probe_stats = PollStats(), PollStats()
     meter = CpuMeter(service.pid)
-    async with http_client(service, POLL_CLIENTS) as http, http_client(service, 2) as probe_http:
-        probe_task = asyncio.create_task(probe(probe_http, run_ids, until, probe_stats))
-        ws_tasks = listeners(service, run_ids, until) if loaded else []
-        poll_tasks = [
-            asyncio.create_task(poller(http, run_ids, POLL_INTERVAL_S * i / POLL_CLIENTS, until, polls))
-            for i in range(POLL_CLIENTS if loaded else 0)
-        ]
-        samples = await asyncio.wait_for(probe_task, timeout=seconds + 60)
-        await asyncio.wait_for(asyncio.gather(*poll_tasks), timeout=60)
-        ws_results = [await asyncio.wait_for(task, timeout=60) for task in ws_tasks]
-    cpu = meter.read()
+    probe_task = asyncio.create_task(probe(service.keep_alive_client(), run_ids, until, probe_stats))
+    urls = [service.ws_url(run_ids[i % len(run_ids)]) for i in range(WS_CLIENTS)]
+    ws_task = asyncio.create_task(listener.listen(urls, until)) if loaded else None
+    poll_tasks = [
+        asyncio.create_task(
+            poller(service.keep_alive_client(), run_ids, POLL_INTERVAL_S * i / POLL_CLIENTS, until, polls)
+        )
+        for i in range(POLL_CLIENTS if loaded else 0)
+    ]
+    samples = await asyncio.wait_for(probe_task, timeout=seconds + 60)
+    await asyncio.wait_for(asyncio.gather(*poll_tasks), timeout=60)
+    ws_results, listener_cpu_s = await asyncio.wait_for(ws_task, timeout=60) if ws_task else ([], 0.0)
+    cpu = meter.read(listener_cpu_s)
     run_fps = [snapshot_fps(samples[run_id]) for run_id in run_ids]
     if any(value is None for value in run_fps):
         raise RuntimeError(f"no progress seen in a {seconds:.0f} s window: {samples}")
@@ -526,9 +626,50 @@ async def load_window(service: Service, run_ids: Sequence[str], loaded: bool, se
 
 
 @dataclass(frozen=True)
+class StatusCost:
+    """Service CPU per status request with nothing else running: robust even on a noisy machine."""
+
+    requests: int
+    service_cpu_s: float
+    load_generator_cpu_s: float
+    wall_s: float
+
+    def per_1000(self, cpu_s: float) -> float:
+        return 1000 * cpu_s / self.requests
+
+
+async def measure_status_cost(service: Service, run_id: str) -> StatusCost:
+    """STATUS_COST_REQUESTS answers to `GET /training/status/{run_id}` over STATUS_COST_CONNECTIONS
+    keep-alive connections, each sending its next request when the last is answered."""
+    clients = [service.keep_alive_client() for _ in range(STATUS_COST_CONNECTIONS)]
+    path = f"/training/status/{run_id}"
+
+    async def ask(client: KeepAliveClient, count: int) -> None:
+        for _ in range(count):
+            status, _ = await client.get(path)
+            if status != 200:
+                raise RuntimeError(f"status request answered {status}")
+        await client.close()
+
+    await asyncio.gather(*(ask(client, 20) for client in clients))  # connections open, code paths warm
+    clients = [service.keep_alive_client() for _ in range(STATUS_COST_CONNECTIONS)]
+    stat = Path(f"/proc/{service.pid}/stat")
+    wall, cpu, own = time.monotonic(), cpu_seconds(stat), time.process_time()
+    per_client = STATUS_COST_REQUESTS // STATUS_COST_CONNECTIONS
+    await asyncio.gather(*(ask(client, per_client) for client in clients))
+    return StatusCost(
+        per_client * STATUS_COST_CONNECTIONS,
+        cpu_seconds(stat) - cpu,
+        time.process_time() - own,
+        time.monotonic() - wall,
+    )
+
+
+@dataclass(frozen=True)
 class LoadResult:
     windows: list[LoadWindow]
     window_s: float
+    status_cost: StatusCost
 
     def of(self, loaded: bool) -> list[LoadWindow]:
         return [w for w in self.windows if w.loaded == loaded]
@@ -551,9 +692,17 @@ async def run_load(options: Options) -> LoadResult:
     env = {"MAX_CONCURRENT_RUNS": "2", "PROGRESS_INTERVAL_S": "1"}
     service = Service("load", env, options.switch_interval)
     windows: list[LoadWindow] = []
+    listener = ListenerProcess()
     try:
         service.start()
-        await warm_up(service)
+        # This process's own garbage collections would show up as service latency: a full one walked
+        # ~150k objects (imports, clients) in 85 ms, measured in the middle of a burst of WebSocket
+        # connects. Objects alive now (modules, the service handle) are left out of them.
+        gc.collect()
+        gc.freeze()
+        warm_up_run = await warm_up(service)
+        status_cost = await measure_status_cost(service, warm_up_run)
+        log(f"status cost: {status_cost.per_1000(status_cost.service_cpu_s):.2f} CPU-s / 1000 requests")
         async with http_client(service) as http:
             body = {**training_run(50_000, 0, LOAD_RUN_STEPS_PER_EPISODE)}
             run_ids = [await start_run(http, {**body, "seed": 200 + i}) for i in range(2)]
@@ -561,13 +710,14 @@ async def run_load(options: Options) -> LoadResult:
                 await wait_for_status(http, run_id, lambda s: s["timesteps"] >= 2048, timeout_s=300)
         for pair in range(mode.load_pairs):
             for loaded in (False, True) if pair % 2 == 0 else (True, False):
-                window = await load_window(service, run_ids, loaded, mode.load_window_s)
+                window = await load_window(service, run_ids, loaded, mode.load_window_s, listener)
                 log(f"load pair {pair}: {'loaded' if loaded else 'unloaded'} fps/run {window.fps:.0f}")
                 windows.append(window)
                 await asyncio.sleep(2)
     finally:
         service.stop()
-    return LoadResult(windows, mode.load_window_s)
+        listener.close()
+    return LoadResult(windows, mode.load_window_s, status_cost)
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -672,6 +822,16 @@ def window_row(window: LoadWindow) -> str:
     )
 
 
+def status_cost_line(cost: StatusCost) -> str:
+    return (
+        f"Status request cost, before the runs start (service idle): {cost.requests} "
+        f"`GET /training/status/{{id}}` over {STATUS_COST_CONNECTIONS} keep-alive connections, each asking "
+        f"again when answered: **{cost.per_1000(cost.service_cpu_s):.2f} CPU-s of the service per 1000 "
+        f"requests** (load generator {cost.per_1000(cost.load_generator_cpu_s):.2f}), "
+        f"{cost.requests / cost.wall_s:.0f} requests/s."
+    )
+
+
 def load_report(result: LoadResult) -> list[str]:
     latencies = result.latencies_ms()
     p50, p95, p99 = (percentile(latencies, p) for p in (50, 95, 99))
@@ -688,13 +848,17 @@ def load_report(result: LoadResult) -> list[str]:
         f"{LOAD_RUN_STEPS_PER_EPISODE} steps per iteration, cpu) train at once (`MAX_CONCURRENT_RUNS=2`, "
         "`PROGRESS_INTERVAL_S=1`, MLflow on). Loaded window: "
         f"{POLL_CLIENTS} clients each `GET /training/status/{{id}}` once every {POLL_INTERVAL_S:.0f} s "
-        f"(fixed schedule, staggered; one `httpx.AsyncClient` with {POLL_CLIENTS} connections) and "
-        f"{WS_CLIENTS} WebSocket clients (50 per run) listen; unloaded window: nothing but a 1 Hz probe "
+        "(fixed schedule, staggered; each on its own HTTP/1.1 keep-alive connection, a minimal asyncio "
+        "client in this process) and "
+        f"{WS_CLIENTS} WebSocket clients (50 per run, in a second process of this benchmark, connecting "
+        "together at the window's start) listen; unloaded window: nothing but a 1 Hz probe "
         f"per run, which also runs in loaded windows. {result.window_s:.0f} s windows, "
         f"{len(result.windows) // 2} pair(s), order alternating, same service and runs throughout. fps per "
         "window = steps / time between the first and last progress snapshot seen (mean of both runs). "
         "CPU = cores used on average in the window (CPU s / wall s) by the whole service process, by its "
-        "event-loop thread, and by the load generator (this benchmark's process).",
+        "event-loop thread, and by the load generator (this benchmark's two processes).",
+        "",
+        status_cost_line(result.status_cost),
         "",
         "| window | fps/run (mean of 2) | status requests | p50 ms | p95 ms | p99 ms | errors | "
         "WS msgs (min/client) | WS errors | CPU service / event loop / load generator |",

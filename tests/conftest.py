@@ -145,6 +145,9 @@ class LiveService:
             "127.0.0.1",
             "--port",
             str(self.port),
+            # As `python main.py` runs it (TIMEOUT_KEEP_ALIVE_S): the CLI does not read our settings.
+            "--timeout-keep-alive",
+            str(Settings.model_fields["timeout_keep_alive_s"].default),
         ]
         if self.workers > 1:
             command += ["--workers", str(self.workers)]

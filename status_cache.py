@@ -1,0 +1,288 @@
+"""Per-worker snapshots of run records, so `GET /training/status/{id}` answers on the event loop.
+
+Why: under load, reading the database for every status request hops to a thread-pool thread and back.
+Each hop must win the GIL from the training threads several times (waking the worker, every SQLite
+call, waking the loop again); those hand-offs set both the tail latency and how much the training
+threads slow down. Serving a recent snapshot from memory costs none of them.
+
+Freshness, with several uvicorn workers sharing one database (each worker has its own cache):
+- A snapshot is served only while it is at most `STATUS_CACHE_S` old (measured from when its read
+  started), so a change made by another worker process shows within that bound. A background task
+  re-reads every recently requested run in one query twice per bound, so hot runs never expire.
+- Any write to the runs table by this process (API calls, training threads, heartbeats) makes the
+  snapshots of the runs it wrote (all of them, when that cannot be told) that were read before it
+  unusable at once: with one worker, answers are exact.
+- `settle()` lets a route that changed a run (stop, resume) wait out the bound before answering, so
+  that once it answers, every worker's status shows the change.
+- Misses (unknown to this worker, expired, invalidated) read the database, so new runs are found,
+  unknown ids are 404 and a database outage is a 503 once the snapshots have expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import itertools
+import threading
+import time
+from typing import Any
+
+import structlog
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import event
+from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClauseList
+
+from db_models import TrainingRun
+from run_store import RunStore
+from settings import Settings
+from training_service import saved_file
+
+log = structlog.get_logger(__name__)
+
+IDLE_EVICT_S = 30.0  # a run nobody asked about for this long is no longer refreshed nor kept
+_WROTE = "status_cache_wrote"
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """A run record as read from the database, with what else a status answer needs."""
+
+    run: TrainingRun
+    model_available: bool
+
+
+@dataclasses.dataclass
+class _Entry:
+    snapshot: Snapshot
+    read_at: float  # monotonic time the read *started*: the data is at least this recent
+    stamp: int  # taken when the read started; compared with the stamps of this process's writes
+    used_at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class _Read:
+    """A database read in flight for one run, which later misses may share."""
+
+    stamp: int
+    started: float
+    task: asyncio.Task[Snapshot]
+
+
+class StatusCache:
+    """Recent run snapshots of this worker; see the module docstring for the freshness rules.
+
+    :param store: run records.
+    :param settings: `status_cache_s` is the bound; 0 turns the cache off (every request reads).
+    """
+
+    def __init__(self, store: RunStore, settings: Settings) -> None:
+        self._store = store
+        self._settings = settings
+        self.max_age_s = settings.status_cache_s
+        self._entries: dict[str, _Entry] = {}
+        self._inflight: dict[str, _Read] = {}
+        # One counter orders reads and writes; `next()` on it is atomic, so any thread may draw.
+        self._stamps = itertools.count(1)
+        self._all_written = 0  # stamp of the last write this process could not pin to runs
+        self._written: dict[
+            str, tuple[int, float]
+        ] = {}  # run id -> (stamp, monotonic time) of its last write
+        self._written_lock = threading.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_age_s > 0
+
+    # --- invalidation by this process's own writes ------------------------------------------------
+
+    def watch_writes(self, session_factory: sessionmaker[Session]) -> None:
+        """Invalidate on every write made through `session_factory` (all of RunStore's writes).
+
+        Marked when a write executes (a read starting later must not be kept as current) and again
+        once its transaction committed (a read that started in between saw the old row). An UPDATE
+        whose WHERE clause pins `training_runs.id` invalidates those runs only; any other write, all.
+        """
+        event.listen(session_factory, "do_orm_execute", self._on_execute)
+        event.listen(session_factory, "after_flush", self._on_flush)
+        event.listen(session_factory, "after_commit", self._on_commit)
+        event.listen(session_factory, "after_rollback", self._on_rollback)
+
+    def _on_execute(self, state: ORMExecuteState) -> None:
+        if state.is_update or state.is_insert or state.is_delete:
+            self._note_write(state.session, _written_run_ids(state.statement))
+
+    def _on_flush(self, session: Session, _context: Any) -> None:
+        self._note_write(session, None)
+
+    def _note_write(self, session: Session, run_ids: set[str] | None) -> None:
+        pending = session.info.get(_WROTE, set())
+        session.info[_WROTE] = None if run_ids is None or pending is None else pending | run_ids
+        self.invalidate(run_ids)
+
+    def _on_commit(self, session: Session) -> None:
+        if _WROTE in session.info:
+            self.invalidate(session.info.pop(_WROTE))
+
+    def _on_rollback(self, session: Session) -> None:
+        session.info.pop(_WROTE, None)  # nothing changed
+
+    def invalidate(self, run_ids: set[str] | None = None) -> None:
+        """Thread-safe: no snapshot of these runs (None: of any run) read before now is served again."""
+        with self._written_lock:
+            stamp, now = next(self._stamps), time.monotonic()
+            if run_ids is None:
+                self._all_written = stamp
+            else:
+                for run_id in run_ids:
+                    self._written[run_id] = (stamp, now)
+
+    def _written_since(self, run_id: str, stamp: int) -> bool:
+        """Did this process write the run after a read stamped `stamp` started?"""
+        return self._all_written > stamp or self._written.get(run_id, (0, 0.0))[0] > stamp
+
+    def _forget_old_writes(self) -> None:
+        """A write older than the bound no longer matters: every read that started before it is too old
+        to be served anyway."""
+        horizon = time.monotonic() - self.max_age_s - 1.0
+        with self._written_lock:
+            for run_id in [r for r, (_, at) in self._written.items() if at < horizon]:
+                del self._written[run_id]
+
+    # --- serving ----------------------------------------------------------------------------------
+
+    async def get(self, run_id: str) -> Snapshot:
+        """A snapshot no older than the bound; raises `RunNotFound` (404) or a database error (503)."""
+        now = time.monotonic()
+        entry = self._entries.get(run_id)
+        if entry is not None and self._is_fresh(run_id, entry, now):
+            entry.used_at = now
+            return entry.snapshot
+        return await self._read_through(run_id)
+
+    def _is_fresh(self, run_id: str, entry: _Entry, now: float) -> bool:
+        return now - entry.read_at <= self.max_age_s and not self._written_since(run_id, entry.stamp)
+
+    async def _read_through(self, run_id: str) -> Snapshot:
+        """Read the run; concurrent misses share one read when it started after the last local write
+        and within the bound. The read is a task of its own: a client that leaves does not cancel it
+        for the others."""
+        if not self.enabled:
+            return await run_in_threadpool(self._read_one, run_id)
+        now = time.monotonic()
+        inflight = self._inflight.get(run_id)
+        if (
+            inflight is None
+            or now - inflight.started > self.max_age_s
+            or self._written_since(run_id, inflight.stamp)
+        ):
+            stamp = next(self._stamps)
+            task = asyncio.get_running_loop().create_task(self._read_and_keep(run_id, stamp, now))
+            inflight = _Read(stamp, now, task)
+            self._inflight[run_id] = inflight
+            task.add_done_callback(functools.partial(self._read_done, run_id))
+        return await asyncio.shield(inflight.task)
+
+    async def _read_and_keep(self, run_id: str, stamp: int, started: float) -> Snapshot:
+        snapshot = await run_in_threadpool(self._read_one, run_id)
+        self._store_entry(run_id, snapshot, started, stamp, used=True)
+        return snapshot
+
+    def _read_done(self, run_id: str, task: asyncio.Task[Snapshot]) -> None:
+        inflight = self._inflight.get(run_id)
+        if inflight is not None and inflight.task is task:
+            del self._inflight[run_id]
+        if not task.cancelled():
+            task.exception()  # retrieved here: every client that waited for it may have left
+
+    def _read_one(self, run_id: str) -> Snapshot:
+        return self._snapshot(self._store.get(run_id))
+
+    def _snapshot(self, run: TrainingRun) -> Snapshot:
+        return Snapshot(run, saved_file(self._settings, run) is not None)
+
+    def _store_entry(self, run_id: str, snapshot: Snapshot, read_at: float, stamp: int, used: bool) -> None:
+        """Keep a read unless a newer one is already there (reads may finish out of order)."""
+        current = self._entries.get(run_id)
+        if current is not None and current.stamp > stamp:
+            return
+        used_at = read_at if used or current is None else current.used_at
+        self._entries[run_id] = _Entry(snapshot, read_at, stamp, used_at)
+
+    async def settle(self) -> None:
+        """Wait out the bound: afterwards every worker's snapshots were read after this call began."""
+        if self.enabled:
+            await asyncio.sleep(self.max_age_s)
+
+    # --- background refresh -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.enabled:
+            self._task = asyncio.get_running_loop().create_task(self._refresh_loop(), name="status-cache")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.max_age_s / 2)
+            try:
+                await self.refresh()
+            except Exception as error:  # e.g. a database outage: serve nothing stale, read through
+                self._entries.clear()
+                log.warning("status_cache_refresh_failed", error=(str(error).splitlines() or [""])[0])
+
+    async def refresh(self) -> None:
+        """Re-read every run requested lately, in one query; forget the others."""
+        now = time.monotonic()
+        for run_id in [r for r, e in self._entries.items() if now - e.used_at > IDLE_EVICT_S]:
+            del self._entries[run_id]
+        self._forget_old_writes()
+        run_ids = list(self._entries)
+        if not run_ids:
+            return
+        stamp, started = next(self._stamps), time.monotonic()
+        snapshots = await run_in_threadpool(self._read_many, run_ids)
+        for run_id in run_ids:
+            if run_id in snapshots:
+                self._store_entry(run_id, snapshots[run_id], started, stamp, used=False)
+            else:  # gone from the database
+                self._entries.pop(run_id, None)
+
+    def _read_many(self, run_ids: list[str]) -> dict[str, Snapshot]:
+        return {run.id: self._snapshot(run) for run in self._store.get_many(run_ids)}
+
+    def cached_ids(self) -> list[str]:
+        return list(self._entries)
+
+
+def _written_run_ids(statement: Any) -> set[str] | None:
+    """The runs an UPDATE or DELETE of `training_runs` is pinned to by `id = :x` or `id IN (...)` in its
+    WHERE clause (ANDed with anything); None when that cannot be told (then all runs count as written)."""
+    if getattr(getattr(statement, "table", None), "name", None) != TrainingRun.__tablename__:
+        return None
+    where = getattr(statement, "whereclause", None)
+    if where is None:
+        return None
+    criteria = list(where.clauses) if isinstance(where, BooleanClauseList) else [where]
+    if isinstance(where, BooleanClauseList) and where.operator is not operators.and_:
+        return None
+    id_column = TrainingRun.__table__.c.id
+    for criterion in criteria:
+        if not (isinstance(criterion, BinaryExpression) and isinstance(criterion.right, BindParameter)):
+            continue
+        if getattr(criterion.left, "table", None) is not id_column.table or criterion.left.key != "id":
+            continue
+        value = criterion.right.value
+        if criterion.operator is operators.eq and isinstance(value, str):
+            return {value}
+        if criterion.operator is operators.in_op and isinstance(value, list | tuple):
+            return {str(v) for v in value}
+    return None
