@@ -7,10 +7,10 @@ from typing import Any
 
 import mlflow_client
 from db_models import RunStatus, TrainingRun
+from model_files import model_available
 from run_store import elapsed_seconds
 from schemas import ExperimentSummary, OnnxInfo, TrainingStatus
 from settings import Settings
-from training_service import saved_file
 
 
 def training_status(run: TrainingRun, settings: Settings) -> TrainingStatus:
@@ -48,7 +48,7 @@ def training_status(run: TrainingRun, settings: Settings) -> TrainingStatus:
         updated_at=run.progress_at,
         stop_requested=run.stop_requested,
         error=run.error,
-        model_available=saved_file(settings, run) is not None,
+        model_available=model_available(settings, run),
         mlflow_run_id=run.mlflow_run_id,
         tracking_status=run.tracking_status,
         tracking_error=run.tracking_error,
