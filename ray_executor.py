@@ -1,7 +1,9 @@
 """Training runs as tasks on a Ray cluster: the service schedules and watches, the cluster trains.
 
-Each claimed run becomes one Ray task (no retries) that reserves RAY_CPUS_PER_RUN CPUs, and a GPU when
-the run asks for CUDA, so the cluster decides where it trains. The task runs the same `TrainingJob`
+Each claimed run becomes one Ray actor (no restarts, no retries) that reserves RAY_CPUS_PER_RUN CPUs,
+and a GPU when the run asks for CUDA, so the cluster decides where it trains. An actor rather than a
+plain task: a second method call can ask the running job to save and end (service shutdown), which
+Ray's task cancellation cannot do gracefully. The task runs the same `TrainingJob`
 as the thread executor; it reaches the control plane only through the database and MLflow, never
 through files shared with the service. Ray is imported only here, and only when EXECUTOR=ray.
 """
@@ -33,8 +35,6 @@ log = structlog.get_logger(__name__)
 CAPACITY_REFRESH_S = 5.0
 WATCH_INTERVAL_S = 0.5
 WORKER_UPLOAD_FLUSH_S = 60.0
-# The job's main thread waits in slices this long, so a cancel's KeyboardInterrupt reaches it soon.
-INTERRUPT_POLL_S = 0.2
 WORKER_DATA_DIR = Path(tempfile.gettempdir()) / "rl-maze-worker"
 
 
@@ -58,7 +58,8 @@ class RayExecutor:
         self.store = store
         self.tracker = tracker
         self._on_run_ended = on_run_ended
-        self._tasks: dict[Any, str] = {}  # ObjectRef → run id
+        self._tasks: dict[Any, str] = {}  # ObjectRef of RunTrainer.train → run id
+        self._actors: dict[str, Any] = {}  # run id → its RunTrainer actor
         self._cancel_at: dict[str, float] = {}
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -71,6 +72,9 @@ class RayExecutor:
 
     def connect(self) -> None:
         """Join the cluster (or start a private one) without taking over the service's SIGTERM."""
+        # Ray's C++ crash handler would catch SIGTERM too, dump a stack trace and kill the process
+        # before uvicorn's graceful shutdown (which saves the runs) has run. Read when Ray is imported.
+        os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
         import ray
 
         handler = signal.getsignal(signal.SIGTERM)
@@ -91,22 +95,35 @@ class RayExecutor:
         self._watcher.start()
 
     def shutdown(self, timeout_s: float) -> None:
-        """Ask every task to save and end `interrupted` (a cancel they turn into a graceful stop),
-        wait up to `timeout_s`, then leave the cluster; what did not end is marked interrupted here."""
+        """Ask every run to save and end `interrupted`, wait up to `timeout_s` for them to record that,
+        then leave the cluster (Ray ends a departed driver's actors); a run that did not record its
+        end in time is marked interrupted here."""
         import ray
 
-        with self._lock:
-            tasks = dict(self._tasks)
-        for ref in tasks:
-            ray.cancel(ref, force=False)
-        if tasks:
-            ray.wait(list(tasks), num_returns=len(tasks), timeout=timeout_s)
         self._closing.set()
         if self._watcher is not None:
             self._watcher.join(timeout=5)
-        for run_id in tasks.values():
-            self.store.finish(run_id, RunStatus.INTERRUPTED, error="the service shut down during training")
+        with self._lock:
+            tasks = dict(self._tasks)
+            actors = dict(self._actors)
+        for actor in actors.values():
+            actor.interrupt.remote()
+        deadline = time.monotonic() + timeout_s
+        pending = set(tasks.values())
+        while pending and time.monotonic() < deadline:
+            pending = {run_id for run_id in pending if self._still_running(run_id)}
+            time.sleep(WATCH_INTERVAL_S if pending else 0)
+        for run_id in pending:
+            self.store.finish(
+                run_id, RunStatus.INTERRUPTED, error="the service shut down before the run could save"
+            )
         ray.shutdown()
+
+    def _still_running(self, run_id: str) -> bool:
+        try:
+            return self.store.get(run_id).status == RunStatus.RUNNING.value
+        except Exception:  # database down: keep waiting until the deadline
+            return True
 
     # --- scheduling ------------------------------------------------------------------------------
 
@@ -137,15 +154,22 @@ class RayExecutor:
         import ray
 
         wants_gpu = run.device_requested == "cuda" or (run.device_requested == "auto" and self.has_gpus())
-        task = ray.remote(train_on_worker).options(
-            name=f"train-{run.id[:8]}",
-            num_cpus=self.settings.ray_cpus_per_run,
-            num_gpus=1 if wants_gpu else 0,
-            max_retries=0,  # a re-run would start over on a run the database already counts
+        actor: Any = (
+            ray.remote(RunTrainer)
+            .options(
+                num_cpus=self.settings.ray_cpus_per_run,
+                num_gpus=1 if wants_gpu else 0,
+                # A restarted actor would start over on a run the database already counts.
+                max_restarts=0,
+                max_task_retries=0,
+                max_concurrency=2,  # `interrupt` must run while `train` does
+            )
+            .remote()
         )
-        ref = task.remote(worker_settings(self.settings), run.id, artifact_dir(self.settings))
+        ref = actor.train.remote(worker_settings(self.settings), run.id, artifact_dir(self.settings))
         with self._lock:
             self._tasks[ref] = run.id
+            self._actors[run.id] = actor
         log.info("ray_task_submitted", experiment_id=run.id, gpu=wants_gpu)
 
     def run_ids(self) -> list[str]:
@@ -183,29 +207,32 @@ class RayExecutor:
                 self._on_run_ended()
 
     def _settle(self, ref: Any) -> None:
-        """A task ended: if it could not write its run's final state (its worker or node died), we do."""
+        """A run's actor returned or died: free its resources; if the run could not write its final
+        state (its worker process or node died), we do."""
         import ray
-        from ray.exceptions import RayError, TaskCancelledError
+        from ray.exceptions import RayError
 
         with self._lock:
             run_id = self._tasks.pop(ref)
-            cancelled_for_stop = self._cancel_at.pop(run_id, None) is not None
+            killed_for_stop = self._cancel_at.pop(run_id, None) is not None
+            actor = self._actors.pop(run_id, None)
+        if actor is not None:
+            ray.kill(actor)  # its CPUs (and GPU) go back to the cluster now, not when garbage-collected
         try:
             ray.get(ref, timeout=0)
             return
-        except TaskCancelledError:
-            status, reason = (
-                RunStatus.STOPPED,
-                (
-                    f"did not stop within RAY_STOP_GRACE_S ({self.settings.ray_stop_grace_s:g} s) and was "
-                    "cancelled; the model since the last checkpoint is lost"
-                ),
-            )
-            if not cancelled_for_stop:
-                status, reason = RunStatus.INTERRUPTED, "its Ray task was cancelled"
         except RayError as error:
-            status = RunStatus.FAILED
-            reason = f"the Ray worker training this run died: {type(error).__name__}: {_first_line(error)}"
+            if killed_for_stop:
+                status, reason = (
+                    RunStatus.STOPPED,
+                    f"did not stop within RAY_STOP_GRACE_S ({self.settings.ray_stop_grace_s:g} s) and was "
+                    "killed; training since its last saved model is lost",
+                )
+            else:
+                status = RunStatus.FAILED
+                reason = (
+                    f"the Ray worker training this run died: {type(error).__name__}: {_first_line(error)}"
+                )
         self._mark_ended(run_id, status, reason)
 
     def _mark_ended(self, run_id: str, status: RunStatus, reason: str) -> None:
@@ -227,13 +254,28 @@ class RayExecutor:
         now = time.monotonic()
         with self._lock:
             overdue = [
-                ref for ref, run_id in self._tasks.items() if self._cancel_at.get(run_id, math.inf) < now
+                (run_id, self._actors[run_id])
+                for run_id, at in self._cancel_at.items()
+                if at < now and run_id in self._actors
             ]
-        for ref in overdue:
-            log.warning(
-                "ray_task_cancelled", experiment_id=self._tasks.get(ref), reason="stop grace period over"
-            )
-            ray.cancel(ref, force=True)
+        for run_id, actor in overdue:
+            log.warning("ray_run_killed", experiment_id=run_id, reason="stop grace period over")
+            ray.kill(actor)
+
+
+class RunTrainer:
+    """The Ray actor that trains one run; `interrupt` (called concurrently) makes it save and end
+    `interrupted`, as threads do when the service shuts down."""
+
+    def __init__(self) -> None:
+        self.control = JobControl()
+
+    def train(self, settings_values: dict[str, Any], run_id: str, artifacts: str | None) -> str:
+        return train_on_worker(settings_values, run_id, artifacts, self.control)
+
+    def interrupt(self) -> None:
+        self.control.shutting_down = True
+        self.control.stop.set()
 
 
 def worker_settings(settings: Settings) -> dict[str, Any]:
@@ -249,35 +291,25 @@ def artifact_dir(settings: Settings) -> str | None:
     return str(settings.mlflow_artifacts_dir.resolve())
 
 
-def train_on_worker(settings_values: dict[str, Any], run_id: str, artifacts: str | None) -> str:
-    """The Ray task: train one run with the service's settings, in this worker's own data directory.
-
-    A non-forced `ray.cancel` arrives as KeyboardInterrupt in this (main) thread: the job, on its own
-    thread, is then asked to save its model and end `interrupted`, as on a service shutdown.
-    """
+def train_on_worker(
+    settings_values: dict[str, Any], run_id: str, artifacts: str | None, control: JobControl
+) -> str:
+    """Train one run with the service's settings, in this worker's own data directory."""
     data_dir = Path(os.environ.get("DATA_DIR") or WORKER_DATA_DIR)
     settings = Settings(**settings_values, data_dir=data_dir)
     torch.set_num_threads(settings.torch_threads)
     engine = create_db_engine(settings.database_url)
     store = RunStore(make_session_factory(engine))
     tracker = worker_tracker(settings, store, artifacts)
-    control = JobControl()
-    outcome: list[RunStatus] = []
-    job = TrainingJob(settings, store, tracker, store.get(run_id), control, artifacts_must_reach_store=True)
-    thread = threading.Thread(target=lambda: outcome.append(job.execute()), name=f"train-{run_id[:8]}")
-    thread.start()
     try:
-        while thread.is_alive():
-            thread.join(INTERRUPT_POLL_S)
-    except KeyboardInterrupt:
-        control.shutting_down = True
-        control.stop.set()
-        thread.join()
+        job = TrainingJob(
+            settings, store, tracker, store.get(run_id), control, artifacts_must_reach_store=True
+        )
+        return job.execute().value
     finally:
         if tracker is not None:
             tracker.close(WORKER_UPLOAD_FLUSH_S)
         engine.dispose()
-    return outcome[0].value if outcome else RunStatus.FAILED.value
 
 
 def worker_tracker(settings: Settings, store: RunStore, artifacts: str | None) -> Tracker | None:
