@@ -279,8 +279,9 @@ class RunTrainer:
 
 
 def worker_settings(settings: Settings) -> dict[str, Any]:
-    """The service's settings for a worker, less its data directory: each worker uses its own."""
-    return settings.model_dump(exclude={"data_dir"})
+    """The service's settings for a worker, less its data directory (each worker uses its own) and
+    its API key (task arguments are visible to anyone on the cluster, and workers serve no API)."""
+    return settings.model_dump(exclude={"data_dir", "api_key"})
 
 
 def artifact_dir(settings: Settings) -> str | None:

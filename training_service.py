@@ -178,7 +178,12 @@ class TrainingService:
         if self._ray is None or self.tracker is None or not run.mlflow_run_id:
             return False
         folder = ARTIFACT_PATHS["model.zip"].rsplit("/", 1)[0]
-        listed = self.tracker.client().list_artifacts(run.mlflow_run_id, folder)
+        try:
+            listed = self.tracker.client().list_artifacts(run.mlflow_run_id, folder)
+        except Exception as error:
+            raise NotResumable(
+                f"run {run.id}'s saved model is in MLflow, which is unavailable: {_first_line(error)}"
+            ) from error
         return ARTIFACT_PATHS["model.zip"] in {info.path for info in listed}
 
     def concurrency_cap(self) -> int:
