@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from bench.bench_onnx import cpu_model, write_section
+from bench.bench_onnx import cpu_model
 from tests.conftest import LiveService
 from tests.ray_cluster import RayCluster
 
@@ -133,8 +133,27 @@ def format_section(trials: list[Trial], timesteps: int, command: str, loads: tup
         f"Median steps/s: thread {fps['thread']:.0f}, ray {fps['ray']:.0f}; **ratio ray / thread = "
         f"{fps['ray'] / fps['thread']:.2f}**. Median scheduling latency: thread {latency['thread']:.2f} s "
         f"(worst {worst['thread']:.2f} s), ray {latency['ray']:.2f} s (worst {worst['ray']:.2f} s).",
+        "",
+        "Reading: two threads share one interpreter lock (SB3's Python glue holds it), two Ray actors "
+        "are two "
+        "processes, so on 2 cores Ray trains faster even on one machine. Its latency is a fresh actor "
+        "process importing torch, Stable-Baselines3 and MLflow before the first step (the thread executor "
+        "has them imported); a pool of warm actors would remove most of it.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def write_section(section: str, path: Path) -> None:
+    """Replace this benchmark's section in ``path`` (or append it), keeping the other sections."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    start = text.find(SECTION_HEADING + "\n")
+    if start == -1:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        following = text.find("\n## ", start + len(SECTION_HEADING))
+        rest = "" if following == -1 else text[following + 1 :]
+        text = text[:start] + section + ("\n" + rest if rest else "")
+    path.write_text(text)
 
 
 def main() -> None:
