@@ -18,6 +18,7 @@ import dataclasses
 import datetime
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -193,6 +194,7 @@ def main() -> None:
         for service in services.values():
             service.stop()
         cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
     loads.append(os.getloadavg()[0])
     section = format_section(trials, args.timesteps, command, (loads[0], loads[1]))
     print(section)

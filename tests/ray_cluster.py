@@ -111,7 +111,7 @@ class RayCluster:
             stragglers = descendants(process.pid)
             _signal_group(process, signal.SIGTERM)
             try:
-                process.wait(timeout=15)
+                process.wait(timeout=5)  # the head's `ray start --block` may not exit on SIGTERM alone
             except subprocess.TimeoutExpired:
                 _signal_group(process, signal.SIGKILL)
                 process.wait(timeout=15)
