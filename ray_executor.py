@@ -114,9 +114,12 @@ class RayExecutor:
             pending = {run_id for run_id in pending if self._still_running(run_id)}
             time.sleep(WATCH_INTERVAL_S if pending else 0)
         for run_id in pending:
-            self.store.finish(
-                run_id, RunStatus.INTERRUPTED, error="the service shut down before the run could save"
-            )
+            try:
+                self.store.finish(
+                    run_id, RunStatus.INTERRUPTED, error="the service shut down before the run could save"
+                )
+            except Exception as error:  # database down: the next start-up marks the run interrupted
+                log.warning("ray_run_end_not_recorded", experiment_id=run_id, error=_first_line(error))
         ray.shutdown()
 
     def _still_running(self, run_id: str) -> bool:
