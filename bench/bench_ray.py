@@ -174,7 +174,8 @@ def main() -> None:
     services = {
         "thread": LiveService(root / "thread" / "data", env={**common, "EXECUTOR": "thread"}),
         "ray": LiveService(
-            root / "ray" / "data", env={**common, "EXECUTOR": "ray", "RAY_ADDRESS": cluster.address}
+            root / "ray" / "data",
+            env={**common, **cluster.auth_env, "EXECUTOR": "ray", "RAY_ADDRESS": cluster.address},
         ),
     }
     trials: list[Trial] = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -46,13 +47,16 @@ class RayCluster:
         self.head: subprocess.Popen[bytes] | None = None
         self.worker: subprocess.Popen[bytes] | None = None
         self.ray = str(Path(sys.executable).parent / "ray")
+        # Ray's ports listen on every interface: a token of this cluster's own keeps others out, and
+        # a token file left in ~/.ray by other Ray use on this machine plays no part.
+        self.auth_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         with (self.root / f"{name}.log").open("ab") as log_file:
             return subprocess.Popen(
                 [self.ray, "start", *args, *NODE_OPTIONS],
                 cwd=PROJECT_ROOT,
-                env={**os.environ, **env},
+                env={**os.environ, **self.auth_env, **env},
                 stdout=log_file,
                 stderr=log_file,
                 start_new_session=True,  # its own group: torn down with killpg, nothing else

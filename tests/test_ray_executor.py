@@ -65,6 +65,7 @@ def ray_service(
             # An experiment of our own: its artifacts live on the server, not in another test's dir.
             "MLFLOW_EXPERIMENT_NAME": f"ray-{uuid.uuid4().hex[:8]}",
             "CHECKPOINT_EVERY_EPISODES": "0",
+            **ray_cluster.auth_env,
         },
     )
     try:
