@@ -11,6 +11,8 @@ FROM python:3.11-slim
 # Where the torch wheel comes from. PyPI's Linux torch wheel is a CUDA build (gigabytes of nvidia-*
 # packages), so the default is PyTorch's CPU-only index; point it at a CUDA index for GPU hosts.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# true: also install Ray (requirements-ray.txt) for EXECUTOR=ray and for Ray head/worker containers.
+ARG WITH_RAY=false
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -23,7 +25,7 @@ RUN groupadd --system --gid 10001 app \
 WORKDIR /app
 
 # Dependency layer: rebuilt only when the pins change, not on every code edit.
-COPY requirements.txt constraints.txt ./
+COPY requirements.txt requirements-ray.txt constraints.txt ./
 # torch first, without dependencies, at the exact version requirements.txt pins (a "+cpu" local
 # version satisfies "==X"); the second install then takes torch's dependencies and everything else
 # from the default index, under constraints.txt, and keeps the torch already installed.
@@ -31,6 +33,7 @@ RUN TORCH_VERSION="$(sed -n 's/^torch==\([^ ;#]*\).*/\1/p' requirements.txt)" \
     && test -n "$TORCH_VERSION" \
     && pip install --no-deps --index-url "$TORCH_INDEX_URL" "torch==$TORCH_VERSION" \
     && pip install -r requirements.txt -c constraints.txt \
+    && if [ "$WITH_RAY" = "true" ]; then pip install -r requirements-ray.txt -c constraints.txt; fi \
     && python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
 # Code layer.

@@ -3,11 +3,20 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+RAY_STAMP := $(VENV)/.ray-installed-stamp
 PIP_INSTALL := $(PY) -m pip install --disable-pip-version-check -q
 
-.PHONY: install system-deps run test lint format typecheck unit bench bench-full bench-gpu clean
+.PHONY: install install-ray system-deps run test lint format typecheck unit bench bench-full bench-gpu clean
 
 install: $(STAMP)
+
+# Ray (EXECUTOR=ray) is large (~80 MB wheel): installed for the tests, and for `make run` only when
+# EXECUTOR=ray (environment or .env).
+install-ray: $(RAY_STAMP)
+
+$(RAY_STAMP): $(STAMP) requirements-ray.txt constraints.txt
+	$(PIP_INSTALL) -r requirements-ray.txt -c constraints.txt
+	@touch $(RAY_STAMP)
 
 # Re-installs only when a requirements file changed; otherwise instant.
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
@@ -21,6 +30,7 @@ system-deps:
 	@bash scripts/install-system-deps.sh
 
 run: install
+	@if [ "$${EXECUTOR:-$$(sed -n 's/^EXECUTOR=//p' .env 2>/dev/null)}" = ray ]; then $(MAKE) --no-print-directory install-ray; fi
 	$(PY) main.py
 
 lint: install
@@ -31,18 +41,18 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-typecheck: install
+typecheck: install install-ray
 	$(VENV)/bin/mypy .
 
-unit: install
+unit: install install-ray
 	$(PY) -m pytest
 
 test: system-deps lint typecheck unit
 
-bench: install
+bench: install install-ray
 	$(PY) -m bench.run --quick
 
-bench-full: install
+bench-full: install install-ray
 	$(PY) -m bench.run
 
 # Needs a CUDA GPU and the CUDA build of torch (README "CUDA"); not part of `make bench`.

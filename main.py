@@ -20,7 +20,7 @@ from api.responses import UNAUTHORIZED
 from api.security import BodySizeLimit, require_api_key
 from database import create_db_engine, make_session_factory, upgrade_schema
 from logging_setup import configure_logging
-from mlflow_client import Tracker
+from mlflow_client import Tracker, is_tracking_server
 from run_store import RunStore
 from settings import Settings, get_settings
 from status_cache import StatusCache
@@ -53,7 +53,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tracker = Tracker(
             settings.mlflow_tracking_uri,
             settings.mlflow_experiment_name,
-            artifact_dir=settings.mlflow_artifacts_dir,
+            # A tracking server stores artifacts itself (reachable from every worker machine).
+            artifact_dir=None
+            if is_tracking_server(settings.mlflow_tracking_uri)
+            else settings.mlflow_artifacts_dir,
             on_run_created=store.record_mlflow_run,
             on_tracking_status=store.record_tracking_status,
         )

@@ -78,6 +78,11 @@ def check_tracking_store(tracking_uri: str) -> tuple[bool, str]:
     return writable, f"local store {location} ({'writable' if writable else 'not writable'})"
 
 
+def is_tracking_server(tracking_uri: str) -> bool:
+    """An MLflow server (http/https): it stores artifacts itself; clients must not pick a local path."""
+    return urlparse(tracking_uri).scheme in ("http", "https")
+
+
 def _local_store_dir(tracking_uri: str) -> Path | None:
     parsed = urlparse(tracking_uri)
     if parsed.scheme == "sqlite":

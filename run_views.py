@@ -6,11 +6,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import mlflow_client
+import model_files
 from db_models import RunStatus, TrainingRun
 from run_store import elapsed_seconds
 from schemas import ExperimentSummary, OnnxInfo, TrainingStatus
 from settings import Settings
-from training_service import saved_file
 
 
 def training_status(
@@ -21,7 +21,7 @@ def training_status(
     :param model_available: already known (a cached snapshot); None: look for the file now.
     """
     if model_available is None:
-        model_available = saved_file(settings, run) is not None
+        model_available = model_files.model_available(settings, run)
     elapsed = elapsed_seconds(run)
     running = run.status == RunStatus.RUNNING.value
     remaining = max(0, run.total_timesteps - run.timesteps)

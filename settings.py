@@ -6,7 +6,7 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -69,6 +69,18 @@ class Settings(BaseSettings):
     eval_episodes: int = Field(100, ge=0, description="Held-out mazes evaluated when a run ends.")
     checkpoint_every_episodes: int = Field(
         10, ge=0, description="Save a resumable checkpoint every N training iterations (0: never)."
+    )
+    executor: Literal["thread", "ray"] = Field(
+        "thread", description="Where runs train: threads of this process, or tasks on a Ray cluster."
+    )
+    ray_address: str = Field(
+        "", description="Ray cluster to join (host:6379, or 'auto'); empty with EXECUTOR=ray: a local one."
+    )
+    ray_cpus_per_run: float = Field(
+        1.0, gt=0, le=256, description="CPUs a run reserves on the Ray cluster (capacity = CPUs / this)."
+    )
+    ray_stop_grace_s: float = Field(
+        15.0, gt=0, description="After a stop request, cancel a Ray run that has not ended after this."
     )
     log_level: str = Field("INFO", description="Log level for the service and uvicorn.")
     log_json: bool = Field(True, description="JSON logs (true) or human-readable console logs (false).")

@@ -36,10 +36,10 @@ from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClauseList
 
+import model_files
 from db_models import TrainingRun
 from run_store import RunStore
 from settings import Settings
-from training_service import saved_file
 
 log = structlog.get_logger(__name__)
 
@@ -203,7 +203,7 @@ class StatusCache:
         return self._snapshot(self._store.get(run_id))
 
     def _snapshot(self, run: TrainingRun) -> Snapshot:
-        return Snapshot(run, saved_file(self._settings, run) is not None)
+        return Snapshot(run, model_files.model_available(self._settings, run))
 
     def _store_entry(self, run_id: str, snapshot: Snapshot, read_at: float, stamp: int, used: bool) -> None:
         """Keep a read unless a newer one is already there (reads may finish out of order)."""

@@ -18,6 +18,7 @@ from api.deps import SettingsDep, StoreDep
 from api.responses import BAD_BODY, DATABASE_DOWN, NO_ONNX_MODEL, NOT_FOUND
 from db_models import TrainingRun
 from mlflow_client import RunDetails, Tracker
+from model_files import ARTIFACT_PATHS, model_available, model_file
 from onnx_export import OnnxPolicy
 from rollouts import play_maze
 from run_views import experiment_summary, onnx_info, training_status
@@ -35,14 +36,13 @@ from schemas import (
     RunStatusName,
 )
 from settings import Settings
-from training_service import saved_file
 
 log = structlog.get_logger(__name__)
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 
 # Artifacts we serve ourselves, by their MLflow artifact path.
-SERVED_ARTIFACTS = {"sb3_model/model.zip": "model.zip", "onnx_model/model.onnx": "model.onnx"}
+SERVED_ARTIFACTS = {path: filename for filename, path in ARTIFACT_PATHS.items()}
 
 
 def _tracker(request: Request) -> Tracker:
@@ -107,7 +107,7 @@ async def get_experiment(
         },
         artifacts=[_artifact(run, name, size) for name, size in (details.artifacts if details else [])],
         onnx=onnx_info(run),
-        model_zip_url=f"/experiments/{run.id}/model.zip" if saved_file(settings, run, "model.zip") else None,
+        model_zip_url=f"/experiments/{run.id}/model.zip" if model_available(settings, run) else None,
         mlflow_error=mlflow_error,
     )
 
@@ -119,15 +119,26 @@ def _artifact(run: TrainingRun, name: str, size: int | None) -> ArtifactInfo:
     )
 
 
+async def _fetch(request: Request, settings: Settings, run: TrainingRun, filename: str) -> Path | None:
+    """The run's file, from this machine or (trained on a Ray worker) the MLflow artifact store."""
+    try:
+        return await run_in_threadpool(model_file, settings, _tracker(request), run, filename)
+    except Exception as error:
+        log.warning("artifact_fetch_failed", experiment_id=run.id, file=filename, error=str(error))
+        raise HTTPException(
+            503, f"the MLflow artifact store holding {filename} is unavailable: {type(error).__name__}"
+        ) from error
+
+
 async def _existing_model(
-    store: StoreDep, settings: Settings, experiment_id: uuid.UUID, filename: str
+    request: Request, store: StoreDep, settings: Settings, experiment_id: uuid.UUID, filename: str
 ) -> Path:
     run = await run_in_threadpool(store.get, str(experiment_id))
     if filename == "model.onnx" and run.onnx_status != "exported":
         raise HTTPException(
             404, f"run {run.id} has no exported ONNX model (export: {run.onnx_status or 'not yet'})"
         )
-    path = saved_file(settings, run, filename)
+    path = await _fetch(request, settings, run, filename)
     if path is None:
         raise HTTPException(404, f"run {run.id} has no saved {filename} yet (status: {run.status})")
     return path
@@ -143,8 +154,10 @@ async def _existing_model(
         **DATABASE_DOWN,
     },
 )
-async def download_onnx(experiment_id: uuid.UUID, store: StoreDep, settings: SettingsDep) -> FileResponse:
-    path = await _existing_model(store, settings, experiment_id, "model.onnx")
+async def download_onnx(
+    experiment_id: uuid.UUID, request: Request, store: StoreDep, settings: SettingsDep
+) -> FileResponse:
+    path = await _existing_model(request, store, settings, experiment_id, "model.onnx")
     return FileResponse(
         path, media_type="application/octet-stream", filename=f"maze-policy-{experiment_id}.onnx"
     )
@@ -161,18 +174,18 @@ async def download_onnx(experiment_id: uuid.UUID, store: StoreDep, settings: Set
     },
 )
 async def download_sb3_model(
-    experiment_id: uuid.UUID, store: StoreDep, settings: SettingsDep
+    experiment_id: uuid.UUID, request: Request, store: StoreDep, settings: SettingsDep
 ) -> FileResponse:
-    path = await _existing_model(store, settings, experiment_id, "model.zip")
+    path = await _existing_model(request, store, settings, experiment_id, "model.zip")
     return FileResponse(path, media_type="application/zip", filename=f"maze-policy-{experiment_id}.zip")
 
 
 async def _exported_policy(
-    store: StoreDep, settings: Settings, experiment_id: uuid.UUID
+    request: Request, store: StoreDep, settings: Settings, experiment_id: uuid.UUID
 ) -> tuple[TrainingRun, Path]:
     run = await run_in_threadpool(store.get, str(experiment_id))
-    path = saved_file(settings, run, "model.onnx")
-    if run.onnx_status != "exported" or path is None:
+    path = await _fetch(request, settings, run, "model.onnx") if run.onnx_status == "exported" else None
+    if path is None:
         raise HTTPException(409, f"run {run.id} has no exported ONNX model yet (status: {run.status})")
     return run, path
 
@@ -184,10 +197,10 @@ async def _exported_policy(
     responses={**BAD_BODY, **NOT_FOUND, **NO_ONNX_MODEL, **DATABASE_DOWN},
 )
 async def rollout(
-    experiment_id: uuid.UUID, body: RolloutRequest, store: StoreDep, settings: SettingsDep
+    experiment_id: uuid.UUID, body: RolloutRequest, request: Request, store: StoreDep, settings: SettingsDep
 ) -> RolloutResponse:
     """Runs the exported ONNX policy deterministically on one maze and returns the maze and the path."""
-    run, path = await _exported_policy(store, settings, experiment_id)
+    run, path = await _exported_policy(request, store, settings, experiment_id)
     maze_seed = body.maze_seed
     if maze_seed is None:
         maze_seed = run.fixed_maze_seed if run.fixed_maze_seed is not None else secrets.randbelow(2**31)
@@ -213,10 +226,10 @@ async def rollout(
     responses={**BAD_BODY, **NOT_FOUND, **NO_ONNX_MODEL, **DATABASE_DOWN},
 )
 async def evaluate(
-    experiment_id: uuid.UUID, body: EvaluateRequest, store: StoreDep, settings: SettingsDep
+    experiment_id: uuid.UUID, body: EvaluateRequest, request: Request, store: StoreDep, settings: SettingsDep
 ) -> EvaluateResponse:
     """Plays the exported policy on `episodes` evaluation mazes (seeds disjoint from training's)."""
-    run, path = await _exported_policy(store, settings, experiment_id)
+    run, path = await _exported_policy(request, store, settings, experiment_id)
     policy = OnnxPolicy(path)
     seeds = maze_env.eval_maze_seeds(body.episodes)
     result = await run_in_threadpool(agents.evaluate_with, policy.predict, run.maze_size, seeds)

@@ -197,7 +197,7 @@ async def train_once(service: Service, work: Path, algorithm: str, device: str, 
 
 def oom_message() -> str:
     """Cause a real CUDA out-of-memory error (a 4 TiB tensor) and describe it as the service does."""
-    from training_service import describe_error
+    from training_job import describe_error
 
     try:
         torch.empty(2**42, dtype=torch.uint8, device="cuda")

@@ -10,8 +10,9 @@ QUICK = [
     ["bench.bench_learning", "--quick"],
     ["bench.bench_onnx", "--maze-sizes", "5", "10", "--repeats", "100"],
     ["bench.bench_service", "--quick"],
+    ["bench.bench_ray", "--quick"],
 ]
-FULL = [["bench.bench_learning"], ["bench.bench_onnx"], ["bench.bench_service"]]
+FULL = [["bench.bench_learning"], ["bench.bench_onnx"], ["bench.bench_service"], ["bench.bench_ray"]]
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from settings import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-pytest_plugins = ["tests.mlflow_server", "tests.postgres_server"]
+pytest_plugins = ["tests.mlflow_server", "tests.postgres_server", "tests.ray_cluster"]
 
 # A few seconds of real training: enough steps for several iterations on a 5x5 maze.
 TINY_PPO: dict[str, Any] = {

@@ -151,8 +151,13 @@ def is_ignored(relative_path: str, patterns: list[str]) -> bool:
 # --- docker-compose.yml --------------------------------------------------------------------------------
 
 
+def default_services() -> set[str]:
+    """What `docker compose up` starts: services outside any profile."""
+    return {name for name, spec in compose()["services"].items() if not spec.get("profiles")}
+
+
 def test_compose_has_the_three_services_and_the_service_waits_for_healthy_dependencies() -> None:
-    assert set(compose()["services"]) == {"postgres", "mlflow", SERVICE}
+    assert default_services() == {"postgres", "mlflow", SERVICE}
     assert service(SERVICE)["depends_on"] == {
         "postgres": {"condition": "service_healthy"},
         "mlflow": {"condition": "service_healthy"},
@@ -239,6 +244,48 @@ def test_the_mlflow_image_is_the_official_one_with_the_postgres_driver_built_in(
     assert re.search(r"^RUN .*pip install .*psycopg2-binary", text, re.MULTILINE), text
 
 
+RAY_SERVICES = {"ray-head", "ray-worker", "training-service-ray"}
+
+
+def test_the_ray_profile_has_a_head_a_worker_and_a_service_that_joins_them() -> None:
+    profiled = {name for name, spec in compose()["services"].items() if "ray" in spec.get("profiles", [])}
+    assert profiled == RAY_SERVICES
+    head_args = command_args("ray-head")
+    head_port = int(next(arg.split("=", 1)[1] for arg in head_args if arg.startswith("--port=")))
+    address = f"ray-head:{head_port}"
+
+    # The head schedules only, exposes no dashboard (its Jobs API runs code) and publishes no port.
+    assert {"--head", "--num-cpus=0", "--include-dashboard=false", "--block"} <= set(head_args)
+    assert not published_ports("ray-head") and not published_ports("ray-worker")
+    assert service("ray-head")["build"]["args"]["WITH_RAY"] == "true"
+    assert f"--address={address}" in command_args("ray-worker")
+    assert service("ray-worker")["depends_on"] == {"ray-head": {"condition": "service_healthy"}}
+    assert "ray health-check" in " ".join(service("ray-head")["healthcheck"]["test"])
+
+    env = environment("training-service-ray")
+    assert set(env) <= settings_env_names(), set(env) - settings_env_names()
+    assert env["EXECUTOR"] == "ray" and env["RAY_ADDRESS"] == address
+    assert env["MLFLOW_TRACKING_URI"].startswith("http://mlflow:")  # artifacts reachable from every node
+    assert make_url(normalize_database_url(env["DATABASE_URL"])).host == "postgres"
+    # It joins the cluster as a node without CPUs (a driver needs a local node), then serves.
+    start = " ".join(command_args("training-service-ray"))
+    assert f"ray start --address={address} --num-cpus=0" in start and start.endswith("exec python main.py")
+    # Every node of the profile runs the one image with Ray, so code and libraries match.
+    assert {service(name)["image"] for name in RAY_SERVICES} == {service("ray-head")["image"]}
+    # The worker's scratch space is not the service's: nothing may depend on a shared disk.
+    assert environment("ray-worker")["DATA_DIR"] != IMAGE_DATA_DIR
+
+
+def test_the_image_installs_ray_only_when_asked() -> None:
+    args = dict(arg.split("=", 1) for arg in instructions("ARG") if "=" in arg)
+    install = next(args_ for args_ in instructions("RUN") if "requirements-ray.txt" in args_)
+
+    assert args["WITH_RAY"] == "false"
+    assert (
+        'if [ "$WITH_RAY" = "true" ]; then pip install -r requirements-ray.txt -c constraints.txt' in install
+    )
+
+
 def test_data_lives_in_named_volumes() -> None:
     declared = set(compose().get("volumes") or {})
     mounts = {
@@ -270,7 +317,8 @@ def compose_client() -> list[str] | None:
     return [legacy] if legacy else None
 
 
-def test_a_compose_client_accepts_the_file() -> None:
+@pytest.mark.parametrize("profile", [[], ["--profile", "ray"]], ids=["default", "ray-profile"])
+def test_a_compose_client_accepts_the_file(profile: list[str]) -> None:
     client = compose_client()
     if client is None:
         reason = "no compose client (`docker compose` plugin or Debian's `docker-compose`) to validate with"
@@ -280,7 +328,7 @@ def test_a_compose_client_accepts_the_file() -> None:
     # A clean environment: a developer's POSTGRES_PASSWORD etc. must not decide the result.
     env = {key: value for key, value in os.environ.items() if key in ("PATH", "HOME", "LANG")}
     result = subprocess.run(
-        [*client, "-f", str(COMPOSE_FILE), "config", "-q"],
+        [*client, "-f", str(COMPOSE_FILE), *profile, "config", "-q"],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,

@@ -1,0 +1,73 @@
+"""A run's saved files (SB3 model, ONNX export): on this machine, or fetched from the MLflow artifact
+store when another machine trained the run (ray executor), cached in this process's data directory."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import structlog
+
+from db_models import TrainingRun
+from mlflow_client import Tracker
+from settings import Settings
+
+log = structlog.get_logger(__name__)
+
+# Our file names → where the training job logs them in MLflow.
+ARTIFACT_PATHS = {"model.zip": "sb3_model/model.zip", "model.onnx": "onnx_model/model.onnx"}
+CACHE_DIR = "artifact-cache"
+
+
+def saved_file(settings: Settings, run: TrainingRun, filename: str = "model.zip") -> Path | None:
+    """A file this machine saved for a run, if it exists; the path is built from our own id and a
+    constant name, never from user input."""
+    path = settings.run_dir(run.id) / filename
+    return path if path.is_file() else None
+
+
+def model_available(settings: Settings, run: TrainingRun) -> bool:
+    """A model was saved, here or on a worker that uploaded it (the worker's path is in `model_path`)."""
+    return saved_file(settings, run) is not None or (
+        run.model_path is not None and run.mlflow_run_id is not None
+    )
+
+
+def model_file(settings: Settings, tracker: Tracker | None, run: TrainingRun, filename: str) -> Path | None:
+    """The run's file: the local one, else a cached or freshly fetched copy from the artifact store.
+
+    The cache is keyed by the run's finish time: a resumed run that finishes again gets a new copy.
+    Blocks on MLflow; call it off the event loop. Store outages raise (answered as 503).
+    """
+    local = saved_file(settings, run, filename)
+    if local is not None:
+        return local
+    if tracker is None or run.mlflow_run_id is None or run.finished_at is None:
+        return None
+    version = str(int(run.finished_at.timestamp() * 1_000_000))
+    directory = settings.data_dir / CACHE_DIR / run.id / version
+    cached = directory / filename
+    if cached.is_file():
+        return cached
+    return fetch_artifact(tracker, run.mlflow_run_id, filename, directory)
+
+
+def fetch_artifact(tracker: Tracker, mlflow_run_id: str, filename: str, directory: Path) -> Path | None:
+    """Download one of our files from the run's artifacts into `directory`; None when it has none.
+
+    The file appears atomically (downloaded beside it, then renamed): concurrent requests never see
+    half a file.
+    """
+    artifact_path = ARTIFACT_PATHS[filename]
+    folder = artifact_path.rsplit("/", 1)[0]
+    client = tracker.client()
+    if artifact_path not in {info.path for info in client.list_artifacts(mlflow_run_id, folder)}:
+        return None
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory) as scratch:
+        downloaded = Path(client.download_artifacts(mlflow_run_id, artifact_path, scratch))
+        target = directory / filename
+        shutil.move(str(downloaded), target)
+    log.info("artifact_fetched", mlflow_run_id=mlflow_run_id, artifact=artifact_path, path=str(target))
+    return target

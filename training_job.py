@@ -1,0 +1,432 @@
+"""One run's whole job: build the env and model, train with progress/tracking/stop callbacks, save,
+evaluate, record the outcome and export ONNX.
+
+The same code runs on a thread of the service (thread executor) or inside a Ray task on another
+machine (ray executor): it needs only Settings, a RunStore and a Tracker, and talks to the control plane
+only through them (the database for progress, stop requests and the final state; MLflow for metrics
+and files).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import threading
+import time
+from pathlib import Path
+from typing import Any, cast
+
+import structlog
+import torch
+from sqlalchemy.exc import SQLAlchemyError
+from stable_baselines3 import DQN, PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
+from stable_baselines3.common.vec_env import VecEnv, VecMonitor, is_vecenv_wrapped
+
+import agents
+import maze_env
+import onnx_export
+from db_models import RunStatus, TrainingRun
+from mlflow_client import TrackedRun, Tracker
+from model_files import fetch_artifact
+from run_store import ProgressSnapshot, RunStore
+from schemas import HYPERPARAMETER_MODELS
+from settings import Settings
+from training_callbacks import ProgressCallback, StopOnRequestCallback, TrackingCallback
+
+log = structlog.get_logger(__name__)
+
+ONNX_VERIFICATION_OBSERVATIONS = 1000
+# Writing a run's final state waits out a database outage: first retry after this, doubling up to the max.
+FINAL_STATE_RETRY_FIRST_S = 0.5
+FINAL_STATE_RETRY_MAX_S = 10.0
+# During shutdown the process is about to exit: wait this long at most, then give up (the next
+# start-up marks the run interrupted).
+FINAL_STATE_RETRY_AT_SHUTDOWN_S = 10.0
+# A remote job waits this long for its files to reach the artifact store before it reports them ready.
+ARTIFACT_UPLOAD_WAIT_S = 120.0
+CHECKPOINT_DIR = "checkpoints"
+ALGORITHM_CLASSES: dict[str, type[PPO] | type[DQN]] = {"PPO": PPO, "DQN": DQN}
+
+
+@dataclasses.dataclass
+class JobControl:
+    """What the process hosting a job uses to end it early.
+
+    :param stop: set to stop at the next step (the model is saved).
+    :param shutting_down: set with `stop` when the host is going away: the run ends `interrupted`.
+    """
+
+    stop: threading.Event = dataclasses.field(default_factory=threading.Event)
+    shutting_down: bool = False
+
+
+class TrainingJob:
+    """Trains one claimed run to its final state.
+
+    :param settings: settings of the process running the job (its DATA_DIR is its scratch space).
+    :param store: run records (progress, stop requests, final state).
+    :param tracker: MLflow; None disables tracking.
+    :param run: the run, already claimed as `running`.
+    :param control: early-stop handle of the hosting process.
+    :param closing: set when the hosting process shuts down (final-state retries then give up).
+    :param artifacts_must_reach_store: the service cannot read this process's files (remote worker):
+        wait for model uploads before reporting them, and take a resume checkpoint from the store.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: RunStore,
+        tracker: Tracker | None,
+        run: TrainingRun,
+        control: JobControl,
+        closing: threading.Event | None = None,
+        artifacts_must_reach_store: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.tracker = tracker
+        self.run = run
+        self.control = control
+        self.closing = closing or threading.Event()
+        self.remote = artifacts_must_reach_store
+        self.log = log.bind(experiment_id=run.id, algorithm=run.algorithm)
+
+    def execute(self) -> RunStatus:
+        """Train, save, evaluate, export; every error ends the run `failed` with its message."""
+        run = self.run
+        tracked = self._start_tracking()
+        env: VecEnv | None = None
+        final_status = RunStatus.FAILED
+        try:
+            device = resolve_device(run.device_requested)
+            env = self._make_env()
+            checkpoint = self._resume_checkpoint(tracked)
+            if checkpoint is None:
+                model = agents.build_model(
+                    run.algorithm, env, dict(run.hyperparameters), run.seed, device, run.timesteps_per_episode
+                )
+            else:
+                model = ALGORITHM_CLASSES[run.algorithm].load(checkpoint, env=env, device=device)
+            used = effective_hyperparameters(model, run.algorithm)
+            self.store.record_setup(run.id, device, used)
+            if run.maze_mode == "fixed":
+                self.store.record_fixed_maze_seed(run.id, fixed_maze_seed(env))
+            if tracked is not None and self.tracker is not None and checkpoint is None:
+                self.tracker.log_params(tracked, run_parameters(run, device, used))
+            remaining = max(0, run.total_timesteps - model.num_timesteps)
+            self.log.info(
+                "run_started", device=device, remaining_timesteps=remaining, resumed=checkpoint is not None
+            )
+            callbacks = self._callbacks(tracked)
+            model.learn(total_timesteps=remaining, callback=callbacks, reset_num_timesteps=checkpoint is None)
+            final_status = self._conclude(model, env, tracked, progress_snapshot(callbacks))
+        except Exception as error:
+            self.log.exception("run_failed")
+            final_status = RunStatus.FAILED
+            self._record_failure(describe_error(error))
+        finally:
+            if env is not None:
+                env.close()
+            if tracked is not None and self.tracker is not None:
+                self.tracker.end_run(tracked, final_status.value)
+        return final_status
+
+    def _conclude(
+        self, model: BaseAlgorithm, env: VecEnv, tracked: TrackedRun | None, progress: ProgressSnapshot
+    ) -> RunStatus:
+        """Save, evaluate and publish a run whose training ended (completed or stopped)."""
+        model_path = self._save_model(model)
+        result: agents.EvalResult | None = None
+        if self.control.stop.is_set():
+            shutting_down = self.control.shutting_down
+            final_status = RunStatus.INTERRUPTED if shutting_down else RunStatus.STOPPED
+            reason = "the service shut down during training" if shutting_down else None
+        else:
+            final_status, reason = RunStatus.COMPLETED, None
+            result = self._evaluate(model, env)
+        self._log_outcome(tracked, result, Path(model_path), model.num_timesteps)
+        self._finish(
+            final_status,
+            error=reason,
+            model_path=model_path,
+            eval_success_rate=result.success_rate if result else None,
+            eval_path_efficiency=result.path_efficiency if result else None,
+            progress=progress,
+        )
+        self.log.info("run_finished", status=final_status.value)
+        if not self.control.shutting_down:
+            self._export_onnx(model, env, tracked)
+        return final_status
+
+    def _resume_checkpoint(self, tracked: TrackedRun | None) -> Path | None:
+        local = latest_checkpoint(self.settings.run_dir(self.run.id))
+        if local is not None or not self.remote or self.tracker is None or self.run.mlflow_run_id is None:
+            return local
+        # On another machine than the run's last one: the model it saved when it stopped is in the store.
+        return fetch_artifact(
+            self.tracker, self.run.mlflow_run_id, "model.zip", self.settings.run_dir(self.run.id)
+        )
+
+    def _callbacks(self, tracked: TrackedRun | None) -> CallbackList:
+        run = self.run
+        progress = ProgressCallback(
+            run.timesteps_per_episode,
+            self.settings.progress_interval_s,
+            self._publish,
+            maze_episodes=run.maze_episodes,
+            maze_successes=run.maze_successes,
+        )
+        callbacks: list[BaseCallback] = [progress]
+        every = self.settings.checkpoint_every_episodes
+        if every > 0:
+            callbacks.append(
+                CheckpointCallback(
+                    save_freq=max(1, every * run.timesteps_per_episode // run.n_envs),
+                    save_path=str(self.settings.run_dir(run.id) / CHECKPOINT_DIR),
+                    name_prefix="checkpoint",
+                )
+            )
+        if tracked is not None and self.tracker is not None:
+            tracker = self.tracker
+            callbacks.append(
+                TrackingCallback(
+                    progress,
+                    run.timesteps_per_episode,
+                    lambda metrics, step: tracker.log_metrics(tracked, metrics, step),
+                )
+            )
+        callbacks.append(StopOnRequestCallback(self.control.stop, self._poll_stop_request))
+        return CallbackList(callbacks)
+
+    def _start_tracking(self) -> TrackedRun | None:
+        if self.tracker is None:
+            return None
+        run = self.run
+        tags = {"experiment_id": run.id, "algorithm": run.algorithm, "maze_size": str(run.maze_size)}
+        return self.tracker.start_run(run.id, f"{run.algorithm}-maze{run.maze_size}-{run.id[:8]}", tags)
+
+    def _log_outcome(
+        self, tracked: TrackedRun | None, result: agents.EvalResult | None, model_path: Path, step: int
+    ) -> None:
+        if tracked is None or self.tracker is None:
+            return
+        if result is not None:
+            metrics = {
+                "eval_success_rate": result.success_rate,
+                "eval_path_efficiency": result.path_efficiency,
+            }
+            self.tracker.log_metrics(tracked, metrics, step)
+        self.tracker.log_artifact(tracked, model_path, "sb3_model")
+        self._wait_for_uploads()
+
+    def _wait_for_uploads(self) -> None:
+        """A remote job's files exist for the service only once uploaded: report them after that."""
+        if self.remote and self.tracker is not None and not self.tracker.flush(ARTIFACT_UPLOAD_WAIT_S):
+            self.log.warning("artifact_upload_pending", waited_s=ARTIFACT_UPLOAD_WAIT_S)
+
+    def _export_onnx(self, model: BaseAlgorithm, env: VecEnv, tracked: TrackedRun | None) -> None:
+        """Export, verify and publish the policy; a failed export is recorded and keeps the SB3 model."""
+        run = self.run
+        self.store.record_onnx(run.id, onnx_status="pending", onnx_error=None)
+        out_path = self.settings.run_dir(run.id) / "model.onnx"
+        try:
+            observations = onnx_export.collect_observations(
+                model, env, ONNX_VERIFICATION_OBSERVATIONS, seed=run.seed
+            )
+            report = onnx_export.export_policy(
+                cast(PPO | DQN, model), out_path, onnx_metadata(run, env), observations
+            )
+        except Exception as error:
+            message = str(error) if isinstance(error, onnx_export.OnnxExportError) else describe_error(error)
+            self.log.warning("onnx_export_failed", error=message)
+            self.store.record_onnx(run.id, onnx_status="failed", onnx_error=message)
+            return
+        if tracked is not None and self.tracker is not None:
+            self.tracker.log_onnx_model(tracked, out_path)
+            self.tracker.log_metrics(
+                tracked,
+                {
+                    "onnx_export_seconds": report.export_seconds,
+                    "onnx_action_agreement": report.parity.action_agreement,
+                },
+                model.num_timesteps,
+            )
+            self._wait_for_uploads()
+        self.store.record_onnx(
+            run.id,
+            onnx_status="exported",
+            onnx_size_bytes=report.size_bytes,
+            onnx_opset=report.opset,
+            onnx_export_seconds=report.export_seconds,
+            onnx_parity_passed=report.parity.passed,
+        )
+        self.log.info("onnx_exported", seconds=round(report.export_seconds, 3))
+
+    def _make_env(self) -> VecEnv:
+        run = self.run
+        env = agents.make_vec_env(run.maze_size, run.maze_mode, run.seed, run.n_envs)
+        if not is_vecenv_wrapped(env, VecMonitor):
+            env = VecMonitor(env)
+        return env
+
+    def _publish(self, snapshot: ProgressSnapshot) -> None:
+        try:
+            self.store.record_progress(self.run.id, snapshot)
+        except Exception as error:
+            # Losing one snapshot is fine; losing the run because the database blinked is not.
+            self.log.warning("progress_not_recorded", error=str(error))
+
+    def _save_model(self, model: BaseAlgorithm) -> str:
+        directory = self.settings.run_dir(self.run.id)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "model.zip"
+        model.save(path)
+        return str(path)
+
+    def _evaluate(self, model: BaseAlgorithm, env: VecEnv) -> agents.EvalResult | None:
+        if self.run.maze_mode == "fixed":
+            seeds = [fixed_maze_seed(env)]
+        elif self.settings.eval_episodes > 0:
+            seeds = maze_env.eval_maze_seeds(self.settings.eval_episodes)
+        else:
+            return None
+        return agents.evaluate(model, self.run.maze_size, seeds)
+
+    def _record_failure(self, message: str) -> None:
+        try:
+            self._finish(RunStatus.FAILED, error=message)
+        except Exception:
+            self.log.exception("failure_not_recorded")
+
+    def _poll_stop_request(self) -> bool:
+        """Did another worker ask this run to stop? While the database is down the answer is "not yet":
+        an outage must not crash a training run that needs no database to go on."""
+        try:
+            return self.store.stop_requested(self.run.id)
+        except SQLAlchemyError as error:
+            self.log.warning("stop_poll_failed", error=str(error).splitlines()[0])
+            return False
+
+    def _finish(self, status: RunStatus, **outcome: Any) -> None:
+        """`RunStore.finish`, retried while the database is unreachable.
+
+        A run's outcome (minutes or hours of training) must survive a database restart. The run keeps
+        its slot and its heartbeat until the write lands; at shutdown we give up after
+        FINAL_STATE_RETRY_AT_SHUTDOWN_S and re-raise.
+        """
+        delay = FINAL_STATE_RETRY_FIRST_S
+        give_up_at: float | None = None
+        while True:
+            try:
+                self.store.finish(self.run.id, status, **outcome)
+                return
+            except SQLAlchemyError as error:
+                if self.closing.is_set():
+                    give_up_at = give_up_at or time.monotonic() + FINAL_STATE_RETRY_AT_SHUTDOWN_S
+                    if time.monotonic() >= give_up_at:
+                        raise
+                self.log.warning(
+                    "final_state_not_recorded_yet",
+                    status=status.value,
+                    retry_in_s=delay,
+                    error=str(error).splitlines()[0],
+                )
+            time.sleep(delay)
+            delay = min(2 * delay, FINAL_STATE_RETRY_MAX_S)
+
+
+def resolve_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def describe_error(error: BaseException) -> str:
+    """A message a user can act on; CUDA out-of-memory says what to lower."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return (
+            f"CUDA out of memory: {error}. Lower n_envs, batch_size or buffer_size, "
+            'or train on the CPU with "device": "cpu".'
+        )
+    return f"{type(error).__name__}: {error}"
+
+
+def effective_hyperparameters(model: BaseAlgorithm, algorithm: str) -> dict[str, Any]:
+    """The values training really used, for the record (schedules shown at their starting value)."""
+    used: dict[str, Any] = {}
+    for name in HYPERPARAMETER_MODELS[algorithm].model_fields:
+        value = getattr(model, name, None)
+        if callable(value):
+            value = value(1.0)
+        frequency = getattr(value, "frequency", None)  # DQN's TrainFreq(frequency, unit)
+        if frequency is not None:
+            value = int(frequency)
+        if isinstance(value, int | float | bool | str) or value is None:
+            used[name] = value
+    used["n_envs"] = model.n_envs
+    used["policy"] = type(model.policy).__name__
+    used["policy_kwargs"] = repr(getattr(model, "policy_kwargs", {}))
+    return used
+
+
+def progress_snapshot(callbacks: CallbackList) -> ProgressSnapshot:
+    """The run's final progress as its ProgressCallback measured it, to be written with the final state."""
+    progress = next(callback for callback in callbacks.callbacks if isinstance(callback, ProgressCallback))
+    return progress.snapshot()
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest saved model of a run: a periodic checkpoint, or the model saved when it stopped."""
+    candidates = [run_dir / "model.zip", *(run_dir / CHECKPOINT_DIR).glob("checkpoint_*_steps.zip")]
+    existing = [path for path in candidates if path.is_file()]
+    return max(existing, key=lambda path: path.stat().st_mtime_ns) if existing else None
+
+
+def fixed_maze_seed(env: VecEnv) -> int:
+    return int(env.get_attr("maze", [0])[0].seed)
+
+
+def run_parameters(run: TrainingRun, device: str, used: dict[str, Any]) -> dict[str, Any]:
+    """Everything that defines a run, for MLflow's parameters."""
+    return {
+        **used,
+        "algorithm": run.algorithm,
+        "total_episodes": run.total_episodes,
+        "timesteps_per_episode": run.timesteps_per_episode,
+        "total_timesteps": run.total_timesteps,
+        "maze_size": run.maze_size,
+        "maze_mode": run.maze_mode,
+        "seed": run.seed,
+        "device": device,
+        **library_versions(),
+    }
+
+
+def library_versions() -> dict[str, str]:
+    import gymnasium
+    import stable_baselines3
+
+    return {
+        "python_version": platform.python_version(),
+        "torch_version": torch.__version__,
+        "stable_baselines3_version": stable_baselines3.__version__,
+        "gymnasium_version": gymnasium.__version__,
+    }
+
+
+def onnx_metadata(run: TrainingRun, env: VecEnv) -> dict[str, str]:
+    """What a client needs to run the exported model without asking the service anything else."""
+    metadata = {
+        onnx_export.METADATA_ALGORITHM: run.algorithm,
+        onnx_export.METADATA_MAZE_SIZE: str(run.maze_size),
+        onnx_export.METADATA_MAZE_MODE: run.maze_mode,
+        onnx_export.METADATA_OBSERVATION_ENCODING: maze_env.OBSERVATION_ENCODING,
+        onnx_export.METADATA_ACTION_MEANINGS: ",".join(maze_env.ACTIONS),
+        onnx_export.METADATA_EXPERIMENT_ID: run.id,
+    }
+    if run.maze_mode == "fixed":
+        metadata[onnx_export.METADATA_MAZE_SEED] = str(fixed_maze_seed(env))
+    return metadata
