@@ -122,7 +122,7 @@ LOAD_RUN_STEPS_PER_EPISODE = 512
 @dataclass(frozen=True)
 class Options:
     mode: Mode
-    switch_interval: float | None  # None: the interpreter's default (5 ms)
+    executor: str  # EXECUTOR of the services: "thread" (the default) or "ray" (a private local Ray)
     benchmarks: tuple[str, ...]
 
 
@@ -138,10 +138,9 @@ def free_port() -> int:
 class Service:
     """A real `uvicorn main:app` process on a loopback port, with its own temporary data directory."""
 
-    def __init__(self, name: str, env: dict[str, str], switch_interval: float | None = None) -> None:
+    def __init__(self, name: str, env: dict[str, str], executor: str = "thread") -> None:
         self.name = name
-        self.switch_interval = switch_interval
-        self.env = {**SERVICE_DEFAULTS, **env}
+        self.env = {**SERVICE_DEFAULTS, **env, "EXECUTOR": executor}
         self.port = free_port()
         self.base_url = f"http://{HOST}:{self.port}"
         self.workdir = Path(tempfile.mkdtemp(prefix=f"bench-service-{name}-"))
@@ -157,11 +156,6 @@ class Service:
     def start(self, timeout_s: float = 120.0) -> None:
         env = {**os.environ, **self.env, "DATA_DIR": str(self.workdir / "data")}
         command = [sys.executable, "-m", "uvicorn"]
-        if self.switch_interval is not None:  # an experiment: the service's code stays as it is
-            setup = (
-                f"import sys; sys.setswitchinterval({self.switch_interval}); import uvicorn; uvicorn.main()"
-            )
-            command = [sys.executable, "-c", setup]
         # The keep-alive timeout `python main.py` uses (TIMEOUT_KEEP_ALIVE_S), for this CLI launch.
         keep_alive = str(Settings.model_fields["timeout_keep_alive_s"].default)
         command += ["main:app", "--host", HOST, "--port", str(self.port), "--timeout-keep-alive", keep_alive]
@@ -427,8 +421,8 @@ class OverheadResult:
 
 async def run_overhead(options: Options) -> OverheadResult:
     mode = options.mode
-    featured = Service("tracked", {"PROGRESS_INTERVAL_S": "1"}, options.switch_interval)
-    plain = Service("plain", {"MLFLOW_ENABLED": "false"}, options.switch_interval)
+    featured = Service("tracked", {"PROGRESS_INTERVAL_S": "1"}, options.executor)
+    plain = Service("plain", {"MLFLOW_ENABLED": "false"}, options.executor)
     trials: list[OverheadTrial] = []
     try:
         for service in (featured, plain):
@@ -690,7 +684,7 @@ class LoadResult:
 async def run_load(options: Options) -> LoadResult:
     mode = options.mode
     env = {"MAX_CONCURRENT_RUNS": "2", "PROGRESS_INTERVAL_S": "1"}
-    service = Service("load", env, options.switch_interval)
+    service = Service("load", env, options.executor)
     windows: list[LoadWindow] = []
     listener = ListenerProcess()
     try:
@@ -886,10 +880,10 @@ def report(
     command = " ".join(["-m bench.bench_service", *options_args(options)])
     experiment = (
         [
-            f"**Experiment, not the service as shipped**: each service was launched with "
-            f"`sys.setswitchinterval({options.switch_interval})` before uvicorn (default 0.005)."
+            f"Services run with `EXECUTOR={options.executor}` (each run trains in a Ray actor process of a "
+            "private local Ray instance, not on a thread of the service)."
         ]
-        if options.switch_interval is not None
+        if options.executor != "thread"
         else []
     )
     lines = [
@@ -913,8 +907,8 @@ def report(
 
 def options_args(options: Options) -> list[str]:
     args = ["--quick"] if options.mode is QUICK else []
-    if options.switch_interval is not None:
-        args += ["--switch-interval", str(options.switch_interval)]
+    if options.executor != "thread":
+        args += ["--executor", options.executor]
     if options.benchmarks != BENCHMARKS:
         args += ["--only", *options.benchmarks]
     return args
@@ -956,14 +950,14 @@ def parse_options(argv: Sequence[str] | None) -> tuple[Options, bool]:
     parser.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
     parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS))
     parser.add_argument(
-        "--switch-interval",
-        type=float,
-        default=None,
-        help="experiment: launch the services with sys.setswitchinterval(S) (the code is not changed)",
+        "--executor",
+        choices=("thread", "ray"),
+        default="thread",
+        help="EXECUTOR of the services under test (ray: a private local Ray, needs requirements-ray.txt)",
     )
     args = parser.parse_args(argv)
     benchmarks = tuple(b for b in BENCHMARKS if b in args.only)
-    return Options(QUICK if args.quick else FULL, args.switch_interval, benchmarks), not args.no_write
+    return Options(QUICK if args.quick else FULL, args.executor, benchmarks), not args.no_write
 
 
 def main(argv: Sequence[str] | None = None) -> None:
