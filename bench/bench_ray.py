@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 
 from bench.bench_onnx import cpu_model
+from bench.results_file import write_section
 from tests.conftest import LiveService
 from tests.ray_cluster import RayCluster
 
@@ -144,19 +145,6 @@ def format_section(trials: list[Trial], timesteps: int, command: str, loads: tup
     return "\n".join(lines) + "\n"
 
 
-def write_section(section: str, path: Path) -> None:
-    """Replace this benchmark's section in ``path`` (or append it), keeping the other sections."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = text.find(SECTION_HEADING + "\n")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        following = text.find("\n## ", start + len(SECTION_HEADING))
-        rest = "" if following == -1 else text[following + 1 :]
-        text = text[:start] + section + ("\n" + rest if rest else "")
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=3, help="trials per executor")
@@ -200,7 +188,7 @@ def main() -> None:
     section = format_section(trials, args.timesteps, command, (loads[0], loads[1]))
     print(section)
     if not args.no_write:
-        write_section(section, Path(__file__).resolve().parent / "RESULTS.md")
+        write_section(SECTION_HEADING, section)
 
 
 if __name__ == "__main__":

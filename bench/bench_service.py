@@ -47,10 +47,10 @@ import httpx
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedOK
 
+from bench.results_file import RESULTS_FILE, write_section
 from settings import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-RESULTS_FILE = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION_HEADING = "## Service load"
 
 HOST = "127.0.0.1"
@@ -914,19 +914,6 @@ def options_args(options: Options) -> list[str]:
     return args
 
 
-def write_section(section: str) -> None:
-    """Re-read RESULTS.md now, drop an earlier section of ours, append this one; others stay as they are."""
-    text = RESULTS_FILE.read_text() if RESULTS_FILE.exists() else "# Benchmark results\n"
-    kept: list[str] = []
-    inside = False
-    for line in text.splitlines():
-        if line.startswith("## "):
-            inside = line.strip() == SECTION_HEADING
-        if not inside:
-            kept.append(line)
-    RESULTS_FILE.write_text("\n".join(kept).rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n")
-
-
 BENCHMARKS = ("overhead", "load")
 
 
@@ -967,8 +954,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     section = report(options, overhead, load, started, loads)
     print(section)
     if write:
-        write_section(section)
-        log(f"appended to {RESULTS_FILE}")
+        write_section(SECTION_HEADING, section)
+        log(f"wrote its section of {RESULTS_FILE}")
 
 
 if __name__ == "__main__":
