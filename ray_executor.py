@@ -35,6 +35,9 @@ log = structlog.get_logger(__name__)
 CAPACITY_REFRESH_S = 5.0
 WATCH_INTERVAL_S = 0.5
 WORKER_UPLOAD_FLUSH_S = 60.0
+# Ray's switch for "no multi-node clusters" (meant for macOS/Windows): with it off, Ray resolves its own
+# addresses to 127.0.0.1 instead of this machine's network address, and no other node can join.
+RAY_LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 WORKER_DATA_DIR = Path(tempfile.gettempdir()) / "rl-maze-worker"
 
 
@@ -75,10 +78,14 @@ class RayExecutor:
         # Ray's C++ crash handler would catch SIGTERM too, dump a stack trace and kill the process
         # before uvicorn's graceful shutdown (which saves the runs) has run. Read when Ray is imported.
         os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+        address = self.settings.ray_address or None
+        if address is None:
+            # A private instance never has other nodes: keep all its traffic on loopback (Ray otherwise
+            # swaps 127.0.0.1 for the machine's network address). Read when Ray is imported.
+            os.environ.setdefault(RAY_LOOPBACK_ONLY_ENV, "0")
         import ray
 
         handler = signal.getsignal(signal.SIGTERM)
-        address = self.settings.ray_address or None
         options: dict[str, Any] = {"address": address, "namespace": "rl-maze", "log_to_driver": False}
         if address is None:
             # A private instance: no dashboard (its Jobs API runs arbitrary code), loopback only.

@@ -1,6 +1,6 @@
 """Ray executor vs threads: two concurrent runs on one machine.
 
-Starts a real local Ray cluster (a head without CPUs and one worker node, as in the tests) and two
+Starts a real local Ray cluster (one loopback-only node, as in the tests) and two
 services over SQLite: one with EXECUTOR=thread, one with EXECUTOR=ray. Each trial starts two identical
 PPO runs at once through `POST /training/start` and measures, from the client:
 
@@ -117,7 +117,7 @@ def format_section(trials: list[Trial], timesteps: int, command: str, loads: tup
         "",
         f"- Each trial: {RUNS_PER_TRIAL} PPO runs started together (5x5 maze, 4 envs, "
         f"{timesteps} steps each), "
-        "SQLite and a local MLflow store, same machine. Ray: a local cluster (head without CPUs, one worker "
+        "SQLite and a local MLflow store, same machine. Ray: a local cluster (one loopback-only "
         "node with 2 CPUs, RAY_CPUS_PER_RUN=1); threads: MAX_CONCURRENT_RUNS=2.",
         "- Scheduling latency: `POST /training/start` → first status poll (every 50 ms) with timesteps > 0; "
         "it includes building the env and model (and, with Ray, starting an actor process that imports "

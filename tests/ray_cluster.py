@@ -1,5 +1,11 @@
-"""A real Ray cluster on this machine for tests: a head (no CPUs, so it trains nothing) and one worker
-node with its own DATA_DIR, started with the `ray` CLI and torn down after.
+"""A real Ray cluster on this machine for tests, on loopback only: one node started with the `ray` CLI
+(`ray start --head`), whose task workers get a DATA_DIR of their own, and torn down after.
+
+Why one node: Ray replaces 127.0.0.1 with the machine's network address in what it advertises, so a
+second node would talk to that address; the only switch that keeps every connection on 127.0.0.1
+(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, in the node's and the service's environment) also forbids other
+nodes. The task workers are still separate processes with their own data directory, so nothing the
+tests check can go through files shared with the service.
 
 Fixture (registered in tests/conftest.py): `ray_cluster` (module scope). Without Ray installed
 (`pip install -r requirements-ray.txt`) it skips, except under CI (`CI` set), where it fails.
@@ -22,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from ray_executor import RAY_LOOPBACK_ONLY_ENV
 from tests.conftest import PROJECT_ROOT, free_port
 
 START_TIMEOUT_S = 120.0
@@ -37,19 +44,23 @@ NODE_OPTIONS = [
 
 
 class RayCluster:
-    """`ray start --head` + one `ray start --address` worker node, each in its own process group."""
+    """`ray start --head` (a node that trains, in its own process group) on a loopback port."""
 
     def __init__(self, root: Path, worker_data_dir: Path) -> None:
         self.root = root
         self.worker_data_dir = worker_data_dir
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self.head: subprocess.Popen[bytes] | None = None
-        self.worker: subprocess.Popen[bytes] | None = None
+        self.worker: subprocess.Popen[bytes] | None = None  # the one node: head and worker
         self.ray = str(Path(sys.executable).parent / "ray")
         # Ray's ports listen on every interface: a token of this cluster's own keeps others out, and
-        # a token file left in ~/.ray by other Ray use on this machine plays no part.
-        self.auth_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+        # a token file left in ~/.ray by other Ray use on this machine plays no part. The loopback
+        # switch (module docstring) must be set for every Ray process, the service's included.
+        self.auth_env = {
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": secrets.token_hex(32),
+            RAY_LOOPBACK_ONLY_ENV: "0",
+        }
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         with (self.root / f"{name}.log").open("ab") as log_file:
@@ -63,32 +74,28 @@ class RayCluster:
             )
 
     def start(self) -> RayCluster:
-        self.head = self._spawn(
+        # Task workers inherit the node's environment: the project on their PYTHONPATH, and a data
+        # directory that is not the service's.
+        self.worker_data_dir.mkdir(parents=True, exist_ok=True)
+        self.worker = self._spawn(
             "head",
             [
                 "--head",
                 f"--port={self.port}",
-                "--num-cpus=0",
+                f"--num-cpus={WORKER_CPUS}",
                 "--include-dashboard=false",  # the dashboard's Jobs API runs arbitrary code
                 f"--temp-dir={self.root / 'ray'}",
             ],
-            {},
+            {"DATA_DIR": str(self.worker_data_dir), "PYTHONPATH": str(PROJECT_ROOT)},
         )
         self._wait_for_port()
-        self.start_worker()
         return self
-
-    def start_worker(self) -> None:
-        """The node that trains: the project on its PYTHONPATH, and a data directory of its own."""
-        self.worker_data_dir.mkdir(parents=True, exist_ok=True)
-        env = {"DATA_DIR": str(self.worker_data_dir), "PYTHONPATH": str(PROJECT_ROOT)}
-        self.worker = self._spawn("worker", [f"--address={self.address}", f"--num-cpus={WORKER_CPUS}"], env)
 
     def _wait_for_port(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
-            assert self.head is not None
-            if self.head.poll() is not None:
+            assert self.worker is not None
+            if self.worker.poll() is not None:
                 raise RuntimeError(f"ray head exited:\n{self.log_tail('head')}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
@@ -102,25 +109,25 @@ class RayCluster:
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
     def task_processes(self, name: str) -> list[int]:
-        """Pids of the worker node's processes running the Ray task `name` (titled `ray::name`)."""
+        """Pids of the node's processes running the Ray task `name` (titled `ray::name`)."""
         assert self.worker is not None
         ours = descendants(self.worker.pid)
         return [pid for pid in ours if _cmdline(pid).startswith(f"ray::{name}")]
 
     def stop(self) -> None:
-        for process in (self.worker, self.head):
-            if process is None:
-                continue
-            # Task workers put themselves in their own process groups: find them before the raylet goes.
-            stragglers = descendants(process.pid)
-            _signal_group(process, signal.SIGTERM)
-            try:
-                process.wait(timeout=5)  # the head's `ray start --block` may not exit on SIGTERM alone
-            except subprocess.TimeoutExpired:
-                _signal_group(process, signal.SIGKILL)
-                process.wait(timeout=15)
-            for pid in stragglers:
-                _kill_quietly(pid)
+        process = self.worker
+        if process is None:
+            return
+        # Task workers put themselves in their own process groups: find them before the raylet goes.
+        stragglers = descendants(process.pid)
+        _signal_group(process, signal.SIGTERM)
+        try:
+            process.wait(timeout=5)  # `ray start --block` may not exit on SIGTERM alone
+        except subprocess.TimeoutExpired:
+            _signal_group(process, signal.SIGKILL)
+            process.wait(timeout=15)
+        for pid in stragglers:
+            _kill_quietly(pid)
 
 
 def descendants(pid: int) -> list[int]:

@@ -1,6 +1,6 @@
 """EXECUTOR=ray against a real local Ray cluster, PostgreSQL and an MLflow server.
 
-The worker node has a DATA_DIR of its own, so everything the user gets (downloads, rollouts) must come
+The Ray task workers have a DATA_DIR of their own, so everything the user gets (downloads, rollouts) must come
 through the database and the MLflow artifact store, as on a real multi-machine cluster. One cluster
 and one service serve all tests of this module; each test starts its own run.
 """
@@ -149,7 +149,7 @@ def test_stop_reaches_a_run_on_a_remote_worker_within_seconds(
     assert took_s < 10, f"stop took {took_s:.1f} s"
     assert 0 < final["timesteps"] < final["total_timesteps"]
     assert model.status_code == 200 and model.content[:2] == b"PK"
-    assert len(training_processes) == 1, "the run did not train on the worker node"
+    assert len(training_processes) == 1, "the run did not train in a Ray worker process"
     assert _wait_gone(ray_cluster, run_id), "the training process is still busy after the stop"
 
 
