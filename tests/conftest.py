@@ -17,7 +17,21 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from main import create_app
+from run_store import NewRun
 from settings import Settings
+
+# A small run record, for tests that write runs to a store directly.
+SMALL_RUN = NewRun(
+    algorithm="PPO",
+    total_episodes=10,
+    timesteps_per_episode=64,
+    maze_size=5,
+    maze_mode="random",
+    seed=1,
+    n_envs=2,
+    device_requested="cpu",
+    hyperparameters={},
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

@@ -22,23 +22,13 @@ from sqlalchemy import Engine, event
 
 from database import create_db_engine, make_session_factory, upgrade_schema
 from main import create_app
-from run_store import NewRun, RunStore
+from run_store import RunStore
 from status_cache import Snapshot, StatusCache
-from tests.conftest import app_state, settings_for_tests
+from tests.conftest import SMALL_RUN, app_state, settings_for_tests
 from websocket import Frame, ProgressHub
 
 OTHER_WORKER = "other-host:4242:abcd"  # another host: no start-up recovery of ours touches its runs
-QUEUED_RUN = NewRun(
-    algorithm="PPO",
-    total_episodes=10,
-    timesteps_per_episode=64,
-    maze_size=5,
-    maze_mode="random",
-    seed=1,
-    n_envs=2,
-    device_requested="cpu",
-    hyperparameters={},
-)
+QUEUED_RUN = SMALL_RUN
 
 
 @pytest.fixture

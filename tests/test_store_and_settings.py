@@ -12,20 +12,11 @@ from sqlalchemy import update
 
 from database import create_db_engine, make_session_factory, normalize_database_url, upgrade_schema
 from db_models import TrainingRun, utcnow
-from run_store import NewRun, RunStore
+from run_store import RunStore
 from settings import Settings
+from tests.conftest import SMALL_RUN
 
-NEW_RUN = NewRun(
-    algorithm="PPO",
-    total_episodes=10,
-    timesteps_per_episode=64,
-    maze_size=5,
-    maze_mode="random",
-    seed=1,
-    n_envs=2,
-    device_requested="cpu",
-    hyperparameters={},
-)
+NEW_RUN = SMALL_RUN
 
 
 @pytest.fixture
