@@ -20,10 +20,10 @@ from api.responses import UNAUTHORIZED
 from api.security import BodySizeLimit, require_api_key
 from database import create_db_engine, make_session_factory, upgrade_schema
 from logging_setup import configure_logging
-from mlflow_client import Tracker, is_tracking_server
 from run_store import RunStore
 from settings import Settings, get_settings
 from status_cache import StatusCache
+from training_job import make_tracker, tracker_artifact_dir
 from training_service import TrainingService
 from websocket import ProgressHub
 
@@ -50,16 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = RunStore(session_factory)
         status_cache = StatusCache(store, settings)
         status_cache.watch_writes(session_factory)  # before any thread writes
-        tracker = Tracker(
-            settings.mlflow_tracking_uri,
-            settings.mlflow_experiment_name,
-            # A tracking server stores artifacts itself (reachable from every worker machine).
-            artifact_dir=None
-            if is_tracking_server(settings.mlflow_tracking_uri)
-            else settings.mlflow_artifacts_dir,
-            on_run_created=store.record_mlflow_run,
-            on_tracking_status=store.record_tracking_status,
-        )
+        tracker = make_tracker(settings, store, tracker_artifact_dir(settings))
         service = TrainingService(settings, store, tracker if settings.mlflow_enabled else None)
         await run_in_threadpool(service.start)
         tracker.prepare()  # in the background: a first request must not wait for MLflow's set-up

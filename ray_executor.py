@@ -25,10 +25,10 @@ import torch
 
 from database import create_db_engine, make_session_factory
 from db_models import RunStatus, TrainingRun
-from mlflow_client import Tracker, is_tracking_server
+from mlflow_client import Tracker
 from run_store import RunStore
 from settings import Settings
-from training_job import JobControl, TrainingJob
+from training_job import JobControl, TrainingJob, make_tracker, tracker_artifact_dir
 
 log = structlog.get_logger(__name__)
 
@@ -295,11 +295,9 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
 
 
 def artifact_dir(settings: Settings) -> str | None:
-    """Where a new MLflow experiment keeps artifacts: the server decides; a local store (same machine
-    only) uses the service's directory, so every process writes to one place."""
-    if is_tracking_server(settings.mlflow_tracking_uri):
-        return None
-    return str(settings.mlflow_artifacts_dir.resolve())
+    """`tracker_artifact_dir` as a task argument (a local store only works with a one-machine cluster)."""
+    directory = tracker_artifact_dir(settings)
+    return str(directory) if directory is not None else None
 
 
 def train_on_worker(
@@ -311,7 +309,11 @@ def train_on_worker(
     torch.set_num_threads(settings.torch_threads)
     engine = create_db_engine(settings.database_url)
     store = RunStore(make_session_factory(engine))
-    tracker = worker_tracker(settings, store, artifacts)
+    tracker = (
+        make_tracker(settings, store, Path(artifacts) if artifacts else None)
+        if settings.mlflow_enabled
+        else None
+    )
     try:
         job = TrainingJob(
             settings, store, tracker, store.get(run_id), control, artifacts_must_reach_store=True
@@ -321,18 +323,6 @@ def train_on_worker(
         if tracker is not None:
             tracker.close(WORKER_UPLOAD_FLUSH_S)
         engine.dispose()
-
-
-def worker_tracker(settings: Settings, store: RunStore, artifacts: str | None) -> Tracker | None:
-    if not settings.mlflow_enabled:
-        return None
-    return Tracker(
-        settings.mlflow_tracking_uri,
-        settings.mlflow_experiment_name,
-        artifact_dir=Path(artifacts) if artifacts else None,
-        on_run_created=store.record_mlflow_run,
-        on_tracking_status=store.record_tracking_status,
-    )
 
 
 def _first_line(error: BaseException) -> str:

@@ -70,8 +70,9 @@ class Settings(BaseSettings):
     checkpoint_every_episodes: int = Field(
         10, ge=0, description="Save a resumable checkpoint every N training iterations (0: never)."
     )
-    executor: Literal["thread", "ray"] = Field(
-        "thread", description="Where runs train: threads of this process, or tasks on a Ray cluster."
+    executor: Literal["thread", "process", "ray"] = Field(
+        "thread",
+        description="Where runs train: threads of this process, child processes of it, or a Ray cluster.",
     )
     ray_address: str = Field(
         "", description="Ray cluster to join (host:6379, or 'auto'); empty with EXECUTOR=ray: a local one."

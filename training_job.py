@@ -28,7 +28,7 @@ import agents
 import maze_env
 import onnx_export
 from db_models import RunStatus, TrainingRun
-from mlflow_client import TrackedRun, Tracker
+from mlflow_client import TrackedRun, Tracker, is_tracking_server
 from model_files import fetch_artifact
 from run_store import ProgressSnapshot, RunStore
 from schemas import HYPERPARAMETER_MODELS
@@ -376,6 +376,26 @@ def progress_snapshot(callbacks: CallbackList) -> ProgressSnapshot:
     """The run's final progress as its ProgressCallback measured it, to be written with the final state."""
     progress = next(callback for callback in callbacks.callbacks if isinstance(callback, ProgressCallback))
     return progress.snapshot()
+
+
+def tracker_artifact_dir(settings: Settings) -> Path | None:
+    """Where new MLflow experiments keep artifacts: a tracking server decides (None), reachable from
+    every machine; a local store uses the service's directory, so every process writes to one place."""
+    if is_tracking_server(settings.mlflow_tracking_uri):
+        return None
+    return settings.mlflow_artifacts_dir.resolve()
+
+
+def make_tracker(settings: Settings, store: RunStore, artifact_dir: Path | None) -> Tracker:
+    """The MLflow client of a process that trains runs, reporting its runs' MLflow ids and tracking
+    health to their records."""
+    return Tracker(
+        settings.mlflow_tracking_uri,
+        settings.mlflow_experiment_name,
+        artifact_dir=artifact_dir,
+        on_run_created=store.record_mlflow_run,
+        on_tracking_status=store.record_tracking_status,
+    )
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

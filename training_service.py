@@ -1,7 +1,8 @@
 """Start, stop, schedule and recover training runs: the control plane.
 
-Runs train on a background thread of this process (EXECUTOR=thread, the default) or as tasks on a Ray
-cluster (EXECUTOR=ray, `ray_executor.py`); either way the job itself is `training_job.TrainingJob`.
+Runs train on a background thread of this process (EXECUTOR=thread, the default), in a child process
+that such a thread starts and watches (EXECUTOR=process, `training_process.py`), or as tasks on a Ray
+cluster (EXECUTOR=ray, `ray_executor.py`); in every case the job itself is `training_job.TrainingJob`.
 Every fact other workers need goes through `RunStore`; the threads, events and task handles kept here
 are only this process's handles on the runs it started, so the service stays correct under
 `uvicorn --workers N`.
@@ -30,6 +31,7 @@ from run_store import NewRun, RunStore, worker_identity
 from schemas import StartTrainingRequest
 from settings import Settings
 from training_job import JobControl, TrainingJob, latest_checkpoint
+from training_process import start_fork_server, train_in_child_process
 
 if TYPE_CHECKING:
     from ray_executor import RayExecutor
@@ -103,6 +105,8 @@ class TrainingService:
 
             self._ray = RayExecutor(self.settings, self.store, self.tracker, on_run_ended=self._wake.set)
             self._ray.connect()
+        if self.settings.executor == "process":
+            threading.Thread(target=start_fork_server, name="fork-server-start", daemon=True).start()
         for run_id in self.store.interrupt_dead_local_owners(self.owner):
             log.warning("run_interrupted", experiment_id=run_id, reason="owner process exited")
             self._close_orphaned_tracking(run_id)
@@ -300,11 +304,20 @@ class TrainingService:
     # --- training (on the run's own thread) ------------------------------------------------------------
 
     def _train(self, run: TrainingRun) -> None:
-        lower_thread_priority()
+        lower_thread_priority()  # process executor: the child lowers its own
         with self._lock:
             local = self._runs[run.id]
         try:
-            TrainingJob(self.settings, self.store, self.tracker, run, local.control, self._closing).execute()
+            if self.settings.executor == "process":
+                train_in_child_process(self.settings, self.store, self.tracker, run, local.control)
+            else:
+                TrainingJob(
+                    self.settings, self.store, self.tracker, run, local.control, self._closing
+                ).execute()
+        except Exception:  # only the process executor's hosting can raise (the job records its errors)
+            log.exception("run_hosting_failed", experiment_id=run.id)
+            with contextlib.suppress(Exception):
+                self.store.finish(run.id, RunStatus.FAILED, error="could not start the training process")
         finally:
             with self._lock:
                 self._runs.pop(run.id, None)

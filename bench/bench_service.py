@@ -112,7 +112,9 @@ class Mode:
     load_pairs: int
 
 
-FULL = Mode("full", overhead_episodes=10, overhead_pairs=3, load_window_s=60.0, load_pairs=2)
+# Full mode: 4 load pairs, because fps drifted by up to 30% between unloaded windows of one invocation
+# (measured 2026-11-26): with 2 pairs one drifting window decides the median.
+FULL = Mode("full", overhead_episodes=10, overhead_pairs=3, load_window_s=60.0, load_pairs=4)
 QUICK = Mode("quick", overhead_episodes=4, overhead_pairs=1, load_window_s=15.0, load_pairs=1)
 # Load-test runs use short iterations (512 steps = 32 per env) so that a window spans many rollout/update
 # cycles: fps from progress snapshots is then not at the mercy of where PPO's update phase falls.
@@ -241,27 +243,48 @@ def cpu_seconds(stat_path: Path) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def child_pids(pid: int) -> list[int]:
-    """Live child processes of `pid` (MLflow's ONNX model logging starts a Python subprocess)."""
-    children = []
+def parent_pids() -> dict[int, int]:
+    """pid → parent pid of every live process."""
+    parents = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError, IndexError, ValueError):
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    children.append(int(entry.name))
-    return children
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    return parents
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its live descendants: with EXECUTOR=process the runs train in the service's
+    grandchildren (a fork server's children); MLflow's ONNX model logging starts a Python subprocess."""
+    children: dict[int, list[int]] = {}
+    for child, parent in parent_pids().items():
+        children.setdefault(parent, []).append(child)
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo += children.get(current, [])
+    return tree
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of `pid` and its live descendants (a process that exited in between is not counted)."""
+    total = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += cpu_seconds(Path(f"/proc/{member}/stat"))
+    return total
 
 
 async def wait_until_idle(service: Service, timeout_s: float = 180.0, max_cores: float = 0.05) -> None:
-    """Wait until the service has no child process and uses < `max_cores` for 2 s in a row, so that work
-    left over from one trial (ONNX export, MLflow uploads) cannot slow the next one down."""
-    stat = Path(f"/proc/{service.pid}/stat")
+    """Wait until the service and its descendants use < `max_cores` for 2 s in a row, so that work left
+    over from one trial (ONNX export, MLflow uploads) cannot slow the next one down."""
     deadline = time.monotonic() + timeout_s
     quiet_s = 0
     while quiet_s < 2 and time.monotonic() < deadline:
-        before = cpu_seconds(stat)
+        before = tree_cpu_seconds(service.pid)
         await asyncio.sleep(1.0)
-        busy = cpu_seconds(stat) - before >= max_cores or bool(child_pids(service.pid))
+        busy = tree_cpu_seconds(service.pid) - before >= max_cores
         quiet_s = 0 if busy else quiet_s + 1
     if quiet_s < 2:
         log(f"service {service.name} still busy after {timeout_s:.0f} s; going on")
@@ -455,14 +478,14 @@ class CpuUse:
 
 class CpuMeter:
     def __init__(self, pid: int) -> None:
-        self._process = Path(f"/proc/{pid}/stat")
+        self._pid = pid
         self._main_thread = Path(f"/proc/{pid}/task/{pid}/stat")
         self._start = self._now()
 
     def _now(self) -> tuple[float, float, float, float]:
         return (
             time.monotonic(),
-            cpu_seconds(self._process),
+            tree_cpu_seconds(self._pid),
             cpu_seconds(self._main_thread),
             time.process_time(),
         )
@@ -849,8 +872,9 @@ def load_report(result: LoadResult) -> list[str]:
         f"per run, which also runs in loaded windows. {result.window_s:.0f} s windows, "
         f"{len(result.windows) // 2} pair(s), order alternating, same service and runs throughout. fps per "
         "window = steps / time between the first and last progress snapshot seen (mean of both runs). "
-        "CPU = cores used on average in the window (CPU s / wall s) by the whole service process, by its "
-        "event-loop thread, and by the load generator (this benchmark's two processes).",
+        "CPU = cores used on average in the window (CPU s / wall s) by the service process and its "
+        "child processes, by its event-loop thread, and by the load generator (this benchmark's two "
+        "processes).",
         "",
         status_cost_line(result.status_cost),
         "",
@@ -878,14 +902,7 @@ def report(
     loads: list[str],
 ) -> str:
     command = " ".join(["-m bench.bench_service", *options_args(options)])
-    experiment = (
-        [
-            f"Services run with `EXECUTOR={options.executor}` (each run trains in a Ray actor process of a "
-            "private local Ray instance, not on a thread of the service)."
-        ]
-        if options.executor != "thread"
-        else []
-    )
+    experiment = [f"Services run with `EXECUTOR={options.executor}` ({EXECUTOR_NOTES[options.executor]})."]
     lines = [
         SECTION_HEADING,
         "",
@@ -915,6 +932,11 @@ def options_args(options: Options) -> list[str]:
 
 
 BENCHMARKS = ("overhead", "load")
+EXECUTOR_NOTES = {
+    "thread": "each run trains on a thread of the service process",
+    "process": "each run trains in a child process of the service; service CPU includes those processes",
+    "ray": "each run trains in a Ray actor process of a private local Ray instance",
+}
 
 
 async def run_all(options: Options) -> tuple[OverheadResult | None, LoadResult | None, list[str]]:
@@ -938,7 +960,7 @@ def parse_options(argv: Sequence[str] | None) -> tuple[Options, bool]:
     parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS))
     parser.add_argument(
         "--executor",
-        choices=("thread", "ray"),
+        choices=("thread", "process", "ray"),
         default="thread",
         help="EXECUTOR of the services under test (ray: a private local Ray, needs requirements-ray.txt)",
     )

@@ -1,0 +1,207 @@
+"""Train one run in a child process of the service (EXECUTOR=process).
+
+Why a process: SB3's training loop is mostly Python and holds the GIL, so runs on threads of the
+service take turns with each other and with the event loop answering requests. A child process has
+its own interpreter: two runs use two cores, and request traffic no longer slows training.
+
+The service's hosting thread (one per run, as with EXECUTOR=thread) starts the child, forwards stop and
+shutdown to it as signals and, when the child died without recording an end (killed, out of memory),
+records one. The child runs the same `TrainingJob` with its own database engine and MLflow client, and
+shares the service's DATA_DIR (same machine), so models and checkpoints are where the service looks.
+Children are forked from a fork server that imported the training stack once: a run starts in well
+under a second instead of the seconds a fresh interpreter spends importing torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import threading
+from multiprocessing.connection import Connection
+from multiprocessing.context import ForkServerContext
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+import structlog
+import torch
+
+from database import create_db_engine, make_session_factory
+from db_models import RunStatus, TrainingRun
+from logging_setup import configure_logging
+from mlflow_client import Tracker
+from run_store import RunStore
+from settings import Settings
+from training_job import JobControl, TrainingJob, make_tracker, tracker_artifact_dir
+
+log = structlog.get_logger(__name__)
+
+# Modules the fork server imports once, so that each child starts with them loaded.
+PRELOADED_MODULES = ["training_job"]
+FORWARD_INTERVAL_S = 0.2
+CHILD_TRACKING_FLUSH_S = 30.0
+TRAINING_PROCESS_NICENESS = 10
+STOP_SIGNAL = signal.SIGUSR1  # stop and save: the user asked
+INTERRUPT_SIGNAL = signal.SIGTERM  # save and end `interrupted`: the service is going away
+
+_context_lock = threading.Lock()
+_context: ForkServerContext | None = None
+
+
+def fork_server_context() -> ForkServerContext:
+    """This process's fork server context, its preload list set once (before the server starts)."""
+    global _context
+    with _context_lock:
+        if _context is None:
+            context = multiprocessing.get_context("forkserver")
+            assert isinstance(context, ForkServerContext)
+            context.set_forkserver_preload(PRELOADED_MODULES)
+            _context = context
+        return _context
+
+
+# --- in the service: the run's hosting thread ----------------------------------------------------------
+
+
+def train_in_child_process(
+    settings: Settings, store: RunStore, tracker: Tracker | None, run: TrainingRun, control: JobControl
+) -> None:
+    """Train `run` in a child process; blocks the calling thread until the child has exited.
+
+    :param control: the service's handle: `stop` (and `shutting_down`) are passed on as signals.
+    """
+    context = fork_server_context()
+    # The child reads EOF from this pipe once the service is gone, however it died (even SIGKILL).
+    lifeline_end, lifeline = context.Pipe(duplex=False)
+    child = context.Process(
+        target=child_main,
+        args=(settings, run.id, lifeline_end),
+        name=f"train-{run.id[:8]}",
+        daemon=True,  # at the service's exit multiprocessing sends it SIGTERM: save, end `interrupted`
+    )
+    try:
+        child.start()
+        lifeline_end.close()
+        log.info("training_process_started", experiment_id=run.id, pid=child.pid)
+        _forward_control(child, control)
+    finally:
+        lifeline.close()
+    if child.exitcode:  # 0: the job recorded its end; never None after the wait
+        record_child_death(store, tracker, run.id, child.exitcode)
+
+
+def _forward_control(child: BaseProcess, control: JobControl) -> None:
+    """Wait for the child's exit, passing a stop request or the service's shutdown on as a signal."""
+    sent: signal.Signals | None = None
+    while child.exitcode is None:
+        child.join(FORWARD_INTERVAL_S)
+        wanted = _signal_for(control)
+        if wanted is not None and wanted != sent and child.exitcode is None and child.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, wanted)
+            sent = wanted
+
+
+def _signal_for(control: JobControl) -> signal.Signals | None:
+    if not control.stop.is_set():
+        return None
+    return INTERRUPT_SIGNAL if control.shutting_down else STOP_SIGNAL
+
+
+def record_child_death(store: RunStore, tracker: Tracker | None, run_id: str, exitcode: int) -> None:
+    """A child that exited without recording its run's end (killed, crashed) leaves it `running`:
+    mark it failed with what happened, and close its MLflow run."""
+    reason = f"the process training this run exited unexpectedly ({describe_exit(exitcode)})"
+    try:
+        run = store.get(run_id)
+        if run.status != RunStatus.RUNNING.value:
+            return  # the job recorded its own end; the exit code came from clean-up after it
+        store.finish(run_id, RunStatus.FAILED, error=reason)
+    except Exception as error:  # database down: the heartbeat lapses and the run ends `interrupted`
+        log.warning("training_process_end_not_recorded", experiment_id=run_id, error=str(error))
+        return
+    log.warning("training_process_died", experiment_id=run_id, exitcode=exitcode, reason=reason)
+    if tracker is not None and run.mlflow_run_id:
+        tracker.close_orphan(run.mlflow_run_id, RunStatus.FAILED.value)
+
+
+def describe_exit(exitcode: int) -> str:
+    """`multiprocessing` exit codes: negative for a signal."""
+    if exitcode >= 0:
+        return f"exit status {exitcode}"
+    try:
+        name = signal.Signals(-exitcode).name
+    except ValueError:
+        name = f"signal {-exitcode}"
+    hint = " (the kernel's out-of-memory killer sends it)" if -exitcode == signal.SIGKILL else ""
+    return f"killed by {name}{hint}"
+
+
+# --- in the child ------------------------------------------------------------------------------------
+
+
+def child_main(settings: Settings, run_id: str, lifeline: Connection) -> None:
+    """The child's whole life: train the run, then flush MLflow and exit."""
+    configure_logging(settings.log_level, settings.log_json)
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, TRAINING_PROCESS_NICENESS)
+    control, closing = JobControl(), threading.Event()
+    _handle_signals(control, closing)
+    _watch_lifeline(lifeline, control, closing)
+    torch.set_num_threads(settings.torch_threads)
+    engine = create_db_engine(settings.database_url)
+    store = RunStore(make_session_factory(engine))
+    tracker = (
+        make_tracker(settings, store, tracker_artifact_dir(settings)) if settings.mlflow_enabled else None
+    )
+    try:
+        TrainingJob(settings, store, tracker, store.get(run_id), control, closing).execute()
+    finally:
+        if tracker is not None:
+            tracker.close(CHILD_TRACKING_FLUSH_S)
+        engine.dispose()
+
+
+def _handle_signals(control: JobControl, closing: threading.Event) -> None:
+    def stop(_signum: int, _frame: Any) -> None:
+        control.stop.set()
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        _interrupt(control, closing)
+
+    signal.signal(STOP_SIGNAL, stop)
+    signal.signal(INTERRUPT_SIGNAL, interrupt)
+    # Ctrl-C in a terminal reaches the whole process group: the service shuts down and sends SIGTERM.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _interrupt(control: JobControl, closing: threading.Event) -> None:
+    control.shutting_down = True
+    closing.set()
+    control.stop.set()
+
+
+def _watch_lifeline(lifeline: Connection, control: JobControl, closing: threading.Event) -> None:
+    """EOF on the lifeline: the service died without telling us (SIGKILL). Save and end `interrupted`,
+    so that a restarted service resumes the run from here, not from its last periodic checkpoint.
+    (The fork server, our parent, outlives the service while we run: its pid tells nothing.)"""
+
+    def watch() -> None:
+        with contextlib.suppress(EOFError, OSError):
+            while True:
+                lifeline.recv()
+        if not closing.is_set():
+            log.warning("service_process_gone")
+            _interrupt(control, closing)
+
+    threading.Thread(target=watch, name="lifeline-watch", daemon=True).start()
+
+
+def start_fork_server() -> None:
+    """Start the fork server now (it imports the training stack for a few seconds), so that the first
+    run does not wait for it."""
+    fork_server_context()
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
