@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from stable_baselines3 import DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor, is_vecenv_wrapped
 
 import agents
@@ -121,6 +122,7 @@ class TrainingJob:
                 "run_started", device=device, remaining_timesteps=remaining, resumed=checkpoint is not None
             )
             callbacks = self._callbacks(tracked)
+            model.set_logger(in_memory_logger())
             model.learn(total_timesteps=remaining, callback=callbacks, reset_num_timesteps=checkpoint is None)
             final_status = self._conclude(model, env, tracked, progress_snapshot(callbacks))
         except Exception as error:
@@ -376,6 +378,12 @@ def progress_snapshot(callbacks: CallbackList) -> ProgressSnapshot:
     """The run's final progress as its ProgressCallback measured it, to be written with the final state."""
     progress = next(callback for callback in callbacks.callbacks if isinstance(callback, ProgressCallback))
     return progress.snapshot()
+
+
+def in_memory_logger() -> Logger:
+    """An SB3 logger that writes nowhere (our callbacks read its values): SB3's default one creates an
+    empty /tmp/SB3-<time> directory on every `learn()`, which a long-running service would pile up."""
+    return Logger(folder=None, output_formats=[])
 
 
 def tracker_artifact_dir(settings: Settings) -> Path | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -29,9 +30,12 @@ def start(client: TestClient, body: dict[str, Any]) -> str:
 def test_run_trains_to_completion_and_saves_a_loadable_model(
     client: TestClient, body: dict[str, Any], algo_class: type[PPO] | type[DQN]
 ) -> None:
+    sb3_dirs_before = set(Path(tempfile.gettempdir()).glob("SB3-*"))
     run_id = start(client, body)
 
     status = wait_for_status(client.get, run_id, lambda s: s["status"] in FINAL_STATES)
+    # SB3's default logger leaves an empty temp directory per run; a service must not pile them up.
+    assert set(Path(tempfile.gettempdir()).glob("SB3-*")) == sb3_dirs_before
 
     assert status["status"] == "completed", status
     total = body["total_episodes"] * body["timesteps_per_episode"]
