@@ -39,6 +39,7 @@ from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClau
 import model_files
 from db_models import TrainingRun
 from run_store import RunStore
+from run_views import training_status
 from settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -49,10 +50,16 @@ _WROTE = "status_cache_wrote"
 
 @dataclasses.dataclass(frozen=True)
 class Snapshot:
-    """A run record as read from the database, with what else a status answer needs."""
+    """A run record as read from the database, with what else a status answer needs.
+
+    :param status_json: the `GET /training/status` answer, encoded when the record was read (on a
+        thread-pool thread): serving it costs the event loop no model building or serialisation.
+        Its `elapsed_s` / `eta_s` are as of that read, so at most STATUS_CACHE_S old.
+    """
 
     run: TrainingRun
     model_available: bool
+    status_json: bytes
 
 
 @dataclasses.dataclass
@@ -203,7 +210,9 @@ class StatusCache:
         return self._snapshot(self._store.get(run_id))
 
     def _snapshot(self, run: TrainingRun) -> Snapshot:
-        return Snapshot(run, model_files.model_available(self._settings, run))
+        available = model_files.model_available(self._settings, run)
+        status = training_status(run, self._settings, model_available=available)
+        return Snapshot(run, available, status.model_dump_json().encode())
 
     def _store_entry(self, run_id: str, snapshot: Snapshot, read_at: float, stamp: int, used: bool) -> None:
         """Keep a read unless a newer one is already there (reads may finish out of order)."""

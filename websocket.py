@@ -53,6 +53,10 @@ class Frame:
         return cls(text, message["type"] == "final", str(message["status"]))
 
 
+# Wakes a client's stream when the client has left; never sent.
+CLIENT_LEFT = Frame("", final=True, status="")
+
+
 @dataclasses.dataclass
 class _Watched:
     """Per-run fan-out state in this worker."""
@@ -192,21 +196,22 @@ async def training_progress(websocket: WebSocket, experiment_id: str) -> None:
 async def _stream(websocket: WebSocket, queue: asyncio.Queue[Any]) -> None:
     """Forward queued messages until the run ends, the server stops, or the client leaves.
 
-    Waiting on the queue alone would never notice a client that left; so race it against receive().
+    Waiting on the queue alone would never notice a client that left, so a receiver task marks `left`
+    and wakes this loop through the same queue: one wait per message, where racing the two needed two
+    new tasks per message (and the send timeout a third), for every client.
     """
-    receiver = asyncio.create_task(_until_disconnect(websocket))
+    left = asyncio.Event()
+    receiver = asyncio.create_task(_until_disconnect(websocket, queue, left))
     try:
         while True:
-            getter = asyncio.create_task(queue.get())
-            done, _ = await asyncio.wait({getter, receiver}, return_when=asyncio.FIRST_COMPLETED)
-            if receiver in done:
-                getter.cancel()
+            frame: Frame | None = await queue.get()
+            if left.is_set():
                 return
-            frame: Frame | None = getter.result()
             if frame is None:
                 await websocket.close(code=CLOSE_SERVER_SHUTDOWN, reason="server shutting down")
                 return
-            await asyncio.wait_for(websocket.send_text(frame.text), SEND_TIMEOUT_S)
+            async with asyncio.timeout(SEND_TIMEOUT_S):
+                await websocket.send_text(frame.text)
             if frame.final:
                 await websocket.close(code=1000, reason=f"run {frame.status}")
                 return
@@ -216,8 +221,13 @@ async def _stream(websocket: WebSocket, queue: asyncio.Queue[Any]) -> None:
             await receiver
 
 
-async def _until_disconnect(websocket: WebSocket) -> None:
-    while websocket.application_state == WebSocketState.CONNECTED:
-        message = await websocket.receive()
-        if message["type"] == "websocket.disconnect":
-            return
+async def _until_disconnect(websocket: WebSocket, queue: asyncio.Queue[Any], left: asyncio.Event) -> None:
+    try:
+        while websocket.application_state == WebSocketState.CONNECTED:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+    finally:
+        if not left.is_set():
+            left.set()
+            _offer(queue, CLIENT_LEFT)

@@ -7,13 +7,12 @@ import time
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import ServiceDep, SettingsDep, StatusCacheDep, StoreDep
+from api.deps import ServiceDep, StatusCacheDep, StoreDep
 from api.responses import BAD_BODY, DATABASE_DOWN, NOT_FOUND, QUEUE_FULL
 from db_models import RunStatus
-from run_views import training_status
 from schemas import (
     ErrorMessage,
     StartTrainingRequest,
@@ -47,13 +46,12 @@ async def start_training(request: StartTrainingRequest, service: ServiceDep) -> 
     summary="State and progress of a run",
     responses={**NOT_FOUND, **DATABASE_DOWN},
 )
-async def get_training_status(
-    experiment_id: uuid.UUID, cache: StatusCacheDep, settings: SettingsDep
-) -> TrainingStatus:
+async def get_training_status(experiment_id: uuid.UUID, cache: StatusCacheDep) -> Response:
     """At most `STATUS_CACHE_S` behind changes made by another worker process; exact for changes made
-    through this one."""
+    through this one. `elapsed_s` and `eta_s` are as of the same moment."""
     snapshot = await cache.get(str(experiment_id))
-    return training_status(snapshot.run, settings, model_available=snapshot.model_available)
+    # Encoded when the snapshot was read (see status_cache.Snapshot); `response_model` documents it.
+    return Response(snapshot.status_json, media_type="application/json")
 
 
 @router.post(
