@@ -4,10 +4,12 @@ Why a process: SB3's training loop is mostly Python and holds the GIL, so runs o
 service take turns with each other and with the event loop answering requests. A child process has
 its own interpreter: two runs use two cores, and request traffic no longer slows training.
 
-The service's hosting thread (one per run, as with EXECUTOR=thread) starts the child, forwards stop and
-shutdown to it as signals and, when the child died without recording an end (killed, out of memory),
-records one. The child runs the same `TrainingJob` with its own database engine and MLflow client, and
-shares the service's DATA_DIR (same machine), so models and checkpoints are where the service looks.
+The service's hosting thread (one per run, as with EXECUTOR=thread) starts the child, passes stop and
+shutdown on to it through a pipe (buffered until the child reads it: unlike a signal, an order sent
+before the child is ready is not lost, nor kills it) and, when the child died without recording an end
+(killed, out of memory), records one. The child runs the same `TrainingJob` with its own database
+engine and MLflow client, and shares the service's DATA_DIR (same machine), so models and checkpoints
+are where the service looks.
 Children are forked from a fork server that imported the training stack once: a run starts in well
 under a second instead of the seconds a fresh interpreter spends importing torch.
 """
@@ -42,8 +44,8 @@ PRELOADED_MODULES = ["training_job"]
 FORWARD_INTERVAL_S = 0.2
 CHILD_TRACKING_FLUSH_S = 30.0
 TRAINING_PROCESS_NICENESS = 10
-STOP_SIGNAL = signal.SIGUSR1  # stop and save: the user asked
-INTERRUPT_SIGNAL = signal.SIGTERM  # save and end `interrupted`: the service is going away
+STOP = "stop"  # stop and save: the user asked
+INTERRUPT = "interrupt"  # save and end `interrupted`: the service is going away
 
 _context_lock = threading.Lock()
 _context: ForkServerContext | None = None
@@ -69,10 +71,10 @@ def train_in_child_process(
 ) -> None:
     """Train `run` in a child process; blocks the calling thread until the child has exited.
 
-    :param control: the service's handle: `stop` (and `shutting_down`) are passed on as signals.
+    :param control: the service's handle: `stop` (and `shutting_down`) are passed on to the child.
     """
     context = fork_server_context()
-    # The child reads EOF from this pipe once the service is gone, however it died (even SIGKILL).
+    # Orders to the child; it reads EOF once the service is gone, however it died (even SIGKILL).
     lifeline_end, lifeline = context.Pipe(duplex=False)
     child = context.Process(
         target=child_main,
@@ -84,29 +86,29 @@ def train_in_child_process(
         child.start()
         lifeline_end.close()
         log.info("training_process_started", experiment_id=run.id, pid=child.pid)
-        _forward_control(child, control)
+        _forward_control(child, control, lifeline)
     finally:
         lifeline.close()
     if child.exitcode:  # 0: the job recorded its end; never None after the wait
         record_child_death(store, tracker, run.id, child.exitcode)
 
 
-def _forward_control(child: BaseProcess, control: JobControl) -> None:
-    """Wait for the child's exit, passing a stop request or the service's shutdown on as a signal."""
-    sent: signal.Signals | None = None
+def _forward_control(child: BaseProcess, control: JobControl, lifeline: Connection) -> None:
+    """Wait for the child's exit, passing a stop request or the service's shutdown on to it."""
+    sent: str | None = None
     while child.exitcode is None:
         child.join(FORWARD_INTERVAL_S)
-        wanted = _signal_for(control)
-        if wanted is not None and wanted != sent and child.exitcode is None and child.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child.pid, wanted)
+        wanted = _order_for(control)
+        if wanted is not None and wanted != sent and child.exitcode is None:
+            with contextlib.suppress(OSError):  # the child is gone: its exit code tells the rest
+                lifeline.send(wanted)
             sent = wanted
 
 
-def _signal_for(control: JobControl) -> signal.Signals | None:
+def _order_for(control: JobControl) -> str | None:
     if not control.stop.is_set():
         return None
-    return INTERRUPT_SIGNAL if control.shutting_down else STOP_SIGNAL
+    return INTERRUPT if control.shutting_down else STOP
 
 
 def record_child_death(store: RunStore, tracker: Tracker | None, run_id: str, exitcode: int) -> None:
@@ -164,15 +166,12 @@ def child_main(settings: Settings, run_id: str, lifeline: Connection) -> None:
 
 
 def _handle_signals(control: JobControl, closing: threading.Event) -> None:
-    def stop(_signum: int, _frame: Any) -> None:
-        control.stop.set()
-
     def interrupt(_signum: int, _frame: Any) -> None:
         _interrupt(control, closing)
 
-    signal.signal(STOP_SIGNAL, stop)
-    signal.signal(INTERRUPT_SIGNAL, interrupt)
-    # Ctrl-C in a terminal reaches the whole process group: the service shuts down and sends SIGTERM.
+    # SIGTERM (multiprocessing at the service's exit, an operator's kill): save, end `interrupted`.
+    signal.signal(signal.SIGTERM, interrupt)
+    # Ctrl-C in a terminal reaches the whole process group: the service shuts down and tells us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
@@ -183,14 +182,18 @@ def _interrupt(control: JobControl, closing: threading.Event) -> None:
 
 
 def _watch_lifeline(lifeline: Connection, control: JobControl, closing: threading.Event) -> None:
-    """EOF on the lifeline: the service died without telling us (SIGKILL). Save and end `interrupted`,
-    so that a restarted service resumes the run from here, not from its last periodic checkpoint.
-    (The fork server, our parent, outlives the service while we run: its pid tells nothing.)"""
+    """Follow the service's orders. EOF: the service died without telling us (SIGKILL); save and end
+    `interrupted`, so that a restarted service resumes the run from here, not from its last periodic
+    checkpoint. (The fork server, our parent, outlives the service while we run: its pid tells nothing.)"""
 
     def watch() -> None:
         with contextlib.suppress(EOFError, OSError):
             while True:
-                lifeline.recv()
+                order = lifeline.recv()
+                if order == STOP:
+                    control.stop.set()
+                elif order == INTERRUPT:
+                    _interrupt(control, closing)
         if not closing.is_set():
             log.warning("service_process_gone")
             _interrupt(control, closing)

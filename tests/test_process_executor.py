@@ -82,6 +82,12 @@ def test_runs_train_in_child_processes_and_a_killed_one_fails_alone(
         end = wait_for_status(http.get, stopped, lambda s: s["status"] in FINAL_STATES, timeout_s=10)
         assert end["status"] == "stopped" and end["model_available"] is True
 
+        # Stopped at once, before its process can have started training: the order waits for it.
+        hasty = http.post("/training/start", json=LONG_PPO).json()["experiment_id"]
+        assert http.post(f"/training/stop/{hasty}").status_code == 200
+        end = wait_for_status(http.get, hasty, lambda s: s["status"] in FINAL_STATES, timeout_s=30)
+        assert end["status"] == "stopped" and end["error"] is None, end
+
 
 def test_a_service_killed_mid_run_leaves_it_saved_and_resumable(
     live_service: Callable[..., LiveService],
