@@ -13,15 +13,8 @@ from schemas import ExperimentSummary, OnnxInfo, TrainingStatus
 from settings import Settings
 
 
-def training_status(
-    run: TrainingRun, settings: Settings, model_available: bool | None = None
-) -> TrainingStatus:
-    """What a user sees of a run: its record plus derived progress, elapsed time and ETA.
-
-    :param model_available: already known (a cached snapshot); None: look for the file now.
-    """
-    if model_available is None:
-        model_available = model_files.model_available(settings, run)
+def training_status(run: TrainingRun, settings: Settings) -> TrainingStatus:
+    """What a user sees of a run: its record plus derived progress, elapsed time and ETA."""
     elapsed = elapsed_seconds(run)
     running = run.status == RunStatus.RUNNING.value
     remaining = max(0, run.total_timesteps - run.timesteps)
@@ -55,7 +48,7 @@ def training_status(
         updated_at=run.progress_at,
         stop_requested=run.stop_requested,
         error=run.error,
-        model_available=model_available,
+        model_available=model_files.model_available(settings, run),
         mlflow_run_id=run.mlflow_run_id,
         tracking_status=run.tracking_status,
         tracking_error=run.tracking_error,

@@ -36,7 +36,6 @@ from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClauseList
 
-import model_files
 from db_models import TrainingRun
 from run_store import RunStore
 from run_views import training_status
@@ -50,7 +49,7 @@ _WROTE = "status_cache_wrote"
 
 @dataclasses.dataclass(frozen=True)
 class Snapshot:
-    """A run record as read from the database, with what else a status answer needs.
+    """A run record as read from the database, and the status answer made from it.
 
     :param status_json: the `GET /training/status` answer, encoded when the record was read (on a
         thread-pool thread): serving it costs the event loop no model building or serialisation.
@@ -58,7 +57,6 @@ class Snapshot:
     """
 
     run: TrainingRun
-    model_available: bool
     status_json: bytes
 
 
@@ -210,9 +208,7 @@ class StatusCache:
         return self._snapshot(self._store.get(run_id))
 
     def _snapshot(self, run: TrainingRun) -> Snapshot:
-        available = model_files.model_available(self._settings, run)
-        status = training_status(run, self._settings, model_available=available)
-        return Snapshot(run, available, status.model_dump_json().encode())
+        return Snapshot(run, training_status(run, self._settings).model_dump_json().encode())
 
     def _store_entry(self, run_id: str, snapshot: Snapshot, read_at: float, stamp: int, used: bool) -> None:
         """Keep a read unless a newer one is already there (reads may finish out of order)."""
