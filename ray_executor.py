@@ -28,7 +28,13 @@ from db_models import RunStatus, TrainingRun
 from mlflow_client import Tracker
 from run_store import RunStore
 from settings import Settings
-from training_job import JobControl, TrainingJob, make_tracker, tracker_artifact_dir
+from training_job import (
+    JobControl,
+    TrainingJob,
+    end_abandoned_run,
+    make_tracker,
+    tracker_artifact_dir,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -246,17 +252,8 @@ class RayExecutor:
         self._mark_ended(run_id, status, reason)
 
     def _mark_ended(self, run_id: str, status: RunStatus, reason: str) -> None:
-        try:
-            run = self.store.get(run_id)
-            if run.status != RunStatus.RUNNING.value:
-                return  # the job wrote its own final state before its task went away
-            self.store.finish(run_id, status, error=reason)
-        except Exception as error:
-            log.warning("ray_run_end_not_recorded", experiment_id=run_id, error=_first_line(error))
-            return
-        log.warning("ray_run_ended_abnormally", experiment_id=run_id, status=status.value, reason=reason)
-        if self.tracker is not None and run.mlflow_run_id:
-            self.tracker.close_orphan(run.mlflow_run_id, status.value)
+        if end_abandoned_run(self.store, self.tracker, run_id, status, reason):
+            log.warning("ray_run_ended_abnormally", experiment_id=run_id, status=status.value, reason=reason)
 
     def _cancel_overdue(self) -> None:
         import ray

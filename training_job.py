@@ -380,6 +380,25 @@ def progress_snapshot(callbacks: CallbackList) -> ProgressSnapshot:
     return progress.snapshot()
 
 
+def end_abandoned_run(
+    store: RunStore, tracker: Tracker | None, run_id: str, status: RunStatus, reason: str
+) -> bool:
+    """Record the end of a run whose job went away without recording one (its process or worker died)
+    and close its MLflow run. False when the job had recorded its own end, or the database is down
+    (then the heartbeat lapses and the run ends `interrupted`)."""
+    try:
+        run = store.get(run_id)
+        if run.status != RunStatus.RUNNING.value:
+            return False
+        store.finish(run_id, status, error=reason)
+    except Exception as error:
+        log.warning("run_end_not_recorded", experiment_id=run_id, error=(str(error).splitlines() or [""])[0])
+        return False
+    if tracker is not None and run.mlflow_run_id:
+        tracker.close_orphan(run.mlflow_run_id, status.value)
+    return True
+
+
 def in_memory_logger() -> Logger:
     """An SB3 logger that writes nowhere (our callbacks read its values): SB3's default one creates an
     empty /tmp/SB3-<time> directory on every `learn()`, which a long-running service would pile up."""

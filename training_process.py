@@ -35,7 +35,7 @@ from logging_setup import configure_logging
 from mlflow_client import Tracker
 from run_store import RunStore
 from settings import Settings
-from training_job import JobControl, TrainingJob, make_tracker, tracker_artifact_dir
+from training_job import JobControl, TrainingJob, end_abandoned_run, make_tracker, tracker_artifact_dir
 
 log = structlog.get_logger(__name__)
 
@@ -115,17 +115,8 @@ def record_child_death(store: RunStore, tracker: Tracker | None, run_id: str, ex
     """A child that exited without recording its run's end (killed, crashed) leaves it `running`:
     mark it failed with what happened, and close its MLflow run."""
     reason = f"the process training this run exited unexpectedly ({describe_exit(exitcode)})"
-    try:
-        run = store.get(run_id)
-        if run.status != RunStatus.RUNNING.value:
-            return  # the job recorded its own end; the exit code came from clean-up after it
-        store.finish(run_id, RunStatus.FAILED, error=reason)
-    except Exception as error:  # database down: the heartbeat lapses and the run ends `interrupted`
-        log.warning("training_process_end_not_recorded", experiment_id=run_id, error=str(error))
-        return
-    log.warning("training_process_died", experiment_id=run_id, exitcode=exitcode, reason=reason)
-    if tracker is not None and run.mlflow_run_id:
-        tracker.close_orphan(run.mlflow_run_id, RunStatus.FAILED.value)
+    if end_abandoned_run(store, tracker, run_id, RunStatus.FAILED, reason):
+        log.warning("training_process_died", experiment_id=run_id, exitcode=exitcode, reason=reason)
 
 
 def describe_exit(exitcode: int) -> str:
