@@ -92,7 +92,7 @@ def test_runs_train_in_child_processes_and_a_killed_one_fails_alone(
 def test_a_service_killed_mid_run_leaves_it_saved_and_resumable(
     live_service: Callable[..., LiveService],
 ) -> None:
-    body = {**TINY_PPO, "total_episodes": 40}
+    body = {**TINY_PPO, "total_episodes": 16}
     service = live_service(EXECUTOR="process", CHECKPOINT_EVERY_EPISODES="0")
     with service.client() as http:
         run_id = http.post("/training/start", json=body).json()["experiment_id"]
