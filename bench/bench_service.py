@@ -138,11 +138,25 @@ def free_port() -> int:
 
 
 class Service:
-    """A real `uvicorn main:app` process on a loopback port, with its own temporary data directory."""
+    """A real `uvicorn main:app` process on a loopback port, with its own temporary data directory.
 
-    def __init__(self, name: str, env: dict[str, str], executor: str = "thread") -> None:
+    :param app: another ASGI app to serve instead (comparisons in bench_request_cost.py).
+    :param uvicorn_args: extra uvicorn options, e.g. `--no-access-log`.
+    :param ready_path: answers 200 once the app is up.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        env: dict[str, str],
+        executor: str = "thread",
+        app: str = "main:app",
+        uvicorn_args: Sequence[str] = (),
+        ready_path: str = "/health",
+    ) -> None:
         self.name = name
         self.env = {**SERVICE_DEFAULTS, **env, "EXECUTOR": executor}
+        self.app, self.uvicorn_args, self.ready_path = app, list(uvicorn_args), ready_path
         self.port = free_port()
         self.base_url = f"http://{HOST}:{self.port}"
         self.workdir = Path(tempfile.mkdtemp(prefix=f"bench-service-{name}-"))
@@ -160,7 +174,8 @@ class Service:
         command = [sys.executable, "-m", "uvicorn"]
         # The keep-alive timeout `python main.py` uses (TIMEOUT_KEEP_ALIVE_S), for this CLI launch.
         keep_alive = str(Settings.model_fields["timeout_keep_alive_s"].default)
-        command += ["main:app", "--host", HOST, "--port", str(self.port), "--timeout-keep-alive", keep_alive]
+        command += [self.app, "--host", HOST, "--port", str(self.port), "--timeout-keep-alive", keep_alive]
+        command += self.uvicorn_args
         with self.log_path.open("ab") as log_file:
             self.process = subprocess.Popen(
                 command, cwd=PROJECT_ROOT, env=env, stdout=log_file, stderr=log_file
@@ -170,7 +185,7 @@ class Service:
             if self.process.poll() is not None:
                 raise RuntimeError(f"service {self.name} exited early:\n{self.log_tail()}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.base_url}/health", timeout=5, trust_env=False).status_code == 200:
+                if httpx.get(self.base_url + self.ready_path, timeout=5, trust_env=False).status_code == 200:
                     return
             time.sleep(0.5)
         raise RuntimeError(f"service {self.name} did not become healthy:\n{self.log_tail()}")
