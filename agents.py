@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
 from stable_baselines3 import DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 from stable_baselines3.dqn.policies import DQNPolicy, QNetwork
@@ -340,9 +341,20 @@ def build_model(
     params = merged_hyperparameters(
         algorithm, int(shape[1]), env.num_envs, hyperparameters, timesteps_per_episode
     )
+    model: BaseAlgorithm
     if algorithm == "PPO":
-        return PPO("MlpPolicy", env, seed=seed, device=device, verbose=0, **params)
-    return DQN(MazeDQNPolicy, env, seed=seed, device=device, verbose=0, **params)
+        model = PPO("MlpPolicy", env, seed=seed, device=device, verbose=0, **params)
+    else:
+        model = DQN(MazeDQNPolicy, env, seed=seed, device=device, verbose=0, **params)
+    model.set_logger(in_memory_logger())
+    return model
+
+
+def in_memory_logger() -> Logger:
+    """An SB3 logger that writes nowhere (our callbacks read its values): SB3's default one creates an
+    empty /tmp/SB3-<time> directory on every `learn()`, which a long-running service would pile up.
+    A model loaded from a file gets the default one back, so it needs this again."""
+    return Logger(folder=None, output_formats=[])
 
 
 @dataclass(frozen=True)

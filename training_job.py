@@ -22,7 +22,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from stable_baselines3 import DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
-from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor, is_vecenv_wrapped
 
 import agents
@@ -111,6 +110,7 @@ class TrainingJob:
                 )
             else:
                 model = ALGORITHM_CLASSES[run.algorithm].load(checkpoint, env=env, device=device)
+                model.set_logger(agents.in_memory_logger())
             used = effective_hyperparameters(model, run.algorithm)
             self.store.record_setup(run.id, device, used)
             if run.maze_mode == "fixed":
@@ -122,7 +122,6 @@ class TrainingJob:
                 "run_started", device=device, remaining_timesteps=remaining, resumed=checkpoint is not None
             )
             callbacks = self._callbacks(tracked)
-            model.set_logger(in_memory_logger())
             model.learn(total_timesteps=remaining, callback=callbacks, reset_num_timesteps=checkpoint is None)
             final_status = self._conclude(model, env, tracked, progress_snapshot(callbacks))
         except Exception as error:
@@ -397,12 +396,6 @@ def end_abandoned_run(
     if tracker is not None and run.mlflow_run_id:
         tracker.close_orphan(run.mlflow_run_id, status.value)
     return True
-
-
-def in_memory_logger() -> Logger:
-    """An SB3 logger that writes nowhere (our callbacks read its values): SB3's default one creates an
-    empty /tmp/SB3-<time> directory on every `learn()`, which a long-running service would pile up."""
-    return Logger(folder=None, output_formats=[])
 
 
 def tracker_artifact_dir(settings: Settings) -> Path | None:

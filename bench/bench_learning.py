@@ -40,7 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import agents
 import maze_env
-from training_job import in_memory_logger
 
 SEED = 0
 FIXED_MAZE_SEED = 0
@@ -177,7 +176,7 @@ def run_row(spec: RowSpec) -> RowResult:
     :param spec: the row.
     """
     model, predict = train_baseline(spec) if spec.baseline else train_ours(spec)
-    model.set_logger(in_memory_logger())  # SB3's default leaves a /tmp/SB3-* directory per learn()
+    model.set_logger(agents.in_memory_logger())  # SB3's default leaves a /tmp/SB3-* directory per learn()
     started, cpu_started = time.perf_counter(), time.process_time()
     model.learn(spec.steps)
     train_wall = time.perf_counter() - started

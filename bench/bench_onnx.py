@@ -34,7 +34,6 @@ import agents
 import maze_env
 from bench.results_file import RESULTS_FILE, write_section
 from onnx_export import OnnxPolicy, collect_observations, export_policy
-from training_job import in_memory_logger
 
 SECTION_HEADING = "## ONNX"
 MAZE_SEED = 7
@@ -73,7 +72,7 @@ def build(
         model = (PPO if algorithm == "PPO" else DQN)("MlpPolicy", env, seed=0, device="cpu")
     assert isinstance(model, PPO | DQN)
     if train_timesteps:
-        model.set_logger(in_memory_logger())  # SB3's default leaves a /tmp/SB3-* directory
+        model.set_logger(agents.in_memory_logger())  # SB3's default leaves a /tmp/SB3-* directory
         model.learn(train_timesteps)
     return model, env
 

@@ -13,7 +13,6 @@ from stable_baselines3 import DQN, PPO
 
 import agents
 import maze_env
-from training_job import in_memory_logger
 
 DELTAS = ((-1, 0), (0, 1), (1, 0), (0, -1))
 
@@ -137,7 +136,6 @@ def test_planner_prior_points_along_shortest_paths_and_export_path_matches() -> 
 def test_ppo_learns_fixed_small_maze() -> None:
     env = agents.make_vec_env(5, "fixed", 3, agents.default_n_envs("PPO"))
     model = agents.build_model("PPO", env, {}, seed=0, device="cpu", timesteps_per_episode=512)
-    model.set_logger(in_memory_logger())
     model.learn(4096)
     result = agents.evaluate(model, 5, [3])
     assert result.success_rate == 1.0 and result.path_efficiency == 1.0
@@ -148,7 +146,6 @@ def test_ppo_generalises_to_unseen_small_mazes() -> None:
     env = agents.make_vec_env(5, "random", 0, agents.default_n_envs("PPO"))
     model = agents.build_model("PPO", env, {}, seed=0, device="cpu", timesteps_per_episode=1024)
     before = agents.evaluate(model, 5, seeds)
-    model.set_logger(in_memory_logger())
     model.learn(16_384)
     after = agents.evaluate(model, 5, seeds)
     assert after.success_rate >= 0.9, (before, after)
@@ -161,7 +158,6 @@ def test_dqn_learns_fixed_small_maze() -> None:
     model = agents.build_model(
         "DQN", env, {"learning_starts": 500}, seed=0, device="cpu", timesteps_per_episode=512
     )
-    model.set_logger(in_memory_logger())
     model.learn(4000)
     result = agents.evaluate(model, 5, [3])
     assert result.success_rate == 1.0 and result.path_efficiency == 1.0

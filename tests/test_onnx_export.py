@@ -28,7 +28,6 @@ from onnx_export import (
     collect_observations,
     export_policy,
 )
-from training_job import in_memory_logger
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MAZE_SIZE = 4
@@ -81,7 +80,6 @@ def service_model(request: pytest.FixtureRequest, maze_vec_env: VecEnv) -> PPO |
         request.param, maze_vec_env, {}, seed=0, device="cpu", timesteps_per_episode=256
     )
     assert isinstance(model, PPO | DQN)
-    model.set_logger(in_memory_logger())
     model.learn(1_500)
     return model
 
@@ -106,7 +104,7 @@ def solved_maze_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A plain MLP PPO trained on the fixed maze until its deterministic policy solves it, exported."""
     env = DummyVecEnv([lambda: maze_env.MazeEnv(maze_size=MAZE_SIZE, maze_mode="fixed", seed=MAZE_SEED)] * 4)
     model = PPO("MlpPolicy", env, n_steps=64, batch_size=64, n_epochs=4, seed=0, device="cpu")
-    model.set_logger(in_memory_logger())
+    model.set_logger(agents.in_memory_logger())  # a plain SB3 model, not from build_model
     while not solves_maze(model):
         assert model.num_timesteps < MAX_SOLVE_TIMESTEPS, "PPO did not learn the fixed maze"
         model.learn(2_048, reset_num_timesteps=False)
