@@ -147,6 +147,7 @@ def train_baseline(spec: RowSpec) -> tuple[BaseAlgorithm, Callable[[np.ndarray],
         return OneHotSquares(maze_env.MazeEnv(spec.maze_size, "fixed", seed=FIXED_MAZE_SEED))
 
     model = PPO("MlpPolicy", DummyVecEnv([make] * 8), n_steps=256, seed=SEED, device="cpu", verbose=0)
+    model.set_logger(agents.in_memory_logger())  # as build_model does: no /tmp/SB3-* directory per learn()
 
     def predict(batch: np.ndarray) -> np.ndarray:
         flat = np.stack([squares_one_hot(o).reshape(-1) for o in batch])
@@ -176,7 +177,6 @@ def run_row(spec: RowSpec) -> RowResult:
     :param spec: the row.
     """
     model, predict = train_baseline(spec) if spec.baseline else train_ours(spec)
-    model.set_logger(agents.in_memory_logger())  # SB3's default leaves a /tmp/SB3-* directory per learn()
     started, cpu_started = time.perf_counter(), time.process_time()
     model.learn(spec.steps)
     train_wall = time.perf_counter() - started

@@ -70,9 +70,9 @@ def build(
         model = agents.build_model(algorithm, env, {}, seed=0, device="cpu", timesteps_per_episode=256)
     else:
         model = (PPO if algorithm == "PPO" else DQN)("MlpPolicy", env, seed=0, device="cpu")
+        model.set_logger(agents.in_memory_logger())  # as build_model does: no /tmp/SB3-* directory
     assert isinstance(model, PPO | DQN)
     if train_timesteps:
-        model.set_logger(agents.in_memory_logger())  # SB3's default leaves a /tmp/SB3-* directory
         model.learn(train_timesteps)
     return model, env
 
