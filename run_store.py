@@ -221,11 +221,14 @@ class RunStore:
         eval_success_rate: float | None = None,
         eval_path_efficiency: float | None = None,
         progress: ProgressSnapshot | None = None,
+        onnx_pending: bool = False,
     ) -> None:
         """Move a running run to a final state, once: a run already final is left as it is.
 
         :param progress: the last progress snapshot, written with the final state: when the database
             was down as training published it, the record would otherwise keep stale progress.
+        :param onnx_pending: an ONNX export follows. Written with the final state so that no reader
+            sees a finished run without an export that is in fact about to start.
         """
         finished_at = utcnow()
         values: dict[str, Any] = {
@@ -243,6 +246,8 @@ class RunStore:
             values["success_rate"] = eval_success_rate
         if eval_path_efficiency is not None:
             values["eval_path_efficiency"] = eval_path_efficiency
+        if onnx_pending:
+            values.update(onnx_status="pending", onnx_error=None)
         with self._transaction() as session:
             session.execute(
                 update(TrainingRun)

@@ -149,6 +149,7 @@ class TrainingJob:
             final_status, reason = RunStatus.COMPLETED, None
             result = self._evaluate(model, env)
         self._log_outcome(tracked, result, Path(model_path), model.num_timesteps)
+        export = not self.control.shutting_down
         self._finish(
             final_status,
             error=reason,
@@ -156,9 +157,10 @@ class TrainingJob:
             eval_success_rate=result.success_rate if result else None,
             eval_path_efficiency=result.path_efficiency if result else None,
             progress=progress,
+            onnx_pending=export,
         )
         self.log.info("run_finished", status=final_status.value)
-        if not self.control.shutting_down:
+        if export:
             self._export_onnx(model, env, tracked)
         return final_status
 
@@ -229,9 +231,11 @@ class TrainingJob:
             self.log.warning("artifact_upload_pending", waited_s=ARTIFACT_UPLOAD_WAIT_S)
 
     def _export_onnx(self, model: BaseAlgorithm, env: VecEnv, tracked: TrackedRun | None) -> None:
-        """Export, verify and publish the policy; a failed export is recorded and keeps the SB3 model."""
+        """Export, verify and publish the policy; a failed export is recorded and keeps the SB3 model.
+
+        `_finish` has already marked the export pending, with the run's final state.
+        """
         run = self.run
-        self.store.record_onnx(run.id, onnx_status="pending", onnx_error=None)
         out_path = self.settings.run_dir(run.id) / "model.onnx"
         try:
             observations = onnx_export.collect_observations(

@@ -16,8 +16,9 @@ from tests.mlflow_server import MlflowServer
 
 def run_to_end(client: TestClient | httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
     run_id = client.post("/training/start", json=body).json()["experiment_id"]
-    wait_for_status(client.get, run_id, lambda s: s["status"] in FINAL_STATES)
-    # The ONNX export and the last MLflow uploads follow the final state.
+    final = wait_for_status(client.get, run_id, lambda s: s["status"] in FINAL_STATES)
+    # The ONNX export and the last MLflow uploads follow the final state; the export is announced with it.
+    assert final["onnx"] is not None, final
     return wait_for_status(
         client.get, run_id, lambda s: s["onnx"] is not None and s["onnx"]["status"] != "pending"
     )

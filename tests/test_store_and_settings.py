@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from database import create_db_engine, make_session_factory, normalize_database_url, upgrade_schema
-from db_models import TrainingRun, utcnow
+from db_models import RunStatus, TrainingRun, utcnow
 from run_store import RunStore
 from settings import Settings
 from tests.conftest import SMALL_RUN
@@ -57,6 +57,20 @@ def test_runs_of_a_live_process_on_this_host_are_not_interrupted_at_start_up(sto
 
     assert store.interrupt_dead_local_owners(f"{socket.gethostname()}:{os.getpid()}:cafe0000") == []
     assert store.get(claimed.id).status == "running"
+
+
+def test_a_run_finished_with_an_export_to_follow_shows_it_pending_in_the_same_write(store: RunStore) -> None:
+    exported, interrupted = store.create(NEW_RUN), store.create(NEW_RUN)
+    for _ in range(2):
+        assert store.claim_next_queued("host:1:x", max_running=5) is not None
+
+    store.finish(exported.id, RunStatus.COMPLETED, onnx_pending=True)
+    store.finish(interrupted.id, RunStatus.INTERRUPTED)
+
+    record = store.get(exported.id)
+    assert (record.status, record.onnx_status) == ("completed", "pending")
+    record = store.get(interrupted.id)
+    assert (record.status, record.onnx_status) == ("interrupted", None)
 
 
 def test_concurrent_claims_never_exceed_the_cap(store: RunStore) -> None:
