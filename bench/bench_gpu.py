@@ -33,7 +33,7 @@ import httpx
 import torch
 from websockets.asyncio.client import connect
 
-from bench.bench_service import free_port
+from bench.bench_service import Service
 from bench.results_file import write_section
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -70,57 +70,6 @@ class RunOutcome:
         if self.status.get("reward") is not None and "reward" not in self.mlflow_metrics:
             found.append(f"no reward metric in MLflow: {self.mlflow_metrics}")
         return found
-
-
-class Service:
-    def __init__(self, data_dir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = data_dir.parent / "service.log"
-        env = {
-            **os.environ,
-            "DATA_DIR": str(data_dir),
-            "DATABASE_URL": "",
-            "MLFLOW_TRACKING_URI": "",
-            "MAX_CONCURRENT_RUNS": "1",
-            "PROGRESS_INTERVAL_S": "2",
-            "EVAL_EPISODES": "20",
-            "LOG_JSON": "true",
-        }
-        command = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "main:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-        ]
-        with self.log_path.open("ab") as log_file:
-            self.process = subprocess.Popen(
-                command, cwd=PROJECT_ROOT, env=env, stdout=log_file, stderr=log_file
-            )
-
-    def wait_healthy(self, timeout_s: float = 180.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"service exited:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"service not healthy:\n{self.log_path.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
 
 
 async def listen(url: str) -> tuple[int, set[int]]:
@@ -161,12 +110,11 @@ async def train_once(service: Service, work: Path, algorithm: str, device: str, 
         "seed": 7,
         "device": device,
     }
-    async with httpx.AsyncClient(base_url=service.url, timeout=60) as http:
+    async with httpx.AsyncClient(base_url=service.base_url, timeout=60, trust_env=False) as http:
         started = await http.post("/training/start", json=body)
         started.raise_for_status()
         run_id = started.json()["experiment_id"]
-        ws_url = f"ws://127.0.0.1:{service.port}/ws/training/{run_id}"
-        listener = asyncio.create_task(listen(ws_url))
+        listener = asyncio.create_task(listen(service.ws_url(run_id)))
         status = await wait_final(http, run_id)
         ws_messages, episodes_seen = await asyncio.wait_for(listener, timeout=60)
         onnx_path = work / f"{run_id}.onnx"
@@ -243,9 +191,10 @@ def report(outcomes: list[RunOutcome], oom: str, episodes: int) -> list[str]:
 async def run_all(episodes: int, devices: list[str]) -> tuple[list[RunOutcome], str]:
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:
         work = Path(tmp)
-        service = Service(work / "data")
+        # One run at a time (the default cap), so that runs do not share the machine.
+        service = Service("gpu", {"PROGRESS_INTERVAL_S": "2", "EVAL_EPISODES": "20"})
         try:
-            service.wait_healthy()
+            service.start(timeout_s=180)
             outcomes = []
             for algorithm in ("PPO", "DQN"):
                 for device in devices:
@@ -255,16 +204,8 @@ async def run_all(episodes: int, devices: list[str]) -> tuple[list[RunOutcome], 
             if "cuda" in devices:
                 outcomes.append(await train_once(service, work, "PPO", "auto", 2))
         finally:
-            service.stop()
-            keep_log(service.log_path)
+            service.stop(keep_log_at=os.environ.get("BENCH_GPU_LOG"))
     return outcomes, oom_message() if "cuda" in devices else "not checked (no cuda in --devices)"
-
-
-def keep_log(log_path: Path) -> None:
-    """Copy the service's log to $BENCH_GPU_LOG, if set, before its temporary directory goes."""
-    destination = os.environ.get("BENCH_GPU_LOG")
-    if destination:
-        Path(destination).write_bytes(log_path.read_bytes())
 
 
 def main(argv: list[str] | None = None) -> None:

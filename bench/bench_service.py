@@ -198,8 +198,11 @@ class Service:
     def log_tail(self, chars: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
-    def stop(self) -> None:
-        """SIGTERM (the service saves its runs' models), SIGKILL after 20 s, then delete the data."""
+    def stop(self, keep_log_at: str | None = None) -> None:
+        """SIGTERM (the service saves its runs' models), SIGKILL after 20 s, then delete the data.
+
+        :param keep_log_at: a path to copy the service's log to first.
+        """
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -207,6 +210,8 @@ class Service:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=20)
+        if keep_log_at and self.log_path.exists():
+            shutil.copyfile(self.log_path, keep_log_at)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
