@@ -129,14 +129,6 @@ class TrackedRun:
     experiment_id: str | None = None
 
 
-@dataclasses.dataclass(frozen=True)
-class TrackerState:
-    ok: bool
-    pending: int
-    dropped: int
-    last_error: str | None
-
-
 class Tracker:
     """Buffered MLflow logging for every run of this process.
 
@@ -165,12 +157,9 @@ class Tracker:
         self._experiment_id: str | None = None
         self._queue: queue.Queue[_Operation] = queue.Queue(maxsize=MAX_PENDING_OPERATIONS)
         self._degraded_runs: set[str] = set()
+        # Taken off the queue while merging metrics, to head the next operation: still unfinished.
         self._held: _Operation | None = None
-        self._dropped = 0
-        self._last_error: str | None = None
         self._stop = threading.Event()
-        self._idle = threading.Event()
-        self._idle.set()
         self._sender = threading.Thread(target=self._send_loop, name="mlflow-sender", daemon=True)
         self._sender.start()
 
@@ -329,19 +318,15 @@ class Tracker:
 
         self._enqueue(_Operation(mlflow_run_id, "close orphaned run", send))
 
-    def state(self) -> TrackerState:
-        return TrackerState(
-            ok=not self._degraded_runs and self._last_error is None,
-            pending=self._queue.qsize(),
-            dropped=self._dropped,
-            last_error=self._last_error,
-        )
-
     def flush(self, timeout_s: float) -> bool:
-        """Wait until everything queued so far was sent (or `timeout_s` passed)."""
+        """Wait until everything queued so far was sent (or `timeout_s` passed).
+
+        A queued operation counts as unfinished from `put` until the sender is done with it (sent or
+        given up), so there is no moment where one is neither in the queue nor counted.
+        """
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self._queue.empty() and self._held is None and self._idle.is_set():
+            if self._queue.unfinished_tasks == 0:
                 return True
             time.sleep(0.05)
         return False
@@ -363,16 +348,16 @@ class Tracker:
         try:
             self._queue.put_nowait(operation)
         except queue.Full:
-            self._dropped += 1
             log.warning("mlflow_operation_dropped", run=operation.run_key, operation=operation.description)
 
-    def _next_operation(self) -> _Operation:
-        """The next operation; queued metric points of the same run are merged into one request."""
+    def _next_operation(self) -> tuple[_Operation, int]:
+        """The next operation and how many queued ones it stands for: queued metric points of the same
+        run are merged into one request."""
         operation = self._held or self._queue.get(timeout=0.2)
         self._held = None
         if operation.metrics is None or operation.tracked is None:
-            return operation
-        metrics = list(operation.metrics)
+            return operation, 1
+        metrics, merged = list(operation.metrics), 1
         while len(metrics) < MAX_METRICS_PER_BATCH:
             try:
                 following = self._queue.get_nowait()
@@ -382,18 +367,18 @@ class Tracker:
                 self._held = following
                 break
             metrics.extend(following.metrics)
-        if len(metrics) == len(operation.metrics):
-            return operation
-        return self._metrics_operation(operation.tracked, metrics)
+            merged += 1
+        if merged == 1:
+            return operation, 1
+        return self._metrics_operation(operation.tracked, metrics), merged
 
     def _send_loop(self) -> None:
         backoff = BACKOFF_START_S
         while not self._stop.is_set():
             try:
-                operation = self._next_operation()
+                operation, merged = self._next_operation()
             except queue.Empty:
                 continue
-            self._idle.clear()
             while not self._stop.is_set():
                 try:
                     operation.apply(self.client())
@@ -409,11 +394,11 @@ class Tracker:
                     log.info("mlflow_sent", run=operation.run_key, operation=operation.description)
                 self._mark_recovered(operation.run_key)
                 break
-            self._idle.set()
+            for _ in range(merged):
+                self._queue.task_done()
 
     def _retry_after_failure(self, operation: _Operation, error: Exception) -> bool:
         message = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        self._last_error = message
         if operation.run_key not in self._degraded_runs:
             self._degraded_runs.add(operation.run_key)
             log.warning(
@@ -432,8 +417,6 @@ class Tracker:
             self._degraded_runs.discard(run_key)
             log.info("mlflow_recovered", run=run_key)
             self._notify(run_key, "ok", None)
-        if not self._degraded_runs:
-            self._last_error = None
 
     def _notify(self, run_key: str, status: str, error: str | None) -> None:
         if self._on_tracking_status is None:

@@ -257,6 +257,11 @@ class HealthResponse(BaseModel):
     mlflow: HealthComponent
     runs_training_here: int
     worker: str
+    mlflow_experiment_id: str | None = Field(
+        None,
+        description="The MLflow experiment this worker tracks runs in, once set up (in the background "
+        "after start-up); null until then. A run started before has its MLflow run created when it is.",
+    )
 
 
 class RolloutRequest(_Strict):

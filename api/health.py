@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
 import mlflow_client
@@ -21,7 +21,9 @@ def _database_health(store: StoreDep) -> HealthComponent:
 
 
 @router.get("/health", response_model=HealthResponse, summary="Liveness and dependency reachability")
-async def health(store: StoreDep, settings: SettingsDep, service: ServiceDep) -> HealthResponse:
+async def health(
+    request: Request, store: StoreDep, settings: SettingsDep, service: ServiceDep
+) -> HealthResponse:
     """Always answers 200 while the process serves; `status` is `degraded` when a dependency is down."""
     database = await run_in_threadpool(_database_health, store)
     ok, detail = await run_in_threadpool(mlflow_client.check_tracking_store, settings.mlflow_tracking_uri)
@@ -32,4 +34,5 @@ async def health(store: StoreDep, settings: SettingsDep, service: ServiceDep) ->
         mlflow=mlflow,
         runs_training_here=len(service.local_run_ids()),
         worker=service.owner,
+        mlflow_experiment_id=request.app.state.tracker.cached_experiment_id(),
     )

@@ -101,6 +101,18 @@ def app_state(client: TestClient) -> Any:
     return cast(FastAPI, client.app).state
 
 
+def wait_for_mlflow(get: Callable[[str], httpx.Response], timeout_s: float = 120.0) -> str:
+    """Poll `/health` until the service reports its MLflow experiment; its id."""
+    deadline = time.monotonic() + timeout_s
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        body = get("/health").json()
+        if body["mlflow_experiment_id"] is not None:
+            return str(body["mlflow_experiment_id"])
+        time.sleep(0.2)
+    raise AssertionError(f"MLflow not set up in {timeout_s} s; last /health: {body}")
+
+
 def wait_for_status(
     get: Callable[[str], httpx.Response],
     run_id: str,
@@ -182,6 +194,13 @@ class LiveService:
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=30)
+
+    def wait_for_mlflow(self, timeout_s: float = 120.0) -> str:
+        """The MLflow experiment id, once the service has set up its store in the background. A test
+        that needs a run's `mlflow_run_id` while the run still trains waits for this before it starts
+        the run: otherwise a short run can finish before a fresh store is ready."""
+        with self.client() as http:
+            return wait_for_mlflow(http.get, timeout_s)
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""

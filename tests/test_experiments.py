@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 from fastapi.testclient import TestClient
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import FINAL_STATES, LONG_PPO, TINY_DQN, TINY_PPO, LiveService, app_state, wait_for_status
+from mlflow_client import Tracker
+from tests.conftest import (
+    FINAL_STATES,
+    LONG_PPO,
+    TINY_DQN,
+    TINY_PPO,
+    LiveService,
+    app_state,
+    wait_for_mlflow,
+    wait_for_status,
+)
 from tests.mlflow_server import MlflowServer
 
 
 def run_to_end(client: TestClient | httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
+    wait_for_mlflow(client.get)  # else a tiny run can end before a fresh store has its MLflow run
     run_id = client.post("/training/start", json=body).json()["experiment_id"]
     final = wait_for_status(client.get, run_id, lambda s: s["status"] in FINAL_STATES)
     # The ONNX export and the last MLflow uploads follow the final state; the export is announced with it.
@@ -127,7 +139,12 @@ def test_tracking_to_a_real_mlflow_server(
 
     assert detail["mlflow_url"].startswith(f"{mlflow_server.uri}/#/experiments/")
     assert detail["metrics"]["td_loss"] == detail["metrics"]["loss"]
+    # The run's end reaches MLflow after its last uploads; the ONNX model's file is listed before.
     server_run = MlflowClient(mlflow_server.uri).get_run(detail["mlflow_run_id"])
+    deadline = time.monotonic() + 60
+    while server_run.info.status == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        server_run = MlflowClient(mlflow_server.uri).get_run(detail["mlflow_run_id"])
     assert server_run.info.status == "FINISHED"
     assert server_run.data.params["algorithm"] == "DQN"
 
@@ -142,6 +159,7 @@ def test_an_mlflow_outage_neither_stops_training_nor_loses_metrics(
     # ~20 s of training here: it outlasts the outage and the restart (~10 s); should a faster machine
     # finish it during the outage instead, every metric must still arrive: the checks hold either way.
     body = {**TINY_PPO, "total_episodes": 60}
+    service.wait_for_mlflow()
     with service.client() as http:
         run_id = http.post("/training/start", json=body).json()["experiment_id"]
         wait_for_status(http.get, run_id, lambda s: s["mlflow_run_id"] is not None and s["episode"] >= 2)
@@ -173,3 +191,25 @@ def test_an_mlflow_outage_neither_stops_training_nor_loses_metrics(
             break
         time.sleep(0.5)
     assert logged == expected, "every iteration's metrics arrived"
+
+
+def test_after_a_flush_mlflow_holds_everything_logged_before_it(tmp_path: Path) -> None:
+    """`Tracker.flush` is what shutdown and remote jobs rely on before they report: once it returns
+    True, every operation queued before it (merged metric batches and the run's end included) is in
+    the store."""
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(tracking_uri, "flush-contract", artifact_dir=tmp_path / "artifacts")
+    try:
+        tracked = tracker.start_run("run-1", "run-1", {"experiment_id": "run-1"})
+        for step in range(300):  # queued faster than sent: the sender merges them into batches
+            tracker.log_metrics(tracked, {"reward": float(step)}, step)
+        tracker.end_run(tracked, "completed")
+
+        assert tracker.flush(120)
+
+        assert tracked.mlflow_run_id is not None
+        client = MlflowClient(tracking_uri)
+        assert len(client.get_metric_history(tracked.mlflow_run_id, "reward")) == 300
+        assert client.get_run(tracked.mlflow_run_id).info.status == "FINISHED"
+    finally:
+        tracker.close()

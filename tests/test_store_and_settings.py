@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from mlflow.tracking import MlflowClient
 from sqlalchemy import update
 
 from database import create_db_engine, make_session_factory, normalize_database_url, upgrade_schema
 from db_models import RunStatus, TrainingRun, utcnow
 from run_store import RunStore
 from settings import Settings
-from tests.conftest import SMALL_RUN
+from tests.conftest import SMALL_RUN, app_state, wait_for_mlflow
 
 NEW_RUN = SMALL_RUN
 
@@ -149,6 +150,12 @@ def test_health_reports_database_and_mlflow(client: TestClient) -> None:
     assert body["database"] == {"ok": True, "detail": "database reachable"}
     assert body["mlflow"]["ok"] is True
     assert body["runs_training_here"] == 0
+    # Set up in the background after start-up: the experiment may have been null a moment ago.
+    experiment_id = wait_for_mlflow(client.get)
+    settings = app_state(client).settings
+    tracking = MlflowClient(settings.mlflow_tracking_uri)
+    experiment = tracking.get_experiment_by_name(settings.mlflow_experiment_name)
+    assert experiment is not None and experiment.experiment_id == experiment_id
 
 
 def test_openapi_documents_every_endpoint(client: TestClient) -> None:

@@ -142,9 +142,10 @@ def test_the_api_answers_quickly_while_runs_train(client: TestClient) -> None:
         time.sleep(0.02)
 
     latencies.sort()
-    # Generous bound: a starved event loop (torch using every core, no GIL release) takes seconds.
+    # Generous bounds: a starved event loop (torch using every core, no GIL release) takes seconds. The
+    # 95th percentile rather than the maximum: one stall of a loaded CI machine is not the service's.
     assert latencies[len(latencies) // 2] < 0.25, latencies
-    assert latencies[-1] < 2.0, latencies
+    assert latencies[int(len(latencies) * 0.95) - 1] < 1.0, latencies
     for run_id in run_ids:
         client.post(f"/training/stop/{run_id}")
 

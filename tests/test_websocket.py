@@ -42,7 +42,7 @@ def test_progress_arrives_every_interval_then_a_final_message_and_a_normal_close
     run_id = start_running(service, LONG_PPO)
 
     with connect(ws_url(service, run_id)) as ws:
-        first = receive(ws, timeout=2)  # the latest snapshot, at once
+        first = receive(ws, timeout=5)  # the latest snapshot, at once
         messages = [receive(ws) for _ in range(3)]
         with service.client() as http:
             http.post(f"/training/stop/{run_id}")
