@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from mlflow_client import Tracker
 from run_store import RunStore
 from settings import Settings
 from status_cache import StatusCache
@@ -31,6 +32,11 @@ async def get_app_settings(request: Request) -> Settings:
     return settings
 
 
+async def get_tracker(request: Request) -> Tracker:
+    tracker: Tracker = request.app.state.tracker
+    return tracker
+
+
 async def get_status_cache(request: Request) -> StatusCache:
     cache: StatusCache = request.app.state.status_cache
     return cache
@@ -40,3 +46,4 @@ ServiceDep = Annotated[TrainingService, Depends(get_service)]
 StoreDep = Annotated[RunStore, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 StatusCacheDep = Annotated[StatusCache, Depends(get_status_cache)]
+TrackerDep = Annotated[Tracker, Depends(get_tracker)]

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Annotated
 
 import structlog
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
 import agents
 import maze_env
-from api.deps import SettingsDep, StoreDep
+from api.deps import SettingsDep, StoreDep, TrackerDep
 from api.responses import BAD_BODY, DATABASE_DOWN, NO_ONNX_MODEL, NOT_FOUND
 from db_models import TrainingRun
 from mlflow_client import RunDetails, Tracker
@@ -45,11 +45,6 @@ router = APIRouter(prefix="/experiments", tags=["experiments"])
 SERVED_ARTIFACTS = {path: filename for filename, path in ARTIFACT_PATHS.items()}
 
 
-def _tracker(request: Request) -> Tracker:
-    tracker: Tracker = request.app.state.tracker
-    return tracker
-
-
 @router.get(
     "",
     response_model=ExperimentList,
@@ -57,7 +52,7 @@ def _tracker(request: Request) -> Tracker:
     responses=DATABASE_DOWN,
 )
 async def list_experiments(
-    request: Request,
+    tracker: TrackerDep,
     store: StoreDep,
     settings: SettingsDep,
     status: Annotated[RunStatusName | None, Query(description="Only runs in this state.")] = None,
@@ -68,7 +63,7 @@ async def list_experiments(
     runs, total = await run_in_threadpool(
         store.list_runs, status=status, algorithm=algorithm, limit=limit, offset=offset
     )
-    mlflow_experiment = _tracker(request).cached_experiment_id()
+    mlflow_experiment = tracker.cached_experiment_id()
     items = [experiment_summary(run, settings, mlflow_experiment) for run in runs]
     return ExperimentList(items=items, total=total, limit=limit, offset=offset)
 
@@ -80,12 +75,11 @@ async def list_experiments(
     responses={**NOT_FOUND, **DATABASE_DOWN},
 )
 async def get_experiment(
-    experiment_id: uuid.UUID, request: Request, store: StoreDep, settings: SettingsDep
+    experiment_id: uuid.UUID, tracker: TrackerDep, store: StoreDep, settings: SettingsDep
 ) -> ExperimentDetail:
     """Parameters, latest metrics, metric history, artifacts and links. When MLflow cannot be reached
     the run's own record is still returned, with `mlflow_error` saying why the rest is missing."""
     run = await run_in_threadpool(store.get, str(experiment_id))
-    tracker = _tracker(request)
     details: RunDetails | None = None
     mlflow_error: str | None = None
     if run.mlflow_run_id:
@@ -119,10 +113,10 @@ def _artifact(run: TrainingRun, name: str, size: int | None) -> ArtifactInfo:
     )
 
 
-async def _fetch(request: Request, settings: Settings, run: TrainingRun, filename: str) -> Path | None:
+async def _fetch(tracker: Tracker, settings: Settings, run: TrainingRun, filename: str) -> Path | None:
     """The run's file, from this machine or (trained on a Ray worker) the MLflow artifact store."""
     try:
-        return await run_in_threadpool(model_file, settings, _tracker(request), run, filename)
+        return await run_in_threadpool(model_file, settings, tracker, run, filename)
     except Exception as error:
         log.warning("artifact_fetch_failed", experiment_id=run.id, file=filename, error=str(error))
         raise HTTPException(
@@ -131,14 +125,14 @@ async def _fetch(request: Request, settings: Settings, run: TrainingRun, filenam
 
 
 async def _existing_model(
-    request: Request, store: StoreDep, settings: Settings, experiment_id: uuid.UUID, filename: str
+    tracker: Tracker, store: StoreDep, settings: Settings, experiment_id: uuid.UUID, filename: str
 ) -> Path:
     run = await run_in_threadpool(store.get, str(experiment_id))
     if filename == "model.onnx" and run.onnx_status != "exported":
         raise HTTPException(
             404, f"run {run.id} has no exported ONNX model (export: {run.onnx_status or 'not yet'})"
         )
-    path = await _fetch(request, settings, run, filename)
+    path = await _fetch(tracker, settings, run, filename)
     if path is None:
         raise HTTPException(404, f"run {run.id} has no saved {filename} yet (status: {run.status})")
     return path
@@ -155,9 +149,9 @@ async def _existing_model(
     },
 )
 async def download_onnx(
-    experiment_id: uuid.UUID, request: Request, store: StoreDep, settings: SettingsDep
+    experiment_id: uuid.UUID, tracker: TrackerDep, store: StoreDep, settings: SettingsDep
 ) -> FileResponse:
-    path = await _existing_model(request, store, settings, experiment_id, "model.onnx")
+    path = await _existing_model(tracker, store, settings, experiment_id, "model.onnx")
     return FileResponse(
         path, media_type="application/octet-stream", filename=f"maze-policy-{experiment_id}.onnx"
     )
@@ -174,17 +168,17 @@ async def download_onnx(
     },
 )
 async def download_sb3_model(
-    experiment_id: uuid.UUID, request: Request, store: StoreDep, settings: SettingsDep
+    experiment_id: uuid.UUID, tracker: TrackerDep, store: StoreDep, settings: SettingsDep
 ) -> FileResponse:
-    path = await _existing_model(request, store, settings, experiment_id, "model.zip")
+    path = await _existing_model(tracker, store, settings, experiment_id, "model.zip")
     return FileResponse(path, media_type="application/zip", filename=f"maze-policy-{experiment_id}.zip")
 
 
 async def _exported_policy(
-    request: Request, store: StoreDep, settings: Settings, experiment_id: uuid.UUID
+    tracker: Tracker, store: StoreDep, settings: Settings, experiment_id: uuid.UUID
 ) -> tuple[TrainingRun, Path]:
     run = await run_in_threadpool(store.get, str(experiment_id))
-    path = await _fetch(request, settings, run, "model.onnx") if run.onnx_status == "exported" else None
+    path = await _fetch(tracker, settings, run, "model.onnx") if run.onnx_status == "exported" else None
     if path is None:
         raise HTTPException(409, f"run {run.id} has no exported ONNX model yet (status: {run.status})")
     return run, path
@@ -197,10 +191,14 @@ async def _exported_policy(
     responses={**BAD_BODY, **NOT_FOUND, **NO_ONNX_MODEL, **DATABASE_DOWN},
 )
 async def rollout(
-    experiment_id: uuid.UUID, body: RolloutRequest, request: Request, store: StoreDep, settings: SettingsDep
+    experiment_id: uuid.UUID,
+    body: RolloutRequest,
+    tracker: TrackerDep,
+    store: StoreDep,
+    settings: SettingsDep,
 ) -> RolloutResponse:
     """Runs the exported ONNX policy deterministically on one maze and returns the maze and the path."""
-    run, path = await _exported_policy(request, store, settings, experiment_id)
+    run, path = await _exported_policy(tracker, store, settings, experiment_id)
     maze_seed = body.maze_seed
     if maze_seed is None:
         maze_seed = run.fixed_maze_seed if run.fixed_maze_seed is not None else secrets.randbelow(2**31)
@@ -226,10 +224,14 @@ async def rollout(
     responses={**BAD_BODY, **NOT_FOUND, **NO_ONNX_MODEL, **DATABASE_DOWN},
 )
 async def evaluate(
-    experiment_id: uuid.UUID, body: EvaluateRequest, request: Request, store: StoreDep, settings: SettingsDep
+    experiment_id: uuid.UUID,
+    body: EvaluateRequest,
+    tracker: TrackerDep,
+    store: StoreDep,
+    settings: SettingsDep,
 ) -> EvaluateResponse:
     """Plays the exported policy on `episodes` evaluation mazes (seeds disjoint from training's)."""
-    run, path = await _exported_policy(request, store, settings, experiment_id)
+    run, path = await _exported_policy(tracker, store, settings, experiment_id)
     policy = OnnxPolicy(path)
     seeds = maze_env.eval_maze_seeds(body.episodes)
     result = await run_in_threadpool(agents.evaluate_with, policy.predict, run.maze_size, seeds)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
 import mlflow_client
-from api.deps import ServiceDep, SettingsDep, StoreDep
+from api.deps import ServiceDep, SettingsDep, StoreDep, TrackerDep
 from schemas import HealthComponent, HealthResponse
 
 router = APIRouter(tags=["health"])
@@ -22,7 +22,7 @@ def _database_health(store: StoreDep) -> HealthComponent:
 
 @router.get("/health", response_model=HealthResponse, summary="Liveness and dependency reachability")
 async def health(
-    request: Request, store: StoreDep, settings: SettingsDep, service: ServiceDep
+    store: StoreDep, settings: SettingsDep, service: ServiceDep, tracker: TrackerDep
 ) -> HealthResponse:
     """Always answers 200 while the process serves; `status` is `degraded` when a dependency is down."""
     database = await run_in_threadpool(_database_health, store)
@@ -34,5 +34,5 @@ async def health(
         mlflow=mlflow,
         runs_training_here=len(service.local_run_ids()),
         worker=service.owner,
-        mlflow_experiment_id=request.app.state.tracker.cached_experiment_id(),
+        mlflow_experiment_id=tracker.cached_experiment_id(),
     )
