@@ -231,11 +231,13 @@ class Tracker:
             existing = client.search_runs(
                 [experiment_id], filter_string=f"tags.experiment_id = '{run_key}'", max_results=1
             )
-            run = (
-                existing[0]
-                if existing
-                else client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
-            )
+            if existing:
+                run = existing[0]
+                running = RunStatus.to_string(RunStatus.RUNNING)
+                if run.info.status != running:  # a resumed run: it trains again
+                    client.update_run(run.info.run_id, status=running)
+            else:
+                run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
             tracked.mlflow_run_id = run.info.run_id
             tracked.experiment_id = experiment_id
             if self._on_run_created is not None:

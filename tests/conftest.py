@@ -15,6 +15,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
 
 from main import create_app
 from run_store import NewRun
@@ -111,6 +113,18 @@ def wait_for_mlflow(get: Callable[[str], httpx.Response], timeout_s: float = 120
             return str(body["mlflow_experiment_id"])
         time.sleep(0.2)
     raise AssertionError(f"MLflow not set up in {timeout_s} s; last /health: {body}")
+
+
+def ended_mlflow_run(tracking_uri: str, mlflow_run_id: str, timeout_s: float = 60.0) -> Run:
+    """The MLflow run once it has ended. Its end is sent after the run's last uploads, which can still
+    be in flight when our record is final (MLflow is logged to in the background)."""
+    deadline = time.monotonic() + timeout_s
+    run = MlflowClient(tracking_uri).get_run(mlflow_run_id)
+    while run.info.status == "RUNNING":
+        assert time.monotonic() < deadline, f"MLflow run {mlflow_run_id} still RUNNING after {timeout_s} s"
+        time.sleep(0.2)
+        run = MlflowClient(tracking_uri).get_run(mlflow_run_id)
+    return run
 
 
 def wait_for_status(

@@ -19,6 +19,7 @@ from tests.conftest import (
     TINY_PPO,
     LiveService,
     app_state,
+    ended_mlflow_run,
     wait_for_mlflow,
     wait_for_status,
 )
@@ -72,7 +73,7 @@ def test_a_completed_run_is_in_mlflow_with_params_metrics_and_artifacts(client: 
     artifacts = {a["name"]: a for a in detail["artifacts"]}
     assert artifacts["sb3_model/model.zip"]["download_url"] == f"/experiments/{run_id}/model.zip"
     assert "onnx_model/MLmodel" in artifacts
-    mlflow_run = MlflowClient(app_state(client).settings.mlflow_tracking_uri).get_run(detail["mlflow_run_id"])
+    mlflow_run = ended_mlflow_run(app_state(client).settings.mlflow_tracking_uri, detail["mlflow_run_id"])
     assert mlflow_run.info.status == "FINISHED"
     assert mlflow_run.data.tags["experiment_id"] == run_id
 
@@ -85,7 +86,7 @@ def test_a_stopped_run_is_killed_in_mlflow(client: TestClient) -> None:
     assert app_state(client).tracker.flush(60)
 
     mlflow_run_id = client.get(f"/training/status/{run_id}").json()["mlflow_run_id"]
-    mlflow_run = MlflowClient(app_state(client).settings.mlflow_tracking_uri).get_run(mlflow_run_id)
+    mlflow_run = ended_mlflow_run(app_state(client).settings.mlflow_tracking_uri, mlflow_run_id)
 
     assert mlflow_run.info.status == "KILLED"
 
@@ -139,12 +140,8 @@ def test_tracking_to_a_real_mlflow_server(
 
     assert detail["mlflow_url"].startswith(f"{mlflow_server.uri}/#/experiments/")
     assert detail["metrics"]["td_loss"] == detail["metrics"]["loss"]
-    # The run's end reaches MLflow after its last uploads; the ONNX model's file is listed before.
-    server_run = MlflowClient(mlflow_server.uri).get_run(detail["mlflow_run_id"])
-    deadline = time.monotonic() + 60
-    while server_run.info.status == "RUNNING" and time.monotonic() < deadline:
-        time.sleep(0.2)
-        server_run = MlflowClient(mlflow_server.uri).get_run(detail["mlflow_run_id"])
+    # The ONNX model's first file is listed before the rest of its upload and the run's end.
+    server_run = ended_mlflow_run(mlflow_server.uri, detail["mlflow_run_id"])
     assert server_run.info.status == "FINISHED"
     assert server_run.data.params["algorithm"] == "DQN"
 
@@ -211,5 +208,25 @@ def test_after_a_flush_mlflow_holds_everything_logged_before_it(tmp_path: Path) 
         client = MlflowClient(tracking_uri)
         assert len(client.get_metric_history(tracked.mlflow_run_id, "reward")) == 300
         assert client.get_run(tracked.mlflow_run_id).info.status == "FINISHED"
+    finally:
+        tracker.close()
+
+
+def test_a_resumed_run_is_running_again_in_mlflow(tmp_path: Path) -> None:
+    """Resume continues the same MLflow run, which the interruption had ended as KILLED."""
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(tracking_uri, "resume", artifact_dir=tmp_path / "artifacts")
+    try:
+        first = tracker.start_run("run-1", "run-1", {"experiment_id": "run-1"})
+        tracker.end_run(first, "interrupted")
+        assert tracker.flush(120)
+        assert first.mlflow_run_id is not None
+        assert MlflowClient(tracking_uri).get_run(first.mlflow_run_id).info.status == "KILLED"
+
+        resumed = tracker.start_run("run-1", "run-1", {"experiment_id": "run-1"})
+        assert tracker.flush(120)
+
+        assert resumed.mlflow_run_id == first.mlflow_run_id
+        assert MlflowClient(tracking_uri).get_run(first.mlflow_run_id).info.status == "RUNNING"
     finally:
         tracker.close()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import FINAL_STATES, LONG_PPO, TINY_PPO, LiveService, wait_for_status
+from tests.conftest import FINAL_STATES, LONG_PPO, TINY_PPO, LiveService, ended_mlflow_run, wait_for_status
 
 
 def test_runs_survive_a_restart_and_a_killed_run_is_interrupted(
@@ -142,10 +142,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_with_a_continuous_step_count(
             http.get, run_id, lambda s: s["onnx"] is not None and s["onnx"]["status"] != "pending"
         )
 
-        deadline = time.monotonic() + 120
-        while MlflowClient(tracking_uri).get_run(done["mlflow_run_id"]).info.status != "FINISHED":
-            assert time.monotonic() < deadline, "the resumed MLflow run was not closed as FINISHED"
-            time.sleep(0.5)
+        assert ended_mlflow_run(tracking_uri, done["mlflow_run_id"], 120).info.status == "FINISHED"
 
     history = MlflowClient(tracking_uri).get_metric_history(done["mlflow_run_id"], "episode")
     episodes = sorted({point.step // body["timesteps_per_episode"] for point in history})
