@@ -310,12 +310,16 @@ class Tracker:
 
         self._enqueue(_Operation(tracked.run_key, f"end run {mlflow_status}", send))
 
-    def close_orphan(self, mlflow_run_id: str, status: str) -> None:
-        """Terminate an MLflow run left open by a process that died (restart recovery)."""
+    def close_orphan(self, mlflow_run_id: str, status: str, resumed: Callable[[], bool]) -> None:
+        """Terminate an MLflow run left open by a process that died (restart recovery).
+
+        :param resumed: asked just before: True when the run trains again. Resume reopens the same
+            MLflow run, possibly on another worker before this queue gets here; it must stay open.
+        """
 
         def send(client: MlflowClient) -> None:
             run = client.get_run(mlflow_run_id)
-            if run.info.status == RunStatus.to_string(RunStatus.RUNNING):
+            if run.info.status == RunStatus.to_string(RunStatus.RUNNING) and not resumed():
                 client.set_terminated(mlflow_run_id, status=TERMINAL_STATUS.get(status, "KILLED"))
 
         self._enqueue(_Operation(mlflow_run_id, "close orphaned run", send))

@@ -293,6 +293,12 @@ class RunStore:
             )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
+    def is_active(self, run_id: str) -> bool:
+        """Queued or running."""
+        with self._session_factory() as session:
+            status = session.scalar(select(TrainingRun.status).where(TrainingRun.id == run_id))
+        return status in (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
+
     def stop_requested(self, run_id: str) -> bool:
         with self._session_factory() as session:
             return bool(session.scalar(select(TrainingRun.stop_requested).where(TrainingRun.id == run_id)))

@@ -398,7 +398,7 @@ def end_abandoned_run(
         log.warning("run_end_not_recorded", experiment_id=run_id, error=(str(error).splitlines() or [""])[0])
         return False
     if tracker is not None and run.mlflow_run_id:
-        tracker.close_orphan(run.mlflow_run_id, status.value)
+        tracker.close_orphan(run.mlflow_run_id, status.value, lambda: store.is_active(run_id))
     return True
 
 

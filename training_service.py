@@ -326,7 +326,9 @@ class TrainingService:
     def _close_orphaned_tracking(self, run_id: str) -> None:
         mlflow_run_id = self.store.get(run_id).mlflow_run_id
         if self.tracker is not None and mlflow_run_id:
-            self.tracker.close_orphan(mlflow_run_id, RunStatus.INTERRUPTED.value)
+            self.tracker.close_orphan(
+                mlflow_run_id, RunStatus.INTERRUPTED.value, lambda: self.store.is_active(run_id)
+            )
 
 
 def lower_thread_priority() -> None:

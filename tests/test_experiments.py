@@ -230,3 +230,23 @@ def test_a_resumed_run_is_running_again_in_mlflow(tmp_path: Path) -> None:
         assert MlflowClient(tracking_uri).get_run(first.mlflow_run_id).info.status == "RUNNING"
     finally:
         tracker.close()
+
+
+def test_an_orphaned_mlflow_run_is_closed_unless_it_was_resumed_meanwhile(tmp_path: Path) -> None:
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(tracking_uri, "orphans", artifact_dir=tmp_path / "artifacts")
+    try:
+        orphan = tracker.start_run("orphan", "orphan", {"experiment_id": "orphan"})
+        resumed = tracker.start_run("resumed", "resumed", {"experiment_id": "resumed"})
+        assert tracker.flush(120)
+        assert orphan.mlflow_run_id is not None and resumed.mlflow_run_id is not None
+
+        tracker.close_orphan(orphan.mlflow_run_id, "interrupted", resumed=lambda: False)
+        tracker.close_orphan(resumed.mlflow_run_id, "interrupted", resumed=lambda: True)
+        assert tracker.flush(120)
+
+        client = MlflowClient(tracking_uri)
+        assert client.get_run(orphan.mlflow_run_id).info.status == "KILLED"
+        assert client.get_run(resumed.mlflow_run_id).info.status == "RUNNING"
+    finally:
+        tracker.close()
