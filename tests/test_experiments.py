@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 from mlflow.tracking import MlflowClient
 
-from mlflow_client import Tracker
+from mlflow_client import TrackedRun, Tracker
 from tests.conftest import (
     FINAL_STATES,
     LONG_PPO,
@@ -190,63 +191,60 @@ def test_an_mlflow_outage_neither_stops_training_nor_loses_metrics(
     assert logged == expected, "every iteration's metrics arrived"
 
 
-def test_after_a_flush_mlflow_holds_everything_logged_before_it(tmp_path: Path) -> None:
+@pytest.fixture
+def tracker(tmp_path: Path) -> Iterator[Tracker]:
+    """A Tracker of its own on a local MLflow store in tmp_path (`tracker.tracking_uri`)."""
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "tracker-tests", tmp_path / "artifacts")
+    yield tracker
+    tracker.close()
+
+
+def start_tracking(tracker: Tracker, run_key: str) -> TrackedRun:
+    return tracker.start_run(run_key, run_key, {"experiment_id": run_key})
+
+
+def test_after_a_flush_mlflow_holds_everything_logged_before_it(tracker: Tracker) -> None:
     """`Tracker.flush` is what shutdown and remote jobs rely on before they report: once it returns
     True, every operation queued before it (merged metric batches and the run's end included) is in
     the store."""
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracker = Tracker(tracking_uri, "flush-contract", artifact_dir=tmp_path / "artifacts")
-    try:
-        tracked = tracker.start_run("run-1", "run-1", {"experiment_id": "run-1"})
-        for step in range(300):  # queued faster than sent: the sender merges them into batches
-            tracker.log_metrics(tracked, {"reward": float(step)}, step)
-        tracker.end_run(tracked, "completed")
+    tracked = start_tracking(tracker, "run-1")
+    for step in range(300):  # queued faster than sent: the sender merges them into batches
+        tracker.log_metrics(tracked, {"reward": float(step)}, step)
+    tracker.end_run(tracked, "completed")
 
-        assert tracker.flush(120)
+    assert tracker.flush(120)
 
-        assert tracked.mlflow_run_id is not None
-        client = MlflowClient(tracking_uri)
-        assert len(client.get_metric_history(tracked.mlflow_run_id, "reward")) == 300
-        assert client.get_run(tracked.mlflow_run_id).info.status == "FINISHED"
-    finally:
-        tracker.close()
+    assert tracked.mlflow_run_id is not None
+    client = MlflowClient(tracker.tracking_uri)
+    assert len(client.get_metric_history(tracked.mlflow_run_id, "reward")) == 300
+    assert client.get_run(tracked.mlflow_run_id).info.status == "FINISHED"
 
 
-def test_a_resumed_run_is_running_again_in_mlflow(tmp_path: Path) -> None:
+def test_a_resumed_run_is_running_again_in_mlflow(tracker: Tracker) -> None:
     """Resume continues the same MLflow run, which the interruption had ended as KILLED."""
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracker = Tracker(tracking_uri, "resume", artifact_dir=tmp_path / "artifacts")
-    try:
-        first = tracker.start_run("run-1", "run-1", {"experiment_id": "run-1"})
-        tracker.end_run(first, "interrupted")
-        assert tracker.flush(120)
-        assert first.mlflow_run_id is not None
-        assert MlflowClient(tracking_uri).get_run(first.mlflow_run_id).info.status == "KILLED"
+    client = MlflowClient(tracker.tracking_uri)
+    first = start_tracking(tracker, "run-1")
+    tracker.end_run(first, "interrupted")
+    assert tracker.flush(120)
+    assert first.mlflow_run_id is not None
+    assert client.get_run(first.mlflow_run_id).info.status == "KILLED"
 
-        resumed = tracker.start_run("run-1", "run-1", {"experiment_id": "run-1"})
-        assert tracker.flush(120)
+    resumed = start_tracking(tracker, "run-1")
+    assert tracker.flush(120)
 
-        assert resumed.mlflow_run_id == first.mlflow_run_id
-        assert MlflowClient(tracking_uri).get_run(first.mlflow_run_id).info.status == "RUNNING"
-    finally:
-        tracker.close()
+    assert resumed.mlflow_run_id == first.mlflow_run_id
+    assert client.get_run(first.mlflow_run_id).info.status == "RUNNING"
 
 
-def test_an_orphaned_mlflow_run_is_closed_unless_it_was_resumed_meanwhile(tmp_path: Path) -> None:
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracker = Tracker(tracking_uri, "orphans", artifact_dir=tmp_path / "artifacts")
-    try:
-        orphan = tracker.start_run("orphan", "orphan", {"experiment_id": "orphan"})
-        resumed = tracker.start_run("resumed", "resumed", {"experiment_id": "resumed"})
-        assert tracker.flush(120)
-        assert orphan.mlflow_run_id is not None and resumed.mlflow_run_id is not None
+def test_an_orphaned_mlflow_run_is_closed_unless_it_was_resumed_meanwhile(tracker: Tracker) -> None:
+    orphan, resumed = start_tracking(tracker, "orphan"), start_tracking(tracker, "resumed")
+    assert tracker.flush(120)
+    assert orphan.mlflow_run_id is not None and resumed.mlflow_run_id is not None
 
-        tracker.close_orphan(orphan.mlflow_run_id, "interrupted", resumed=lambda: False)
-        tracker.close_orphan(resumed.mlflow_run_id, "interrupted", resumed=lambda: True)
-        assert tracker.flush(120)
+    tracker.close_orphan(orphan.mlflow_run_id, "interrupted", resumed=lambda: False)
+    tracker.close_orphan(resumed.mlflow_run_id, "interrupted", resumed=lambda: True)
+    assert tracker.flush(120)
 
-        client = MlflowClient(tracking_uri)
-        assert client.get_run(orphan.mlflow_run_id).info.status == "KILLED"
-        assert client.get_run(resumed.mlflow_run_id).info.status == "RUNNING"
-    finally:
-        tracker.close()
+    client = MlflowClient(tracker.tracking_uri)
+    assert client.get_run(orphan.mlflow_run_id).info.status == "KILLED"
+    assert client.get_run(resumed.mlflow_run_id).info.status == "RUNNING"
