@@ -23,7 +23,7 @@ from logging_setup import configure_logging
 from run_store import RunStore
 from settings import Settings, get_settings
 from status_cache import StatusCache
-from training_job import make_tracker, tracker_artifact_dir
+from training.executors.worker import make_tracker, tracker_artifact_dir
 from training_service import TrainingService
 from websocket import ProgressHub
 

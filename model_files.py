@@ -1,5 +1,6 @@
-"""A run's saved files (SB3 model, ONNX export): on this machine, or fetched from the MLflow artifact
-store when another machine trained the run (ray executor), cached in this process's data directory."""
+"""A run's saved files (SB3 model, checkpoints, ONNX export): on this machine, or fetched from the
+MLflow artifact store when another machine trained the run (ray executor), cached in this process's
+data directory."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ log = structlog.get_logger(__name__)
 # Our file names → where the training job logs them in MLflow.
 ARTIFACT_PATHS = {"model.zip": "sb3_model/model.zip", "model.onnx": "onnx_model/model.onnx"}
 CACHE_DIR = "artifact-cache"
+CHECKPOINT_DIR = "checkpoints"  # a run's periodic checkpoints, inside its run directory
 
 
 def saved_file(settings: Settings, run: TrainingRun, filename: str = "model.zip") -> Path | None:
@@ -25,6 +27,13 @@ def saved_file(settings: Settings, run: TrainingRun, filename: str = "model.zip"
     constant name, never from user input."""
     path = settings.run_dir(run.id) / filename
     return path if path.is_file() else None
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest saved model of a run: a periodic checkpoint, or the model saved when it stopped."""
+    candidates = [run_dir / "model.zip", *(run_dir / CHECKPOINT_DIR).glob("checkpoint_*_steps.zip")]
+    existing = [path for path in candidates if path.is_file()]
+    return max(existing, key=lambda path: path.stat().st_mtime_ns) if existing else None
 
 
 def model_available(settings: Settings, run: TrainingRun) -> bool:

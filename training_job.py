@@ -1,16 +1,15 @@
 """One run's whole job: build the env and model, train with progress/tracking/stop callbacks, save,
 evaluate, record the outcome and export ONNX.
 
-The same code runs on a thread of the service (thread executor) or inside a Ray task on another
-machine (ray executor): it needs only Settings, a RunStore and a Tracker, and talks to the control plane
-only through them (the database for progress, stop requests and the final state; MLflow for metrics
-and files).
+The same code runs on a thread of the service, in a child process of it, or inside a Ray task on
+another machine (the executors in `training/executors/`): it needs only Settings, a RunStore and a
+Tracker, and talks to the control plane only through them (the database for progress, stop requests
+and the final state; MLflow for metrics and files).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import platform
 import threading
 import time
 from pathlib import Path
@@ -28,11 +27,12 @@ import agents
 import maze_env
 import onnx_export
 from db_models import RunStatus, TrainingRun
-from mlflow_client import TrackedRun, Tracker, is_tracking_server
-from model_files import fetch_artifact
+from mlflow_client import TrackedRun, Tracker
+from model_files import CHECKPOINT_DIR, fetch_artifact, latest_checkpoint
 from run_store import ProgressSnapshot, RunStore
 from schemas import HYPERPARAMETER_MODELS
 from settings import Settings
+from training.run_metadata import fixed_maze_seed, onnx_metadata, run_parameters
 from training_callbacks import ProgressCallback, StopOnRequestCallback, TrackingCallback
 
 log = structlog.get_logger(__name__)
@@ -46,7 +46,6 @@ FINAL_STATE_RETRY_MAX_S = 10.0
 FINAL_STATE_RETRY_AT_SHUTDOWN_S = 10.0
 # A remote job waits this long for its files to reach the artifact store before it reports them ready.
 ARTIFACT_UPLOAD_WAIT_S = 120.0
-CHECKPOINT_DIR = "checkpoints"
 ALGORITHM_CLASSES: dict[str, type[PPO] | type[DQN]] = {"PPO": PPO, "DQN": DQN}
 
 
@@ -101,7 +100,7 @@ class TrainingJob:
         env: VecEnv | None = None
         final_status = RunStatus.FAILED
         try:
-            device = resolve_device(run.device_requested)
+            device = _resolve_device(run.device_requested)
             env = self._make_env()
             checkpoint = self._resume_checkpoint(tracked)
             if checkpoint is None:
@@ -123,7 +122,7 @@ class TrainingJob:
             )
             callbacks = self._callbacks(tracked)
             model.learn(total_timesteps=remaining, callback=callbacks, reset_num_timesteps=checkpoint is None)
-            final_status = self._conclude(model, env, tracked, progress_snapshot(callbacks))
+            final_status = self._conclude(model, env, tracked, _progress_snapshot(callbacks))
         except Exception as error:
             self.log.exception("run_failed")
             final_status = RunStatus.FAILED
@@ -343,7 +342,7 @@ class TrainingJob:
             delay = min(2 * delay, FINAL_STATE_RETRY_MAX_S)
 
 
-def resolve_device(requested: str) -> str:
+def _resolve_device(requested: str) -> str:
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return requested
@@ -377,100 +376,7 @@ def effective_hyperparameters(model: BaseAlgorithm, algorithm: str) -> dict[str,
     return used
 
 
-def progress_snapshot(callbacks: CallbackList) -> ProgressSnapshot:
+def _progress_snapshot(callbacks: CallbackList) -> ProgressSnapshot:
     """The run's final progress as its ProgressCallback measured it, to be written with the final state."""
     progress = next(callback for callback in callbacks.callbacks if isinstance(callback, ProgressCallback))
     return progress.snapshot()
-
-
-def end_abandoned_run(
-    store: RunStore, tracker: Tracker | None, run_id: str, status: RunStatus, reason: str
-) -> bool:
-    """Record the end of a run whose job went away without recording one (its process or worker died)
-    and close its MLflow run. False when the job had recorded its own end, or the database is down
-    (then the heartbeat lapses and the run ends `interrupted`)."""
-    try:
-        run = store.get(run_id)
-        if run.status != RunStatus.RUNNING.value:
-            return False
-        store.finish(run_id, status, error=reason)
-    except Exception as error:
-        log.warning("run_end_not_recorded", experiment_id=run_id, error=(str(error).splitlines() or [""])[0])
-        return False
-    if tracker is not None and run.mlflow_run_id:
-        tracker.close_orphan(run.mlflow_run_id, status.value, lambda: store.is_active(run_id))
-    return True
-
-
-def tracker_artifact_dir(settings: Settings) -> Path | None:
-    """Where new MLflow experiments keep artifacts: a tracking server decides (None), reachable from
-    every machine; a local store uses the service's directory, so every process writes to one place."""
-    if is_tracking_server(settings.mlflow_tracking_uri):
-        return None
-    return settings.mlflow_artifacts_dir.resolve()
-
-
-def make_tracker(settings: Settings, store: RunStore, artifact_dir: Path | None) -> Tracker:
-    """The MLflow client of a process that trains runs, reporting its runs' MLflow ids and tracking
-    health to their records."""
-    return Tracker(
-        settings.mlflow_tracking_uri,
-        settings.mlflow_experiment_name,
-        artifact_dir=artifact_dir,
-        on_run_created=store.record_mlflow_run,
-        on_tracking_status=store.record_tracking_status,
-    )
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest saved model of a run: a periodic checkpoint, or the model saved when it stopped."""
-    candidates = [run_dir / "model.zip", *(run_dir / CHECKPOINT_DIR).glob("checkpoint_*_steps.zip")]
-    existing = [path for path in candidates if path.is_file()]
-    return max(existing, key=lambda path: path.stat().st_mtime_ns) if existing else None
-
-
-def fixed_maze_seed(env: VecEnv) -> int:
-    return int(env.get_attr("maze", [0])[0].seed)
-
-
-def run_parameters(run: TrainingRun, device: str, used: dict[str, Any]) -> dict[str, Any]:
-    """Everything that defines a run, for MLflow's parameters."""
-    return {
-        **used,
-        "algorithm": run.algorithm,
-        "total_episodes": run.total_episodes,
-        "timesteps_per_episode": run.timesteps_per_episode,
-        "total_timesteps": run.total_timesteps,
-        "maze_size": run.maze_size,
-        "maze_mode": run.maze_mode,
-        "seed": run.seed,
-        "device": device,
-        **library_versions(),
-    }
-
-
-def library_versions() -> dict[str, str]:
-    import gymnasium
-    import stable_baselines3
-
-    return {
-        "python_version": platform.python_version(),
-        "torch_version": torch.__version__,
-        "stable_baselines3_version": stable_baselines3.__version__,
-        "gymnasium_version": gymnasium.__version__,
-    }
-
-
-def onnx_metadata(run: TrainingRun, env: VecEnv) -> dict[str, str]:
-    """What a client needs to run the exported model without asking the service anything else."""
-    metadata = {
-        onnx_export.METADATA_ALGORITHM: run.algorithm,
-        onnx_export.METADATA_MAZE_SIZE: str(run.maze_size),
-        onnx_export.METADATA_MAZE_MODE: run.maze_mode,
-        onnx_export.METADATA_OBSERVATION_ENCODING: maze_env.OBSERVATION_ENCODING,
-        onnx_export.METADATA_ACTION_MEANINGS: ",".join(maze_env.ACTIONS),
-        onnx_export.METADATA_EXPERIMENT_ID: run.id,
-    }
-    if run.maze_mode == "fixed":
-        metadata[onnx_export.METADATA_MAZE_SEED] = str(fixed_maze_seed(env))
-    return metadata

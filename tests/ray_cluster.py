@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from ray_executor import RAY_LOOPBACK_ONLY_ENV
 from tests.conftest import PROJECT_ROOT, free_port
+from training.executors.ray_cluster import RAY_LOOPBACK_ONLY_ENV
 
 START_TIMEOUT_S = 120.0
 WORKER_CPUS = 2

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from bench.bench_service import parent_pids, process_tree
 from tests.conftest import FINAL_STATES, LONG_PPO, TINY_PPO, LiveService, wait_for_status
-from training_process import describe_exit
+from training.executors.processes import describe_exit
 
 
 def descendants(pid: int) -> list[int]:

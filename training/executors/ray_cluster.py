@@ -4,7 +4,7 @@ Each claimed run becomes one Ray actor (no restarts, no retries) that reserves R
 and a GPU when the run asks for CUDA, so the cluster decides where it trains. An actor rather than a
 plain task: a second method call can ask the running job to save and end (service shutdown), which
 Ray's task cancellation cannot do gracefully. The task runs the same `TrainingJob`
-as the thread executor; it reaches the control plane only through the database and MLflow, never
+as the other executors; it reaches the control plane only through the database and MLflow, never
 through files shared with the service. Ray is imported only here, and only when EXECUTOR=ray.
 """
 
@@ -16,25 +16,24 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import structlog
-import torch
 
-from database import create_db_engine, make_session_factory
 from db_models import RunStatus, TrainingRun
 from mlflow_client import Tracker
+from model_files import ARTIFACT_PATHS
 from run_store import RunStore
 from settings import Settings
-from training_job import (
-    JobControl,
-    TrainingJob,
+from training.executors.base import (
+    RunEnded,
+    SavedModelUnavailable,
     end_abandoned_run,
-    make_tracker,
-    tracker_artifact_dir,
+    has_local_checkpoint,
 )
+from training.executors.worker import tracker_artifact_dir, train_run
+from training_job import JobControl
 
 log = structlog.get_logger(__name__)
 
@@ -61,7 +60,7 @@ class RayExecutor:
         settings: Settings,
         store: RunStore,
         tracker: Tracker | None,
-        on_run_ended: Callable[[], None],
+        on_run_ended: RunEnded,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -79,7 +78,7 @@ class RayExecutor:
 
     # --- lifecycle -------------------------------------------------------------------------------
 
-    def connect(self) -> None:
+    def start(self) -> None:
         """Join the cluster (or start a private one) without taking over the service's SIGTERM."""
         # Ray's C++ crash handler would catch SIGTERM too, dump a stack trace and kill the process
         # before uvicorn's graceful shutdown (which saves the runs) has run. Read when Ray is imported.
@@ -152,6 +151,25 @@ class RayExecutor:
         self._refresh_capacity()
         return self._gpus > 0
 
+    def cuda_unavailable(self) -> str | None:
+        return None if self.has_gpus() else "the Ray cluster has no GPU"
+
+    def can_resume(self, run: TrainingRun) -> bool:
+        """A checkpoint here, or (a Ray worker trained the run) the model it uploaded when it stopped."""
+        if has_local_checkpoint(self.settings, run):
+            return True
+        if self.tracker is None or not run.mlflow_run_id:
+            return False
+        folder = ARTIFACT_PATHS["model.zip"].rsplit("/", 1)[0]
+        try:
+            listed = self.tracker.client().list_artifacts(run.mlflow_run_id, folder)
+        except Exception as error:
+            raise SavedModelUnavailable(
+                f"run {run.id}'s saved model is in MLflow, which is unavailable: "
+                f"{type(error).__name__}: {_first_line(error)}"
+            ) from error
+        return ARTIFACT_PATHS["model.zip"] in {info.path for info in listed}
+
     def _refresh_capacity(self, force: bool = False) -> None:
         if not force and time.monotonic() - self._capacity_read_at < CAPACITY_REFRESH_S:
             return
@@ -167,6 +185,17 @@ class RayExecutor:
         self._capacity_read_at = time.monotonic()
 
     def submit(self, run: TrainingRun) -> None:
+        try:
+            self._start_actor(run)
+        except Exception as error:  # e.g. the cluster is unreachable: the run must not stay "running"
+            log.exception("ray_submit_failed", experiment_id=run.id)
+            self.store.finish(
+                run.id,
+                RunStatus.FAILED,
+                error=f"could not submit to Ray: {type(error).__name__}: {_first_line(error)}",
+            )
+
+    def _start_actor(self, run: TrainingRun) -> None:
         import ray
 
         wants_gpu = run.device_requested == "cuda" or (run.device_requested == "auto" and self.has_gpus())
@@ -303,23 +332,11 @@ def train_on_worker(
     """Train one run with the service's settings, in this worker's own data directory."""
     data_dir = Path(os.environ.get("DATA_DIR") or WORKER_DATA_DIR)
     settings = Settings(**settings_values, data_dir=data_dir)
-    torch.set_num_threads(settings.torch_threads)
-    engine = create_db_engine(settings.database_url)
-    store = RunStore(make_session_factory(engine))
-    tracker = (
-        make_tracker(settings, store, Path(artifacts) if artifacts else None)
-        if settings.mlflow_enabled
-        else None
+    artifact_dir = Path(artifacts) if artifacts else None
+    status = train_run(
+        settings, run_id, control, artifact_dir, WORKER_UPLOAD_FLUSH_S, artifacts_must_reach_store=True
     )
-    try:
-        job = TrainingJob(
-            settings, store, tracker, store.get(run_id), control, artifacts_must_reach_store=True
-        )
-        return job.execute().value
-    finally:
-        if tracker is not None:
-            tracker.close(WORKER_UPLOAD_FLUSH_S)
-        engine.dispose()
+    return status.value
 
 
 def _first_line(error: BaseException) -> str:

@@ -27,20 +27,21 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 import structlog
-import torch
 
-from database import create_db_engine, make_session_factory
 from db_models import RunStatus, TrainingRun
 from logging_setup import configure_logging
 from mlflow_client import Tracker
 from run_store import RunStore
 from settings import Settings
-from training_job import JobControl, TrainingJob, end_abandoned_run, make_tracker, tracker_artifact_dir
+from training.executors.base import end_abandoned_run
+from training.executors.threads import ThreadExecutor
+from training.executors.worker import tracker_artifact_dir, train_run
+from training_job import JobControl
 
 log = structlog.get_logger(__name__)
 
 # Modules the fork server imports once, so that each child starts with them loaded.
-PRELOADED_MODULES = ["training_job"]
+PRELOADED_MODULES = ["training.executors.processes"]
 FORWARD_INTERVAL_S = 0.2
 CHILD_TRACKING_FLUSH_S = 30.0
 TRAINING_PROCESS_NICENESS = 10
@@ -64,6 +65,24 @@ def fork_server_context() -> ForkServerContext:
 
 
 # --- in the service: the run's hosting thread ----------------------------------------------------------
+
+
+class ProcessExecutor(ThreadExecutor):
+    """One child process per run, each started and watched by a hosting thread of the service (as
+    EXECUTOR=thread has one thread per run), at most MAX_CONCURRENT_RUNS at once."""
+
+    def start(self) -> None:
+        """Start the fork server in the background (it imports the training stack for a few seconds),
+        so that the first run does not wait for it."""
+        threading.Thread(target=start_fork_server, name="fork-server-start", daemon=True).start()
+
+    def _train(self, run: TrainingRun, control: JobControl) -> None:
+        try:
+            train_in_child_process(self.settings, self.store, self.tracker, run, control)
+        except Exception:  # the child never started, or could not be watched (the job records its errors)
+            log.exception("run_hosting_failed", experiment_id=run.id)
+            with contextlib.suppress(Exception):
+                self.store.finish(run.id, RunStatus.FAILED, error="could not start the training process")
 
 
 def train_in_child_process(
@@ -142,18 +161,7 @@ def child_main(settings: Settings, run_id: str, lifeline: Connection) -> None:
     control, closing = JobControl(), threading.Event()
     _handle_signals(control, closing)
     _watch_lifeline(lifeline, control, closing)
-    torch.set_num_threads(settings.torch_threads)
-    engine = create_db_engine(settings.database_url)
-    store = RunStore(make_session_factory(engine))
-    tracker = (
-        make_tracker(settings, store, tracker_artifact_dir(settings)) if settings.mlflow_enabled else None
-    )
-    try:
-        TrainingJob(settings, store, tracker, store.get(run_id), control, closing).execute()
-    finally:
-        if tracker is not None:
-            tracker.close(CHILD_TRACKING_FLUSH_S)
-        engine.dispose()
+    train_run(settings, run_id, control, tracker_artifact_dir(settings), CHILD_TRACKING_FLUSH_S, closing)
 
 
 def _handle_signals(control: JobControl, closing: threading.Event) -> None:
@@ -193,8 +201,7 @@ def _watch_lifeline(lifeline: Connection, control: JobControl, closing: threadin
 
 
 def start_fork_server() -> None:
-    """Start the fork server now (it imports the training stack for a few seconds), so that the first
-    run does not wait for it."""
+    """Start the fork server now, with the training stack imported."""
     fork_server_context()
     from multiprocessing import forkserver
 
