@@ -17,8 +17,9 @@ Metadata (ONNX ``metadata_props``, string to string): the caller's keys (the ser
 ``METADATA_*`` keys below) plus the library keys this module adds (``torch_version``,
 ``stable_baselines3_version``, ``onnx_version``, ``onnx_opset``, ``onnx_outputs``).
 
-Only numpy and onnxruntime are imported at module level: ``OnnxPolicy`` (and ``replay_onnx.py``) run
-where torch and Stable-Baselines3 are not installed.
+Only numpy and onnxruntime are imported at module level (torch and Stable-Baselines3 inside the functions
+that need them): ``replay_onnx.py`` reads the metadata keys from here where torch is not installed. The
+runtime that plays an exported file is ``agents.onnx_policy.OnnxPolicy``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import numpy as np
-import onnxruntime as ort
+
+from agents.onnx_policy import ACTION_OUTPUT, OnnxPolicy
 
 if TYPE_CHECKING:
     import gymnasium
@@ -70,7 +72,6 @@ LIBRARY_METADATA_KEYS = (
 )
 
 INPUT_NAME = "observation"
-ACTION_OUTPUT = "action"
 PPO_VALUES_OUTPUT = "logits"
 DQN_VALUES_OUTPUT = "q_values"
 MIN_OPSET = 14  # SB3's documented export needs opset >= 14
@@ -206,44 +207,6 @@ def collect_observations(
     return np.concatenate(collected)[:n]
 
 
-class OnnxPolicy:
-    """A policy exported by ``export_policy``, run with onnxruntime on CPU (no torch needed)."""
-
-    def __init__(self, path: Path | str, intra_op_threads: int = 1) -> None:
-        """
-        :param path: the ``.onnx`` file
-        :param intra_op_threads: onnxruntime threads per call; 1 is fastest for single observations and
-            leaves the other cores to training
-        """
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        model_input = self._session.get_inputs()[0]
-        self._input_name = model_input.name
-        self._input_dtype = _numpy_dtype(model_input.type)
-        self._output_names = [output.name for output in self._session.get_outputs()]
-        self.metadata: dict[str, str] = dict(self._session.get_modelmeta().custom_metadata_map)
-
-    def predict(self, observations: np.ndarray) -> np.ndarray:
-        """
-        :param observations: a batch of observations, shape (batch, *obs_shape)
-        :return: the deterministic actions, int64, shape (batch,)
-        """
-        return np.asarray(self._session.run([ACTION_OUTPUT], self._feed(observations))[0])
-
-    def outputs(self, observations: np.ndarray) -> dict[str, np.ndarray]:
-        """
-        :param observations: a batch of observations, shape (batch, *obs_shape)
-        :return: every graph output by name (``action`` and ``logits`` or ``q_values``)
-        """
-        results = self._session.run(self._output_names, self._feed(observations))
-        return {name: np.asarray(value) for name, value in zip(self._output_names, results, strict=True)}
-
-    def _feed(self, observations: np.ndarray) -> dict[str, np.ndarray]:
-        # A lossless cast for the maze's 0/1 observations, which agents.evaluate_with sends as float32.
-        return {self._input_name: np.asarray(observations, dtype=self._input_dtype)}
-
-
 def _check_request(metadata: Mapping[str, str], observations: np.ndarray, opset: int) -> None:
     if opset < MIN_OPSET:
         raise OnnxExportError(f"opset {opset} is below the minimum {MIN_OPSET}")
@@ -268,7 +231,7 @@ def _export_and_reference(
     model: PPO | DQN, metadata: Mapping[str, str], observations: np.ndarray, opset: int
 ) -> tuple[onnx.ModelProto, str, np.ndarray, np.ndarray]:
     """The checked ONNX model, its values output name, and PyTorch's values and SB3's actions to match."""
-    import torch  # deferred: OnnxPolicy users need neither torch nor SB3
+    import torch  # deferred: replay_onnx.py needs neither torch nor SB3
 
     exportable = _exportable_policy(model)
     outputs = (ACTION_OUTPUT, exportable.values_output)
@@ -442,20 +405,3 @@ def _compare_with_onnxruntime(
         tolerance=tolerance,
         passed=action_agreement == 1.0 and max_abs_diff <= tolerance,
     )
-
-
-_ORT_TO_NUMPY: dict[str, Any] = {
-    "tensor(float)": np.float32,
-    "tensor(double)": np.float64,
-    "tensor(uint8)": np.uint8,
-    "tensor(int8)": np.int8,
-    "tensor(int32)": np.int32,
-    "tensor(int64)": np.int64,
-    "tensor(bool)": np.bool_,
-}
-
-
-def _numpy_dtype(ort_type: str) -> Any:
-    if ort_type not in _ORT_TO_NUMPY:
-        raise ValueError(f"unsupported ONNX input type {ort_type}")
-    return _ORT_TO_NUMPY[ort_type]

@@ -12,22 +12,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import maze_env
-from onnx_export import METADATA_MAZE_MODE, METADATA_MAZE_SEED, METADATA_MAZE_SIZE, OnnxPolicy
+from agents.evaluation import Episode, play
+from agents.onnx_policy import OnnxPolicy
+from onnx_export import METADATA_MAZE_MODE, METADATA_MAZE_SEED, METADATA_MAZE_SIZE
 
 
-@dataclass(frozen=True)
-class Replay:
-    maze: maze_env.Maze
-    path: list[tuple[int, int]]  # squares visited, start included
-    steps: int
-    reached_goal: bool
-
-
-def replay(policy: OnnxPolicy, maze_size: int, maze_mode: str, maze_seed: int) -> Replay:
+def replay(policy: OnnxPolicy, maze_size: int, maze_mode: str, maze_seed: int) -> Episode:
     """
     Run one deterministic episode of the policy on the given maze.
 
@@ -35,17 +28,10 @@ def replay(policy: OnnxPolicy, maze_size: int, maze_mode: str, maze_seed: int) -
     :param maze_size: cells per side, as in training
     :param maze_mode: ``"fixed"`` or ``"random"``, as in training
     :param maze_seed: the maze to play
-    :return: the squares visited and the outcome
+    :return: the maze, the squares visited (start included) and the outcome
     """
     env = maze_env.MazeEnv(maze_size=maze_size, maze_mode=maze_mode, seed=maze_seed)
-    obs, info = env.reset(options={"maze_seed": maze_seed})
-    path: list[tuple[int, int]] = [info["agent_pos"]]
-    while True:
-        action = policy.predict(obs[None])[0]
-        obs, _, terminated, truncated, info = env.step(action)
-        path.append(info["agent_pos"])
-        if terminated or truncated:
-            return Replay(env.maze, path, int(info["steps"]), bool(info["is_success"]))
+    return play(policy.predict, [env], [maze_seed], record_positions=True)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,10 +55,10 @@ def main(argv: list[str] | None = None) -> int:
 
     result = replay(policy, int(metadata[METADATA_MAZE_SIZE]), metadata[METADATA_MAZE_MODE], int(maze_seed))
     print(f"maze: size {result.maze.size}, seed {result.maze.seed}, goal {result.maze.goal}")
-    print(f"path: {result.path}")
+    print(f"path: {result.positions}")
     print(f"steps: {result.steps} (shortest: {maze_env.shortest_path_moves(result.maze)})")
-    print(f"reached goal: {'yes' if result.reached_goal else 'no'}")
-    return 0 if result.reached_goal else 1
+    print(f"reached goal: {'yes' if result.success else 'no'}")
+    return 0 if result.success else 1
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pydantic import (
     field_validator,
 )
 
+from agents.hyperparameters import HYPERPARAMETER_MODELS, MAX_TIMESTEPS_PER_EPISODE
 from maze_env import MAX_MAZE_SIZE, MIN_MAZE_SIZE
 
 Algorithm = Literal["PPO", "DQN"]
@@ -23,50 +24,11 @@ DeviceChoice = Literal["auto", "cpu", "cuda"]
 RunStatusName = Literal["queued", "running", "completed", "failed", "stopped", "interrupted"]
 
 MAX_TOTAL_EPISODES = 1_000_000
-MAX_TIMESTEPS_PER_EPISODE = 1_000_000
 MAX_N_ENVS = 64
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class PPOHyperparameters(_Strict):
-    """The PPO constructor arguments a user may override (names as in Stable-Baselines3)."""
-
-    learning_rate: float | None = Field(None, gt=0, le=1)
-    n_steps: int | None = Field(None, ge=2, le=MAX_TIMESTEPS_PER_EPISODE)
-    batch_size: int | None = Field(None, ge=2, le=1_000_000)
-    n_epochs: int | None = Field(None, ge=1, le=100)
-    gamma: float | None = Field(None, gt=0, le=1)
-    gae_lambda: float | None = Field(None, ge=0, le=1)
-    clip_range: float | None = Field(None, gt=0, le=10)
-    ent_coef: float | None = Field(None, ge=0, le=10)
-    vf_coef: float | None = Field(None, ge=0, le=10)
-    max_grad_norm: float | None = Field(None, gt=0, le=1000)
-    target_kl: float | None = Field(None, gt=0)
-    normalize_advantage: bool | None = Field(None)
-
-
-class DQNHyperparameters(_Strict):
-    """The DQN constructor arguments a user may override (names as in Stable-Baselines3)."""
-
-    learning_rate: float | None = Field(None, gt=0, le=1)
-    buffer_size: int | None = Field(None, ge=1, le=10_000_000)
-    learning_starts: int | None = Field(None, ge=0)
-    batch_size: int | None = Field(None, ge=1, le=1_000_000)
-    tau: float | None = Field(None, gt=0, le=1)
-    gamma: float | None = Field(None, gt=0, le=1)
-    train_freq: int | None = Field(None, ge=1)
-    gradient_steps: int | None = Field(None, ge=-1)
-    target_update_interval: int | None = Field(None, ge=1)
-    exploration_fraction: float | None = Field(None, gt=0, le=1)
-    exploration_initial_eps: float | None = Field(None, ge=0, le=1)
-    exploration_final_eps: float | None = Field(None, ge=0, le=1)
-    max_grad_norm: float | None = Field(None, gt=0, le=1000)
-
-
-HYPERPARAMETER_MODELS: dict[str, type[_Strict]] = {"PPO": PPOHyperparameters, "DQN": DQNHyperparameters}
 
 
 def _describe_errors(error: ValidationError) -> str:

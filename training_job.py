@@ -23,14 +23,15 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor, is_vecenv_wrapped
 
-import agents
 import maze_env
 import onnx_export
+from agents.building import build_model, load_model, make_vec_env
+from agents.evaluation import EvalResult, evaluate
+from agents.hyperparameters import effective_hyperparameters
 from db_models import RunStatus, TrainingRun
 from mlflow_client import TrackedRun, Tracker
 from model_files import CHECKPOINT_DIR, fetch_artifact, latest_checkpoint
 from run_store import ProgressSnapshot, RunStore
-from schemas import HYPERPARAMETER_MODELS
 from settings import Settings
 from training.run_metadata import fixed_maze_seed, onnx_metadata, run_parameters
 from training_callbacks import ProgressCallback, StopOnRequestCallback, TrackingCallback
@@ -46,7 +47,6 @@ FINAL_STATE_RETRY_MAX_S = 10.0
 FINAL_STATE_RETRY_AT_SHUTDOWN_S = 10.0
 # A remote job waits this long for its files to reach the artifact store before it reports them ready.
 ARTIFACT_UPLOAD_WAIT_S = 120.0
-ALGORITHM_CLASSES: dict[str, type[PPO] | type[DQN]] = {"PPO": PPO, "DQN": DQN}
 
 
 @dataclasses.dataclass
@@ -104,12 +104,11 @@ class TrainingJob:
             env = self._make_env()
             checkpoint = self._resume_checkpoint(tracked)
             if checkpoint is None:
-                model = agents.build_model(
+                model = build_model(
                     run.algorithm, env, dict(run.hyperparameters), run.seed, device, run.timesteps_per_episode
                 )
             else:
-                model = ALGORITHM_CLASSES[run.algorithm].load(checkpoint, env=env, device=device)
-                model.set_logger(agents.in_memory_logger())
+                model = load_model(run.algorithm, checkpoint, env, device)
             used = effective_hyperparameters(model, run.algorithm)
             self.store.record_setup(run.id, device, used)
             if run.maze_mode == "fixed":
@@ -139,7 +138,7 @@ class TrainingJob:
     ) -> RunStatus:
         """Save, evaluate and publish a run whose training ended (completed or stopped)."""
         model_path = self._save_model(model)
-        result: agents.EvalResult | None = None
+        result: EvalResult | None = None
         if self.control.stop.is_set():
             shutting_down = self.control.shutting_down
             final_status = RunStatus.INTERRUPTED if shutting_down else RunStatus.STOPPED
@@ -211,7 +210,7 @@ class TrainingJob:
         return self.tracker.start_run(run.id, f"{run.algorithm}-maze{run.maze_size}-{run.id[:8]}", tags)
 
     def _log_outcome(
-        self, tracked: TrackedRun | None, result: agents.EvalResult | None, model_path: Path, step: int
+        self, tracked: TrackedRun | None, result: EvalResult | None, model_path: Path, step: int
     ) -> None:
         if tracked is None or self.tracker is None:
             return
@@ -271,7 +270,7 @@ class TrainingJob:
 
     def _make_env(self) -> VecEnv:
         run = self.run
-        env = agents.make_vec_env(run.maze_size, run.maze_mode, run.seed, run.n_envs)
+        env = make_vec_env(run.maze_size, run.maze_mode, run.seed, run.n_envs)
         if not is_vecenv_wrapped(env, VecMonitor):
             env = VecMonitor(env)
         return env
@@ -290,14 +289,14 @@ class TrainingJob:
         model.save(path)
         return str(path)
 
-    def _evaluate(self, model: BaseAlgorithm, env: VecEnv) -> agents.EvalResult | None:
+    def _evaluate(self, model: BaseAlgorithm, env: VecEnv) -> EvalResult | None:
         if self.run.maze_mode == "fixed":
             seeds = [fixed_maze_seed(env)]
         elif self.settings.eval_episodes > 0:
             seeds = maze_env.eval_maze_seeds(self.settings.eval_episodes)
         else:
             return None
-        return agents.evaluate(model, self.run.maze_size, seeds)
+        return evaluate(model, self.run.maze_size, seeds)
 
     def _record_failure(self, message: str) -> None:
         try:
@@ -356,24 +355,6 @@ def describe_error(error: BaseException) -> str:
             'or train on the CPU with "device": "cpu".'
         )
     return f"{type(error).__name__}: {error}"
-
-
-def effective_hyperparameters(model: BaseAlgorithm, algorithm: str) -> dict[str, Any]:
-    """The values training really used, for the record (schedules shown at their starting value)."""
-    used: dict[str, Any] = {}
-    for name in HYPERPARAMETER_MODELS[algorithm].model_fields:
-        value = getattr(model, name, None)
-        if callable(value):
-            value = value(1.0)
-        frequency = getattr(value, "frequency", None)  # DQN's TrainFreq(frequency, unit)
-        if frequency is not None:
-            value = int(frequency)
-        if isinstance(value, int | float | bool | str) or value is None:
-            used[name] = value
-    used["n_envs"] = model.n_envs
-    used["policy"] = type(model.policy).__name__
-    used["policy_kwargs"] = repr(getattr(model, "policy_kwargs", {}))
-    return used
 
 
 def _progress_snapshot(callbacks: CallbackList) -> ProgressSnapshot:

@@ -18,7 +18,7 @@ from datetime import timedelta
 import structlog
 import torch
 
-import agents
+from agents.hyperparameters import default_n_envs, ppo_n_steps
 from db_models import RunStatus, TrainingRun
 from mlflow_client import Tracker
 from run_store import NewRun, RunStore, worker_identity
@@ -157,9 +157,11 @@ class TrainingService:
             )
         if request.device == "cuda" and (why_not := self.executor.cuda_unavailable()) is not None:
             raise InvalidRequest("device", f"CUDA was requested but {why_not}")
-        n_envs = request.n_envs or agents.default_n_envs(request.algorithm)
-        ppo_rollout_derived = request.algorithm == "PPO" and "n_steps" not in request.hyperparameters
-        if ppo_rollout_derived and request.timesteps_per_episode < 2 * n_envs:
+        n_envs = request.n_envs or default_n_envs(request.algorithm)
+        if (
+            request.algorithm == "PPO"
+            and ppo_n_steps(request.hyperparameters, n_envs, request.timesteps_per_episode) < 2
+        ):
             raise InvalidRequest(
                 "timesteps_per_episode",
                 f"must be at least 2 × n_envs (= {2 * n_envs}) for PPO, whose rollout is "

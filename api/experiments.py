@@ -12,15 +12,15 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
-import agents
 import maze_env
+from agents.evaluation import evaluate_with
+from agents.onnx_policy import OnnxPolicy
+from agents.rollouts import play_maze
 from api.deps import SettingsDep, StoreDep, TrackerDep
 from api.responses import BAD_BODY, DATABASE_DOWN, NO_ONNX_MODEL, NOT_FOUND
 from db_models import TrainingRun
 from mlflow_client import RunDetails, Tracker
 from model_files import ARTIFACT_PATHS, model_available, model_file
-from onnx_export import OnnxPolicy
-from rollouts import play_maze
 from run_views import experiment_summary, onnx_info, training_status
 from schemas import (
     Algorithm,
@@ -234,7 +234,7 @@ async def evaluate(
     run, path = await _exported_policy(tracker, store, settings, experiment_id)
     policy = OnnxPolicy(path)
     seeds = maze_env.eval_maze_seeds(body.episodes)
-    result = await run_in_threadpool(agents.evaluate_with, policy.predict, run.maze_size, seeds)
+    result = await run_in_threadpool(evaluate_with, policy.predict, run.maze_size, seeds)
     return EvaluateResponse(
         experiment_id=run.id,
         episodes=result.episodes,

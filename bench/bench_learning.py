@@ -1,8 +1,8 @@
 """Learning benchmark: our PPO/DQN agents vs a naive SB3 PPO baseline, trained and evaluated in one run.
 
-Each row trains from scratch on CPU, then evaluates the deterministic policy with ``agents.evaluate_with``
-(vectorised). Fixed rows evaluate on the training maze; random rows on unseen evaluation mazes
-(``maze_env.eval_maze_seeds``, disjoint from training seeds).
+Each row trains from scratch on CPU, then evaluates the deterministic policy with
+``agents.evaluation.evaluate_with`` (vectorised). Fixed rows evaluate on the training maze; random rows on
+unseen evaluation mazes (``maze_env.eval_maze_seeds``, disjoint from training seeds).
 
 Naive baseline: SB3 ``PPO("MlpPolicy")`` with default hyperparameters, 8 ``DummyVecEnv`` envs,
 ``n_steps=256``, on the flattened one-hot square grid (3 channels: wall, agent, goal; 21x21 squares for a
@@ -38,8 +38,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import agents
 import maze_env
+from agents import building, evaluation, hyperparameters
 
 SEED = 0
 FIXED_MAZE_SEED = 0
@@ -147,7 +147,7 @@ def train_baseline(spec: RowSpec) -> tuple[BaseAlgorithm, Callable[[np.ndarray],
         return OneHotSquares(maze_env.MazeEnv(spec.maze_size, "fixed", seed=FIXED_MAZE_SEED))
 
     model = PPO("MlpPolicy", DummyVecEnv([make] * 8), n_steps=256, seed=SEED, device="cpu", verbose=0)
-    model.set_logger(agents.in_memory_logger())  # as build_model does: no /tmp/SB3-* directory per learn()
+    model.set_logger(building.in_memory_logger())  # as build_model does: no /tmp/SB3-* directory per learn()
 
     def predict(batch: np.ndarray) -> np.ndarray:
         flat = np.stack([squares_one_hot(o).reshape(-1) for o in batch])
@@ -159,10 +159,10 @@ def train_baseline(spec: RowSpec) -> tuple[BaseAlgorithm, Callable[[np.ndarray],
 
 def train_ours(spec: RowSpec) -> tuple[BaseAlgorithm, Callable[[np.ndarray], np.ndarray]]:
     maze_seed = FIXED_MAZE_SEED if spec.maze_mode == "fixed" else SEED
-    env = agents.make_vec_env(
-        spec.maze_size, spec.maze_mode, maze_seed, agents.default_n_envs(spec.algorithm)
+    env = building.make_vec_env(
+        spec.maze_size, spec.maze_mode, maze_seed, hyperparameters.default_n_envs(spec.algorithm)
     )
-    model = agents.build_model(spec.algorithm, env, {}, seed=SEED, device="cpu", timesteps_per_episode=2048)
+    model = building.build_model(spec.algorithm, env, {}, seed=SEED, device="cpu", timesteps_per_episode=2048)
 
     def predict(batch: np.ndarray) -> np.ndarray:
         actions, _ = model.predict(batch, deterministic=True)
@@ -184,7 +184,7 @@ def run_row(spec: RowSpec) -> RowResult:
     train_cpu = time.process_time() - cpu_started
     seeds = [FIXED_MAZE_SEED] if spec.maze_mode == "fixed" else maze_env.eval_maze_seeds(spec.eval_mazes)
     started = time.perf_counter()
-    result = agents.evaluate_with(predict, spec.maze_size, seeds)
+    result = evaluation.evaluate_with(predict, spec.maze_size, seeds)
     eval_wall = time.perf_counter() - started
     return RowResult(
         key=spec.key,

@@ -30,10 +30,11 @@ from stable_baselines3.common.vec_env import VecEnv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import agents
 import maze_env
+from agents import building, hyperparameters
+from agents.onnx_policy import OnnxPolicy
 from bench.results_file import RESULTS_FILE, write_section
-from onnx_export import OnnxPolicy, collect_observations, export_policy
+from onnx_export import collect_observations, export_policy
 
 SECTION_HEADING = "## ONNX"
 MAZE_SEED = 7
@@ -65,12 +66,12 @@ class Row:
 def build(
     network: str, algorithm: str, maze_size: int, train_timesteps: int = TRAIN_TIMESTEPS
 ) -> tuple[PPO | DQN, VecEnv]:
-    env = agents.make_vec_env(maze_size, "fixed", MAZE_SEED, agents.default_n_envs(algorithm))
+    env = building.make_vec_env(maze_size, "fixed", MAZE_SEED, hyperparameters.default_n_envs(algorithm))
     if network == "service default":
-        model = agents.build_model(algorithm, env, {}, seed=0, device="cpu", timesteps_per_episode=256)
+        model = building.build_model(algorithm, env, {}, seed=0, device="cpu", timesteps_per_episode=256)
     else:
         model = (PPO if algorithm == "PPO" else DQN)("MlpPolicy", env, seed=0, device="cpu")
-        model.set_logger(agents.in_memory_logger())  # as build_model does: no /tmp/SB3-* directory
+        model.set_logger(building.in_memory_logger())  # as build_model does: no /tmp/SB3-* directory
     assert isinstance(model, PPO | DQN)
     if train_timesteps:
         model.learn(train_timesteps)
@@ -203,7 +204,7 @@ def main() -> None:
     for maze_size in args.maze_sizes:
         maze_env.check_maze_size(maze_size)
         for network in ("service default", "SB3 MlpPolicy"):
-            for algorithm in agents.ALGORITHMS:
+            for algorithm in hyperparameters.ALGORITHMS:
                 rows.append(measure(network, algorithm, maze_size, args.repeats))
                 print(rows[-1], flush=True)
     command = " ".join(["python bench/bench_onnx.py", *sys.argv[1:]])

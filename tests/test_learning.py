@@ -11,8 +11,9 @@ import torch
 from gymnasium import spaces
 from stable_baselines3 import DQN, PPO
 
-import agents
 import maze_env
+from agents import building, evaluation, hyperparameters, planner
+from agents.rollouts import play_maze
 
 DELTAS = ((-1, 0), (0, 1), (1, 0), (0, -1))
 
@@ -44,49 +45,61 @@ def oracle_actions(batch: np.ndarray) -> np.ndarray:
 
 
 def test_algorithms_and_defaults() -> None:
-    assert agents.ALGORITHMS == ("PPO", "DQN")
-    for algorithm in agents.ALGORITHMS:
-        assert agents.default_n_envs(algorithm) >= 1
-        params = agents.default_hyperparameters(algorithm, 10)
-        assert params["policy_kwargs"]["features_extractor_class"] is agents.MazePlannerExtractor
+    assert hyperparameters.ALGORITHMS == ("PPO", "DQN")
+    for algorithm in hyperparameters.ALGORITHMS:
+        assert hyperparameters.default_n_envs(algorithm) >= 1
+        params = hyperparameters.default_hyperparameters(algorithm, 10)
+        assert params["policy_kwargs"]["features_extractor_class"] is planner.MazePlannerExtractor
     with pytest.raises(ValueError, match="algorithm"):
-        agents.default_n_envs("A2C")
+        hyperparameters.default_n_envs("A2C")
 
 
 def test_build_model_merges_overrides_and_maps_episode_to_n_steps() -> None:
-    env = agents.make_vec_env(5, "fixed", 0, 4)
-    ppo = agents.build_model(
+    env = building.make_vec_env(5, "fixed", 0, 4)
+    ppo = building.build_model(
         "PPO", env, {"learning_rate": 1e-4}, seed=0, device="cpu", timesteps_per_episode=2048
     )
     assert isinstance(ppo, PPO)
     assert ppo.n_steps * env.num_envs == 2048
     assert ppo.learning_rate == 1e-4
-    ppo = agents.build_model("PPO", env, {"n_steps": 64}, seed=0, device="cpu", timesteps_per_episode=2048)
+    ppo = building.build_model("PPO", env, {"n_steps": 64}, seed=0, device="cpu", timesteps_per_episode=2048)
     assert isinstance(ppo, PPO) and ppo.n_steps == 64
     # A tiny iteration still builds: the minibatch shrinks to the rollout size.
-    ppo = agents.build_model("PPO", env, {}, seed=0, device="cpu", timesteps_per_episode=128)
+    ppo = building.build_model("PPO", env, {}, seed=0, device="cpu", timesteps_per_episode=128)
     assert isinstance(ppo, PPO) and ppo.n_steps == 32 and ppo.batch_size == 128
-    dqn = agents.build_model(
+    dqn = building.build_model(
         "DQN", env, {"buffer_size": 5000, "policy_kwargs": {"net_arch": []}}, 0, "cpu", 2048
     )
     assert isinstance(dqn, DQN) and dqn.buffer_size == 5000
-    assert isinstance(dqn.q_net.features_extractor, agents.MazePlannerExtractor)
+    assert isinstance(dqn.q_net.features_extractor, planner.MazePlannerExtractor)
+    used = hyperparameters.effective_hyperparameters(ppo, "PPO")
+    assert used["n_steps"] == 32 and used["batch_size"] == 128 and used["n_envs"] == 4
+    assert used["learning_rate"] == 1e-3 and used["policy"] == "ActorCriticPolicy"
+    used = hyperparameters.effective_hyperparameters(dqn, "DQN")
+    assert used["buffer_size"] == 5000 and used["train_freq"] == 1 and used["policy"] == "MazeDQNPolicy"
+
+
+def test_ppo_rollout_follows_the_iteration_unless_given() -> None:
+    assert hyperparameters.ppo_n_steps({}, n_envs=16, timesteps_per_episode=2048) == 128
+    assert hyperparameters.ppo_n_steps({"n_steps": 64}, n_envs=16, timesteps_per_episode=2048) == 64
+    # Fewer steps than envs still gives a rollout; the service rejects it (fewer than 2 steps per env).
+    assert hyperparameters.ppo_n_steps({}, n_envs=16, timesteps_per_episode=8) == 1
 
 
 def test_make_vec_env_seed_streams() -> None:
-    random_env = agents.make_vec_env(6, "random", 11, 4)
+    random_env = building.make_vec_env(6, "random", 11, 4)
     random_env.reset()
     seeds = [env.maze.seed for env in random_env.envs]  # type: ignore[attr-defined]
     assert len(set(seeds)) == 4, "each sub-env draws its own training mazes"
     assert all(not maze_env.is_eval_seed(s) for s in seeds)
-    fixed_env = agents.make_vec_env(6, "fixed", 11, 4)
+    fixed_env = building.make_vec_env(6, "fixed", 11, 4)
     fixed_env.reset()
     assert {env.maze.seed for env in fixed_env.envs} == {11}  # type: ignore[attr-defined]
 
 
 def test_evaluate_with_oracle_and_stuck_policies() -> None:
     seeds = maze_env.eval_maze_seeds(20)
-    perfect = agents.evaluate_with(oracle_actions, 7, seeds)
+    perfect = evaluation.evaluate_with(oracle_actions, 7, seeds)
     assert perfect.success_rate == 1.0 and perfect.path_efficiency == pytest.approx(1.0)
     assert perfect.episodes == 20
     optimal = [maze_env.shortest_path_moves(maze_env.generate_maze(7, s)) for s in seeds]
@@ -99,17 +112,30 @@ def test_evaluate_with_oracle_and_stuck_policies() -> None:
         assert batch.dtype == np.float32 and batch.shape[1:] == (6, 7, 7)
         return np.zeros(len(batch), dtype=np.int64)  # always "up": stuck against a wall sooner or later
 
-    failed = agents.evaluate_with(stuck, 7, seeds, max_steps=30)
+    failed = evaluation.evaluate_with(stuck, 7, seeds, max_steps=30)
     assert failed.success_rate == 0.0 and failed.path_efficiency == 0.0 and failed.mean_steps == 30
     # Lockstep: one batched call per time step, all mazes in the first call.
     assert len(calls) == 30 and calls[0] == 20
 
 
+def test_play_maze_records_every_square_of_the_path() -> None:
+    maze = maze_env.generate_maze(7, 5)
+    solved = play_maze(oracle_actions, 7, 5)
+    assert solved.success and solved.path == maze_env.shortest_path(maze)
+    assert solved.steps == solved.shortest_path_steps == maze_env.shortest_path_moves(maze)
+
+    def stuck(batch: np.ndarray) -> np.ndarray:
+        return np.zeros(len(batch), dtype=np.int64)  # "up" from the top-left start: into the outer wall
+
+    bumped = play_maze(stuck, 7, 5, max_steps=10)
+    assert not bumped.success and bumped.steps == 10 and bumped.path == [maze.start]
+
+
 def test_evaluate_model_is_vectorised_and_fast() -> None:
-    env = agents.make_vec_env(10, "random", 0, 4)
-    model = agents.build_model("PPO", env, {}, seed=0, device="cpu", timesteps_per_episode=256)
+    env = building.make_vec_env(10, "random", 0, 4)
+    model = building.build_model("PPO", env, {}, seed=0, device="cpu", timesteps_per_episode=256)
     started = time.perf_counter()
-    result = agents.evaluate(model, 10, maze_env.eval_maze_seeds(8), max_steps=40)
+    result = evaluation.evaluate(model, 10, maze_env.eval_maze_seeds(8), max_steps=40)
     assert time.perf_counter() - started < 20
     assert result.episodes == 8 and 0.0 <= result.path_efficiency <= result.success_rate <= 1.0
 
@@ -117,47 +143,47 @@ def test_evaluate_model_is_vectorised_and_fast() -> None:
 def test_planner_prior_points_along_shortest_paths_and_export_path_matches() -> None:
     env = maze_env.MazeEnv(maze_size=10, maze_mode="random", seed=4)
     assert isinstance(env.observation_space, spaces.Box)
-    extractor = agents.MazePlannerExtractor(env.observation_space)
+    extractor = planner.MazePlannerExtractor(env.observation_space)
     observations = np.stack([env.reset()[0] for _ in range(32)]).astype(np.float32)
     with torch.no_grad():
         features = extractor(torch.from_numpy(observations)).numpy()
     best_by_planner = features[:, :4].argmax(axis=1)
     assert (best_by_planner == oracle_actions(observations)).all()
-    original = agents._exporting
+    original = planner._exporting
     try:
-        agents._exporting = lambda: True  # the fixed-trip-count path that ONNX export traces
+        planner._exporting = lambda: True  # the fixed-trip-count path that ONNX export traces
         with torch.no_grad():
             exported = extractor(torch.from_numpy(observations)).numpy()
     finally:
-        agents._exporting = original
+        planner._exporting = original
     assert np.array_equal(features, exported)
 
 
 def test_ppo_learns_fixed_small_maze() -> None:
-    env = agents.make_vec_env(5, "fixed", 3, agents.default_n_envs("PPO"))
-    model = agents.build_model("PPO", env, {}, seed=0, device="cpu", timesteps_per_episode=512)
+    env = building.make_vec_env(5, "fixed", 3, hyperparameters.default_n_envs("PPO"))
+    model = building.build_model("PPO", env, {}, seed=0, device="cpu", timesteps_per_episode=512)
     model.learn(4096)
-    result = agents.evaluate(model, 5, [3])
+    result = evaluation.evaluate(model, 5, [3])
     assert result.success_rate == 1.0 and result.path_efficiency == 1.0
 
 
 def test_ppo_generalises_to_unseen_small_mazes() -> None:
     seeds = maze_env.eval_maze_seeds(100)
-    env = agents.make_vec_env(5, "random", 0, agents.default_n_envs("PPO"))
-    model = agents.build_model("PPO", env, {}, seed=0, device="cpu", timesteps_per_episode=1024)
-    before = agents.evaluate(model, 5, seeds)
+    env = building.make_vec_env(5, "random", 0, hyperparameters.default_n_envs("PPO"))
+    model = building.build_model("PPO", env, {}, seed=0, device="cpu", timesteps_per_episode=1024)
+    before = evaluation.evaluate(model, 5, seeds)
     model.learn(16_384)
-    after = agents.evaluate(model, 5, seeds)
+    after = evaluation.evaluate(model, 5, seeds)
     assert after.success_rate >= 0.9, (before, after)
     assert after.success_rate >= before.success_rate + 0.3, (before, after)
     assert after.path_efficiency >= 0.85
 
 
 def test_dqn_learns_fixed_small_maze() -> None:
-    env = agents.make_vec_env(5, "fixed", 3, agents.default_n_envs("DQN"))
-    model = agents.build_model(
+    env = building.make_vec_env(5, "fixed", 3, hyperparameters.default_n_envs("DQN"))
+    model = building.build_model(
         "DQN", env, {"learning_starts": 500}, seed=0, device="cpu", timesteps_per_episode=512
     )
     model.learn(4000)
-    result = agents.evaluate(model, 5, [3])
+    result = evaluation.evaluate(model, 5, [3])
     assert result.success_rate == 1.0 and result.path_efficiency == 1.0

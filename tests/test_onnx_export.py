@@ -18,13 +18,13 @@ from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
-import agents
 import maze_env
 import onnx_export
+from agents import building, evaluation
+from agents.onnx_policy import OnnxPolicy
 from onnx_export import (
     LIBRARY_METADATA_KEYS,
     OnnxExportError,
-    OnnxPolicy,
     collect_observations,
     export_policy,
 )
@@ -70,13 +70,13 @@ def one_torch_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def maze_vec_env() -> VecEnv:
-    return agents.make_vec_env(MAZE_SIZE, "fixed", MAZE_SEED, n_envs=4)
+    return building.make_vec_env(MAZE_SIZE, "fixed", MAZE_SEED, n_envs=4)
 
 
 @pytest.fixture(scope="module", params=["PPO", "DQN"])
 def service_model(request: pytest.FixtureRequest, maze_vec_env: VecEnv) -> PPO | DQN:
     """The service's default network for each algorithm, after a short real training."""
-    model = agents.build_model(
+    model = building.build_model(
         request.param, maze_vec_env, {}, seed=0, device="cpu", timesteps_per_episode=256
     )
     assert isinstance(model, PPO | DQN)
@@ -104,7 +104,7 @@ def solved_maze_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A plain MLP PPO trained on the fixed maze until its deterministic policy solves it, exported."""
     env = DummyVecEnv([lambda: maze_env.MazeEnv(maze_size=MAZE_SIZE, maze_mode="fixed", seed=MAZE_SEED)] * 4)
     model = PPO("MlpPolicy", env, n_steps=64, batch_size=64, n_epochs=4, seed=0, device="cpu")
-    model.set_logger(agents.in_memory_logger())  # a plain SB3 model, not from build_model
+    model.set_logger(building.in_memory_logger())  # a plain SB3 model, not from build_model
     while not solves_maze(model):
         assert model.num_timesteps < MAX_SOLVE_TIMESTEPS, "PPO did not learn the fixed maze"
         model.learn(2_048, reset_num_timesteps=False)
@@ -300,8 +300,8 @@ def test_replay_plays_another_maze_seed(solved_maze_policy: Path) -> None:
 
 
 def test_service_evaluation_runs_the_onnx_policy(solved_maze_policy: Path) -> None:
-    # agents.evaluate_with feeds float32 batches; OnnxPolicy casts them to the graph's uint8 input.
-    result = agents.evaluate_with(OnnxPolicy(solved_maze_policy).predict, MAZE_SIZE, [MAZE_SEED])
+    # evaluation.evaluate_with feeds float32 batches; OnnxPolicy casts them to the graph's uint8 input.
+    result = evaluation.evaluate_with(OnnxPolicy(solved_maze_policy).predict, MAZE_SIZE, [MAZE_SEED])
 
     assert result.success_rate == 1.0
 

@@ -1,0 +1,70 @@
+"""Run a policy exported by ``onnx_export.export_policy`` with onnxruntime on CPU (no torch needed).
+
+Only numpy and onnxruntime are imported: ``replay_onnx.py`` and the API's rollouts and evaluation run
+exported policies where torch and Stable-Baselines3 need not be installed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+# The graph output holding the deterministic action (int64, shape (batch,)); onnx_export writes it.
+ACTION_OUTPUT = "action"
+
+_ORT_TO_NUMPY: dict[str, Any] = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(bool)": np.bool_,
+}
+
+
+class OnnxPolicy:
+    """A policy exported by ``export_policy``, run with onnxruntime on CPU (no torch needed)."""
+
+    def __init__(self, path: Path | str, intra_op_threads: int = 1) -> None:
+        """
+        :param path: the ``.onnx`` file
+        :param intra_op_threads: onnxruntime threads per call; 1 is fastest for single observations and
+            leaves the other cores to training
+        """
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        model_input = self._session.get_inputs()[0]
+        self._input_name = model_input.name
+        self._input_dtype = _numpy_dtype(model_input.type)
+        self._output_names = [output.name for output in self._session.get_outputs()]
+        self.metadata: dict[str, str] = dict(self._session.get_modelmeta().custom_metadata_map)
+
+    def predict(self, observations: np.ndarray) -> np.ndarray:
+        """
+        :param observations: a batch of observations, shape (batch, *obs_shape)
+        :return: the deterministic actions, int64, shape (batch,)
+        """
+        return np.asarray(self._session.run([ACTION_OUTPUT], self._feed(observations))[0])
+
+    def outputs(self, observations: np.ndarray) -> dict[str, np.ndarray]:
+        """
+        :param observations: a batch of observations, shape (batch, *obs_shape)
+        :return: every graph output by name (``action`` and ``logits`` or ``q_values``)
+        """
+        results = self._session.run(self._output_names, self._feed(observations))
+        return {name: np.asarray(value) for name, value in zip(self._output_names, results, strict=True)}
+
+    def _feed(self, observations: np.ndarray) -> dict[str, np.ndarray]:
+        # A lossless cast for the maze's 0/1 observations, which agents.evaluation.play sends as float32.
+        return {self._input_name: np.asarray(observations, dtype=self._input_dtype)}
+
+
+def _numpy_dtype(ort_type: str) -> Any:
+    if ort_type not in _ORT_TO_NUMPY:
+        raise ValueError(f"unsupported ONNX input type {ort_type}")
+    return _ORT_TO_NUMPY[ort_type]
