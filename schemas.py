@@ -28,7 +28,9 @@ MAX_N_ENVS = 64
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: no `true` or "10" for an integer. No NaN or ±Infinity: Infinity passes a bound like `gt=0`,
+    # and neither has a JSON form to echo back in a 422.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class PPOHyperparameters(_Strict):
