@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -275,13 +275,18 @@ class RolloutRequest(_Strict):
     )
 
 
+# A square as [row, col]. A 2-item list rather than a tuple: a tuple becomes `prefixItems` in OpenAPI 3.1,
+# which many client generators and fuzzers mishandle.
+Square = Annotated[list[int], Field(min_length=2, max_length=2, description="[row, col]")]
+
+
 class RolloutResponse(BaseModel):
     maze_size: int
     maze_seed: int
     grid: list[list[int]] = Field(description="(2N+1) × (2N+1) squares: 0 open, 1 wall.")
-    start: tuple[int, int]
-    goal: tuple[int, int]
-    path: list[tuple[int, int]] = Field(description="Every square the agent occupied, from start.")
+    start: Square
+    goal: Square
+    path: list[Square] = Field(description="Every square the agent occupied, from start.")
     success: bool
     steps: int = Field(description="Actions taken (one action moves one cell, i.e. two squares).")
     shortest_path_steps: int = Field(description="Actions on a shortest path.")
