@@ -28,6 +28,7 @@ import copy
 import io
 import os
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Mapping
@@ -79,6 +80,10 @@ MIN_OPSET = 14  # SB3's documented export needs opset >= 14
 # Random actions mixed into the model's own when collecting observations, so that the verification set
 # covers states off the greedy path (a deterministic maze policy can loop between two squares forever).
 RANDOM_ACTION_PROBABILITY = 0.5
+
+# torch.onnx.export keeps process-wide state (torch.onnx's GLOBALS.in_onnx_export): two exports at once
+# from two training threads fail with "GLOBALS.in_onnx_export must be False". One export at a time.
+_TORCH_EXPORT_LOCK = threading.Lock()
 
 
 class OnnxExportError(RuntimeError):
@@ -325,7 +330,7 @@ def _export_to_bytes(
     # Two example rows: with a batch of one the tracer may specialise shapes to 1.
     example = torch.as_tensor(observations[:2])
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
+    with _TORCH_EXPORT_LOCK, warnings.catch_warnings():
         # The TorchScript exporter is chosen on purpose: torch's default (dynamo) needs onnxscript, which
         # the service does not ship, and does not accept dynamic_axes.
         warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -28,7 +28,9 @@ MAX_N_ENVS = 64
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: no `true` or "10" for an integer. No NaN or ±Infinity: Infinity passes a bound like `gt=0`,
+    # and neither has a JSON form to echo back in a 422.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 def _describe_errors(error: ValidationError) -> str:
@@ -235,13 +237,18 @@ class RolloutRequest(_Strict):
     )
 
 
+# A square as [row, col]. A 2-item list rather than a tuple: a tuple becomes `prefixItems` in OpenAPI 3.1,
+# which many client generators and fuzzers mishandle.
+Square = Annotated[list[int], Field(min_length=2, max_length=2, description="[row, col]")]
+
+
 class RolloutResponse(BaseModel):
     maze_size: int
     maze_seed: int
     grid: list[list[int]] = Field(description="(2N+1) × (2N+1) squares: 0 open, 1 wall.")
-    start: tuple[int, int]
-    goal: tuple[int, int]
-    path: list[tuple[int, int]] = Field(description="Every square the agent occupied, from start.")
+    start: Square
+    goal: Square
+    path: list[Square] = Field(description="Every square the agent occupied, from start.")
     success: bool
     steps: int = Field(description="Actions taken (one action moves one cell, i.e. two squares).")
     shortest_path_steps: int = Field(description="Actions on a shortest path.")

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import structlog
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -16,6 +21,24 @@ log = structlog.get_logger(__name__)
 async def _run_not_found(_request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RunNotFound)
     return JSONResponse(status_code=404, content={"detail": str(error)})
+
+
+async def _request_invalid(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    # FastAPI's own handler echoes each error's input, and some inputs have no JSON form (NaN, ±Infinity,
+    # a body that is not UTF-8): encoding them failed with a 500, and uvicorn dropped the connection.
+    detail = jsonable_encoder(error.errors(), custom_encoder=_JSON_SAFE)
+    return JSONResponse(status_code=422, content={"detail": detail})
+
+
+def _finite_or_text(value: float) -> float | str:
+    return value if math.isfinite(value) else str(value)
+
+
+_JSON_SAFE: dict[Any, Any] = {
+    float: _finite_or_text,
+    bytes: lambda value: value.decode(errors="replace"),
+}
 
 
 async def _invalid_request(_request: Request, error: Exception) -> JSONResponse:
@@ -46,6 +69,7 @@ async def _database_unavailable(_request: Request, error: Exception) -> JSONResp
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _request_invalid)
     app.add_exception_handler(RunNotFound, _run_not_found)
     app.add_exception_handler(InvalidRequest, _invalid_request)
     app.add_exception_handler(ServiceBusy, _service_busy)

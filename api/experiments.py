@@ -43,6 +43,8 @@ router = APIRouter(prefix="/experiments", tags=["experiments"])
 
 # Artifacts we serve ourselves, by their MLflow artifact path.
 SERVED_ARTIFACTS = {path: filename for filename, path in ARTIFACT_PATHS.items()}
+# Far beyond any run count; the databases' OFFSET overflows past 2**63 - 1 (a 500, not an empty page).
+MAX_OFFSET = 2**31 - 1
 
 
 @router.get(
@@ -58,7 +60,7 @@ async def list_experiments(
     status: Annotated[RunStatusName | None, Query(description="Only runs in this state.")] = None,
     algorithm: Annotated[Algorithm | None, Query(description="Only runs of this algorithm.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> ExperimentList:
     runs, total = await run_in_threadpool(
         store.list_runs, status=status, algorithm=algorithm, limit=limit, offset=offset

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Annotated, Any
 from urllib.parse import urlparse
@@ -69,7 +70,7 @@ def _origin_allowed(origin: str, host: str, allowed: list[str]) -> bool:
 
 
 class BodySizeLimit:
-    """Answers 413 to request bodies larger than `max_bytes`, declared or streamed.
+    """Answers 413 to request bodies larger than `max_bytes`, declared or streamed (chunked).
 
     :param app: the wrapped ASGI app.
     :param max_bytes: the largest body accepted.
@@ -94,20 +95,25 @@ class BodySizeLimit:
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.max_bytes:
-                raise _BodyTooLarge
+                # The app's exception handling answers it, as it answers any HTTPException.
+                raise _BodyTooLarge(self.max_bytes)
             return message
 
-        try:
-            await self.app(scope, counting_receive, send)
-        except _BodyTooLarge:
-            await self._reject(send)
+        await self.app(scope, counting_receive, send)
 
     async def _reject(self, send: Send) -> None:
-        body = f'{{"detail":"request body larger than {self.max_bytes} bytes"}}'.encode()
+        body = json.dumps({"detail": _BodyTooLarge(self.max_bytes).detail}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(HTTPException):
+    """A streamed body grew past the limit while the app read it.
+
+    An HTTPException on purpose: FastAPI turns any other error raised while it reads a body into a 400
+    ("There was an error parsing the body"), but lets an HTTPException through to its handler.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(status_code=413, detail=f"request body larger than {max_bytes} bytes")

@@ -109,32 +109,10 @@ class LiveApi:
 # --- the schema under test -----------------------------------------------------------------------
 
 
-def _tuples_as_items(node: Any) -> Any:
-    """A copy where each homogeneous fixed-length tuple (`prefixItems` of one repeated schema, minItems =
-    maxItems = its length) is spelled `items` with the same bounds. Equivalent; it works around
-    Schemathesis 4.32 rewriting `prefixItems` into draft-4 `items: [...]`, which its own 2020-12
-    response validator then rejects as an invalid schema (upstream issues #3842, #4099)."""
-    if isinstance(node, list):
-        return [_tuples_as_items(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    copy = {key: _tuples_as_items(value) for key, value in node.items()}
-    prefix = copy.get("prefixItems")
-    if (
-        isinstance(prefix, list)
-        and prefix
-        and "items" not in copy
-        and all(item == prefix[0] for item in prefix)
-        and copy.get("minItems") == copy.get("maxItems") == len(prefix)
-    ):
-        copy["items"] = copy.pop("prefixItems")[0]
-    return copy
-
-
 SERVED_SCHEMA: dict[str, Any] = service_app.openapi()
 
 schema = schemathesis.openapi.from_dict(
-    _tuples_as_items(SERVED_SCHEMA),
+    SERVED_SCHEMA,
     config=schemathesis.Config.from_dict(
         {
             "seed": SEED,
