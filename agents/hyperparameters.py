@@ -24,7 +24,9 @@ MAX_TIMESTEPS_PER_EPISODE = 1_000_000
 
 
 class _Overrides(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # As the request schemas: no `true` or "10" for an integer, no NaN or ±Infinity (Infinity passes a bound
+    # like `gt=0`, and neither has a JSON form to echo back in a 422).
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class PPOHyperparameters(_Overrides):
