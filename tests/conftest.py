@@ -309,11 +309,15 @@ class LiveService:
 
 
 @pytest.fixture
-def live_service(tmp_path: Path) -> Iterator[Callable[..., LiveService]]:
+def live_service(tmp_path: Path, mlflow_store_template: Path) -> Iterator[Callable[..., LiveService]]:
     services: list[LiveService] = []
 
     def factory(workers: int = 1, data_dir: Path | None = None, **env: str) -> LiveService:
         service = LiveService(data_dir or tmp_path / "data", workers=workers, env=env)
+        # One worker starts from the migrated store (creating one costs seconds of the tests' CPU).
+        # Several workers keep a fresh one: their race to create it is what its init lock is for.
+        if workers == 1 and "MLFLOW_TRACKING_URI" not in env:
+            copy_mlflow_store(mlflow_store_template, service.data_dir)
         services.append(service)
         return service.start()
 
