@@ -1,4 +1,5 @@
 # Two commands for a newcomer: `make run` and `make test`. Both set up .venv first (`make install`).
+# `make test-fast` is the inner loop: the tests that need no slow resource, in about a minute.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,7 +11,7 @@ PIP_INSTALL := $(PY) -m pip install --disable-pip-version-check -q --no-compile
 COMPILE := $(PY) -m compileall -q -j 0
 SITE_PACKAGES = $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
-.PHONY: install install-ray system-deps run test lint format typecheck unit bench bench-full bench-gpu clean
+.PHONY: install install-ray system-deps run test test-fast lint format typecheck unit bench bench-full bench-gpu clean
 
 install: $(STAMP)
 
@@ -55,6 +56,12 @@ unit: install install-ray
 	$(PY) -m pytest
 
 test: system-deps lint typecheck unit
+
+# Markers registered in pyproject.toml; `make test` (CI) still runs every test.
+SLOW_MARKERS := postgres or mlflow_server or ray or browser or service or training or learning
+
+test-fast: install
+	$(PY) -m pytest -m "not ($(SLOW_MARKERS))"
 
 bench: install install-ray
 	$(PY) -m bench.run --quick

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,8 +20,10 @@ from fastapi.testclient import TestClient
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from database import create_db_engine, make_session_factory, upgrade_schema
+from db_models import TrainingRun
 from main import create_app
-from run_store import NewRun
+from run_store import NewRun, RunStore
 from settings import Settings
 
 # A small run record, for tests that write runs to a store directly.
@@ -38,6 +42,25 @@ SMALL_RUN = NewRun(
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 pytest_plugins = ["tests.mlflow_server", "tests.postgres_server", "tests.ray_cluster"]
+
+# A test that uses one of these fixtures (directly or through another fixture) gets the marker, so a
+# new test is in the right tier for free. Module-local fixtures that start such a resource themselves
+# mark their module (`pytestmark`). The markers are documented in pyproject.toml.
+RESOURCE_MARKERS = {
+    "postgres_server": "postgres",
+    "disposable_postgres_server": "postgres",
+    "mlflow_server": "mlflow_server",
+    "private_mlflow_server": "mlflow_server",
+    "ray_cluster": "ray",
+    "live_service": "service",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture in RESOURCE_MARKERS.keys() & set(getattr(item, "fixturenames", ())):
+            item.add_marker(RESOURCE_MARKERS[fixture])
+
 
 # A few seconds of real training: enough steps for several iterations on a 5x5 maze.
 TINY_PPO: dict[str, Any] = {
@@ -63,6 +86,15 @@ LONG_PPO: dict[str, Any] = {**TINY_PPO, "total_episodes": 100_000}
 FINAL_STATES = {"completed", "failed", "stopped", "interrupted"}
 
 
+@pytest.fixture
+def run_record(tmp_path: Path) -> Iterator[TrainingRun]:
+    """A queued run (SMALL_RUN) as a real SQLite store returns it, for tests of what is derived from it."""
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'runs.db'}")
+    upgrade_schema(engine)
+    yield RunStore(make_session_factory(engine)).create(SMALL_RUN)
+    engine.dispose()
+
+
 def settings_for_tests(data_dir: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "data_dir": data_dir,
@@ -77,25 +109,61 @@ def settings_for_tests(data_dir: Path, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
+@pytest.fixture(scope="session")
+def mlflow_store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty local MLflow store (`mlflow.db`), created and migrated once per session.
+
+    Creating a store runs MLflow's whole migration history: ~4 s of CPU on the app's background
+    thread, which the app's shutdown then waits for. Each test gets a copy instead; the app still
+    creates its experiment (with its own artifact directory) as on any start over an existing store.
+    """
+    path = tmp_path_factory.mktemp("mlflow-store-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments(max_results=1)
+    return path
+
+
+def copy_mlflow_store(template: Path, directory: Path) -> None:
+    """Give `directory` the template's migrated MLflow store, unless it has a store already."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if not (directory / "mlflow.db").exists():
+        shutil.copyfile(template, directory / "mlflow.db")
+
+
+@contextlib.contextmanager
+def app_client(data_dir: Path, mlflow_store: Path, **overrides: Any) -> Iterator[TestClient]:
+    """A TestClient on the real app (lifespan included) over a SQLite file and MLflow store in
+    `data_dir`; the store starts as a copy of `mlflow_store` unless the test points MLflow elsewhere."""
+    if "mlflow_tracking_uri" not in overrides:
+        copy_mlflow_store(mlflow_store, data_dir)
+    with TestClient(create_app(settings_for_tests(data_dir, **overrides))) as client:
+        yield client
+
+
 @pytest.fixture
-def make_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
-    """Builds a TestClient on the real app (lifespan included) over a SQLite file in tmp_path."""
-    clients: list[TestClient] = []
+def make_client(tmp_path: Path, mlflow_store_template: Path) -> Iterator[Callable[..., TestClient]]:
+    """Builds TestClients on the real app over one data directory in tmp_path (a second one is a
+    second worker on the same files)."""
+    with contextlib.ExitStack() as clients:
 
-    def factory(**overrides: Any) -> TestClient:
-        client = TestClient(create_app(settings_for_tests(tmp_path / "data", **overrides)))
-        client.__enter__()
-        clients.append(client)
-        return client
+        def factory(**overrides: Any) -> TestClient:
+            return clients.enter_context(app_client(tmp_path / "data", mlflow_store_template, **overrides))
 
-    yield factory
-    for client in reversed(clients):
-        client.__exit__(None, None, None)
+        yield factory
 
 
 @pytest.fixture
 def client(make_client: Callable[..., TestClient]) -> TestClient:
     return make_client()
+
+
+@pytest.fixture(scope="module")
+def module_client(
+    tmp_path_factory: pytest.TempPathFactory, mlflow_store_template: Path
+) -> Iterator[TestClient]:
+    """One app for a whole module of checks that leave nothing behind that another test could see
+    (pure 422/404 answers): each app start and stop costs about a second."""
+    with app_client(tmp_path_factory.mktemp("module-app") / "data", mlflow_store_template) as client:
+        yield client
 
 
 def app_state(client: TestClient) -> Any:
@@ -241,11 +309,15 @@ class LiveService:
 
 
 @pytest.fixture
-def live_service(tmp_path: Path) -> Iterator[Callable[..., LiveService]]:
+def live_service(tmp_path: Path, mlflow_store_template: Path) -> Iterator[Callable[..., LiveService]]:
     services: list[LiveService] = []
 
     def factory(workers: int = 1, data_dir: Path | None = None, **env: str) -> LiveService:
         service = LiveService(data_dir or tmp_path / "data", workers=workers, env=env)
+        # One worker starts from the migrated store (creating one costs seconds of the tests' CPU).
+        # Several workers keep a fresh one: their race to create it is what its init lock is for.
+        if workers == 1 and "MLFLOW_TRACKING_URI" not in env:
+            copy_mlflow_store(mlflow_store_template, service.data_dir)
         services.append(service)
         return service.start()
 

@@ -28,6 +28,8 @@ try:
 except ImportError:
     skip_or_fail("playwright is not installed (pip install -r requirements-dev.txt)", module_level=True)
 
+pytestmark = [pytest.mark.browser, pytest.mark.service]
+
 RUN_URL = re.compile(r"#/runs/([0-9a-f-]{36})$")
 # One fixed 5x5 maze; PPO with the service's planner policy solves it within ~4k steps (measured: 0.5-4k).
 SOLVABLE_PPO: dict[str, Any] = {

@@ -20,6 +20,7 @@ from tests.conftest import (
     TINY_PPO,
     LiveService,
     app_state,
+    copy_mlflow_store,
     ended_mlflow_run,
     wait_for_mlflow,
     wait_for_status,
@@ -38,6 +39,7 @@ def run_to_end(client: TestClient | httpx.Client, body: dict[str, Any]) -> dict[
     )
 
 
+@pytest.mark.training
 def test_a_completed_run_is_in_mlflow_with_params_metrics_and_artifacts(client: TestClient) -> None:
     status = run_to_end(client, TINY_PPO)
     run_id = status["experiment_id"]
@@ -79,6 +81,7 @@ def test_a_completed_run_is_in_mlflow_with_params_metrics_and_artifacts(client: 
     assert mlflow_run.data.tags["experiment_id"] == run_id
 
 
+@pytest.mark.training
 def test_a_stopped_run_is_killed_in_mlflow(client: TestClient) -> None:
     run_id = client.post("/training/start", json=LONG_PPO).json()["experiment_id"]
     wait_for_status(client.get, run_id, lambda s: s["timesteps"] > 0 and s["mlflow_run_id"] is not None)
@@ -92,6 +95,7 @@ def test_a_stopped_run_is_killed_in_mlflow(client: TestClient) -> None:
     assert mlflow_run.info.status == "KILLED"
 
 
+@pytest.mark.training
 def test_experiments_are_paginated_newest_first_and_filterable(client: TestClient) -> None:
     ids = []
     for body in (TINY_PPO, TINY_DQN, TINY_PPO):
@@ -192,8 +196,9 @@ def test_an_mlflow_outage_neither_stops_training_nor_loses_metrics(
 
 
 @pytest.fixture
-def tracker(tmp_path: Path) -> Iterator[Tracker]:
+def tracker(tmp_path: Path, mlflow_store_template: Path) -> Iterator[Tracker]:
     """A Tracker of its own on a local MLflow store in tmp_path (`tracker.tracking_uri`)."""
+    copy_mlflow_store(mlflow_store_template, tmp_path)
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "tracker-tests", tmp_path / "artifacts")
     yield tracker
     tracker.close()

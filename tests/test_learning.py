@@ -159,6 +159,7 @@ def test_planner_prior_points_along_shortest_paths_and_export_path_matches() -> 
     assert np.array_equal(features, exported)
 
 
+@pytest.mark.learning
 def test_ppo_learns_fixed_small_maze() -> None:
     env = building.make_vec_env(5, "fixed", 3, hyperparameters.default_n_envs("PPO"))
     model = building.build_model("PPO", env, {}, seed=0, device="cpu", timesteps_per_episode=512)
@@ -167,6 +168,7 @@ def test_ppo_learns_fixed_small_maze() -> None:
     assert result.success_rate == 1.0 and result.path_efficiency == 1.0
 
 
+@pytest.mark.learning
 def test_ppo_generalises_to_unseen_small_mazes() -> None:
     seeds = maze_env.eval_maze_seeds(100)
     env = building.make_vec_env(5, "random", 0, hyperparameters.default_n_envs("PPO"))
@@ -179,6 +181,7 @@ def test_ppo_generalises_to_unseen_small_mazes() -> None:
     assert after.path_efficiency >= 0.85
 
 
+@pytest.mark.learning
 def test_dqn_learns_fixed_small_maze() -> None:
     env = building.make_vec_env(5, "fixed", 3, hyperparameters.default_n_envs("DQN"))
     model = building.build_model(

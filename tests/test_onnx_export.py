@@ -260,6 +260,7 @@ def imported_modules(importtime_stderr: str) -> set[str]:
     }
 
 
+@pytest.mark.learning
 def test_replay_solves_the_trained_maze_without_torch(solved_maze_policy: Path) -> None:
     result = run_replay(solved_maze_policy)
 
@@ -291,6 +292,7 @@ def test_replay_exits_1_when_the_policy_is_stuck(tmp_path: Path) -> None:
     assert f"steps: {maze_env.default_max_episode_steps(MAZE_SIZE)} " in result.stdout
 
 
+@pytest.mark.learning
 def test_replay_plays_another_maze_seed(solved_maze_policy: Path) -> None:
     result = run_replay(solved_maze_policy, "--maze-seed", "123")
 
@@ -299,6 +301,7 @@ def test_replay_plays_another_maze_seed(solved_maze_policy: Path) -> None:
     assert ("reached goal: yes" in result.stdout) == (result.returncode == 0)
 
 
+@pytest.mark.learning
 def test_service_evaluation_runs_the_onnx_policy(solved_maze_policy: Path) -> None:
     # evaluation.evaluate_with feeds float32 batches; OnnxPolicy casts them to the graph's uint8 input.
     result = evaluation.evaluate_with(OnnxPolicy(solved_maze_policy).predict, MAZE_SIZE, [MAZE_SEED])

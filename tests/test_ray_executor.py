@@ -25,6 +25,8 @@ from tests.mlflow_server import MlflowServer
 from tests.postgres_server import PostgresServer
 from tests.ray_cluster import RayCluster
 
+pytestmark = pytest.mark.service
+
 # Tiny runs: a few iterations of 256 steps on a 5 × 5 maze.
 RAY_PPO: dict[str, Any] = {
     "algorithm": "PPO",

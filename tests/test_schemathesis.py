@@ -47,6 +47,8 @@ from schemathesis.specs.openapi.checks import (
 from main import app as service_app
 from tests.conftest import FINAL_STATES, TINY_PPO, LiveService
 
+pytestmark = pytest.mark.service
+
 CHECKS = [
     not_a_server_error,
     status_code_conformance,

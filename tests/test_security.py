@@ -30,6 +30,7 @@ def test_rest_calls_need_the_api_key(guarded: TestClient) -> None:
     assert guarded.get("/health").status_code == 200  # monitoring stays open
 
 
+@pytest.mark.training
 def test_websockets_need_the_key_as_subprotocol_or_token(guarded: TestClient) -> None:
     run_id = guarded.post("/training/start", json=TINY_PPO, headers={"X-API-Key": KEY}).json()[
         "experiment_id"
@@ -50,6 +51,7 @@ def test_websockets_need_the_key_as_subprotocol_or_token(guarded: TestClient) ->
     guarded.post(f"/training/stop/{run_id}", headers={"X-API-Key": KEY})
 
 
+@pytest.mark.training
 def test_websockets_from_foreign_origins_are_refused(client: TestClient) -> None:
     run_id = client.post("/training/start", json=TINY_PPO).json()["experiment_id"]
 
@@ -78,6 +80,7 @@ def test_cors_allows_only_configured_origins(make_client: Callable[..., TestClie
     assert "access-control-allow-origin" not in denied.headers
 
 
+@pytest.mark.training
 def test_a_full_queue_answers_429_with_retry_after(make_client: Callable[..., TestClient]) -> None:
     client = make_client(max_concurrent_runs=1, max_queued_runs=2)
     run_ids = [client.post("/training/start", json=LONG_PPO).json()["experiment_id"] for _ in range(3)]

@@ -21,10 +21,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event
 
 from database import create_db_engine, make_session_factory, upgrade_schema
-from main import create_app
 from run_store import RunStore
 from status_cache import Snapshot, StatusCache
-from tests.conftest import SMALL_RUN, app_state, settings_for_tests
+from tests.conftest import SMALL_RUN, app_client, app_state, settings_for_tests
 from websocket import Frame, ProgressHub
 
 OTHER_WORKER = "other-host:4242:abcd"  # another host: no start-up recovery of ours touches its runs
@@ -168,9 +167,11 @@ def test_each_progress_message_is_encoded_once_for_all_its_clients(
     assert '"experiment_id":"' + run.id + '"' in frames[0].text
 
 
-def test_objects_built_at_start_up_are_kept_out_of_garbage_collection(tmp_path: Path) -> None:
+def test_objects_built_at_start_up_are_kept_out_of_garbage_collection(
+    tmp_path: Path, mlflow_store_template: Path
+) -> None:
     """A full collection walking them held the GIL for 0.2-0.4 s while runs trained (status p99)."""
-    with TestClient(create_app(settings_for_tests(tmp_path / "data"))) as client:
+    with app_client(tmp_path / "data", mlflow_store_template) as client:
         assert client.get("/health").status_code == 200
         assert gc.get_freeze_count() > 100_000  # modules, torch, the app
 

@@ -16,6 +16,8 @@ from stable_baselines3 import DQN, PPO
 import maze_env
 from tests.conftest import FINAL_STATES, LONG_PPO, TINY_DQN, TINY_PPO, app_state, wait_for_status
 
+pytestmark = pytest.mark.training
+
 
 def start(client: TestClient, body: dict[str, Any]) -> str:
     response = client.post("/training/start", json=body)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,6 +17,12 @@ SEED_BODY: dict[str, Any] = {
     "timesteps_per_episode": 2048,
     "maze_size": 10,
 }
+
+
+@pytest.fixture(scope="module")
+def client(module_client: TestClient) -> TestClient:
+    """One app answers every check here: none of them changes what another one sees."""
+    return module_client
 
 
 def field_errors(response: Any) -> dict[str, str]:
@@ -108,7 +115,9 @@ def test_malformed_bodies_are_422(client: TestClient) -> None:
     assert client.post("/training/start", json=[1, 2, 3]).status_code == 422
 
 
-def test_algorithm_names_are_case_insensitive(client: TestClient) -> None:
+@pytest.mark.training  # a real run: it needs an app of its own
+def test_algorithm_names_are_case_insensitive(make_client: Callable[..., TestClient]) -> None:
+    client = make_client()
     response = client.post(
         "/training/start",
         json={
