@@ -11,7 +11,7 @@ from stable_baselines3 import DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
-import agents
+from agents.building import in_memory_logger, make_vec_env
 from run_store import ProgressSnapshot
 from training_callbacks import ProgressCallback, StopOnRequestCallback, TrackingCallback
 
@@ -46,9 +46,9 @@ class AdvanceClock(BaseCallback):
 
 
 def tiny_ppo() -> PPO:
-    env = agents.make_vec_env(2, "fixed", 0, N_ENVS)
+    env = make_vec_env(2, "fixed", 0, N_ENVS)
     model = PPO("MlpPolicy", env, n_steps=N_STEPS, batch_size=ROLLOUT, n_epochs=1, seed=0, device="cpu")
-    model.set_logger(agents.in_memory_logger())
+    model.set_logger(in_memory_logger())
     return model
 
 
@@ -186,7 +186,7 @@ def test_tracking_sends_the_end_of_a_partial_iteration_too() -> None:
 
 
 def test_a_dqn_loss_is_also_sent_as_td_loss() -> None:
-    env = agents.make_vec_env(2, "fixed", 0, N_ENVS)
+    env = make_vec_env(2, "fixed", 0, N_ENVS)
     model = DQN(
         "MlpPolicy",
         env,
@@ -197,7 +197,7 @@ def test_a_dqn_loss_is_also_sent_as_td_loss() -> None:
         seed=0,
         device="cpu",
     )
-    model.set_logger(agents.in_memory_logger())
+    model.set_logger(in_memory_logger())
 
     logged = tracked_learning(model, 3 * ROLLOUT, timesteps_per_episode=ROLLOUT)
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 
 import maze_env
-from rollouts import Rollout, play_maze
+from agents.rollouts import Rollout, play_maze
 from tests.test_learning import oracle_actions
 
 MAZE_SIZE = 5
