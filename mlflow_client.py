@@ -34,6 +34,8 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from core.errors import describe
+
 log = structlog.get_logger(__name__)
 
 HEALTH_TIMEOUT_S = 2.0
@@ -404,7 +406,7 @@ class Tracker:
                 self._queue.task_done()
 
     def _retry_after_failure(self, operation: _Operation, error: Exception) -> bool:
-        message = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        message = describe(error)
         if operation.run_key not in self._degraded_runs:
             self._degraded_runs.add(operation.run_key)
             log.warning(

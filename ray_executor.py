@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 import torch
 
+from core.errors import describe
 from database import create_db_engine, make_session_factory
 from db_models import RunStatus, TrainingRun
 from mlflow_client import Tracker
@@ -132,7 +133,7 @@ class RayExecutor:
                     run_id, RunStatus.INTERRUPTED, error="the service shut down before the run could save"
                 )
             except Exception as error:  # database down: the next start-up marks the run interrupted
-                log.warning("ray_run_end_not_recorded", experiment_id=run_id, error=_first_line(error))
+                log.warning("ray_run_end_not_recorded", experiment_id=run_id, error=describe(error))
         ray.shutdown()
 
     def _still_running(self, run_id: str) -> bool:
@@ -246,9 +247,7 @@ class RayExecutor:
                 )
             else:
                 status = RunStatus.FAILED
-                reason = (
-                    f"the Ray worker training this run died: {type(error).__name__}: {_first_line(error)}"
-                )
+                reason = f"the Ray worker training this run died: {describe(error)}"
         self._mark_ended(run_id, status, reason)
 
     def _mark_ended(self, run_id: str, status: RunStatus, reason: str) -> None:
@@ -320,8 +319,3 @@ def train_on_worker(
         if tracker is not None:
             tracker.close(WORKER_UPLOAD_FLUSH_S)
         engine.dispose()
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -18,15 +18,8 @@ from typing import Any
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.errors import RunNotFound
 from db_models import RunStatus, TrainingRun, utcnow
-
-
-class RunNotFound(LookupError):
-    """No run has this experiment id."""
-
-    def __init__(self, run_id: str) -> None:
-        super().__init__(f"no training run with experiment_id {run_id}")
-        self.run_id = run_id
 
 
 @dataclasses.dataclass(frozen=True)

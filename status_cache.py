@@ -36,6 +36,7 @@ from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClauseList
 
+from core.errors import describe
 from db_models import TrainingRun
 from run_store import RunStore
 from run_views import training_status
@@ -242,7 +243,7 @@ class StatusCache:
                 await self.refresh()
             except Exception as error:  # e.g. a database outage: serve nothing stale, read through
                 self._entries.clear()
-                log.warning("status_cache_refresh_failed", error=(str(error).splitlines() or [""])[0])
+                log.warning("status_cache_refresh_failed", error=describe(error))
 
     async def refresh(self) -> None:
         """Re-read every run requested lately, in one query; forget the others."""

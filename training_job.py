@@ -27,6 +27,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecMonitor, is_vecenv_wrapp
 import agents
 import maze_env
 import onnx_export
+from core.errors import describe
 from db_models import RunStatus, TrainingRun
 from mlflow_client import TrackedRun, Tracker, is_tracking_server
 from model_files import fetch_artifact
@@ -312,7 +313,7 @@ class TrainingJob:
         try:
             return self.store.stop_requested(self.run.id)
         except SQLAlchemyError as error:
-            self.log.warning("stop_poll_failed", error=str(error).splitlines()[0])
+            self.log.warning("stop_poll_failed", error=describe(error))
             return False
 
     def _finish(self, status: RunStatus, **outcome: Any) -> None:
@@ -337,7 +338,7 @@ class TrainingJob:
                     "final_state_not_recorded_yet",
                     status=status.value,
                     retry_in_s=delay,
-                    error=str(error).splitlines()[0],
+                    error=describe(error),
                 )
             time.sleep(delay)
             delay = min(2 * delay, FINAL_STATE_RETRY_MAX_S)
@@ -395,7 +396,7 @@ def end_abandoned_run(
             return False
         store.finish(run_id, status, error=reason)
     except Exception as error:
-        log.warning("run_end_not_recorded", experiment_id=run_id, error=(str(error).splitlines() or [""])[0])
+        log.warning("run_end_not_recorded", experiment_id=run_id, error=describe(error))
         return False
     if tracker is not None and run.mlflow_run_id:
         tracker.close_orphan(run.mlflow_run_id, status.value, lambda: store.is_active(run_id))

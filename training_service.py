@@ -24,6 +24,7 @@ import structlog
 import torch
 
 import agents
+from core.errors import InvalidRequest, NotResumable, ServiceBusy, describe
 from db_models import RunStatus, TrainingRun
 from mlflow_client import Tracker
 from model_files import ARTIFACT_PATHS
@@ -41,27 +42,6 @@ log = structlog.get_logger(__name__)
 QUEUE_RETRY_AFTER_S = 30
 GIL_SWITCH_INTERVAL_S = 0.001
 TRAINING_THREAD_NICENESS = 10
-
-
-class InvalidRequest(ValueError):
-    """A request that passed schema validation but cannot run here; answered as 422 naming the field."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
-
-
-class ServiceBusy(RuntimeError):
-    """The queue is full; answered as 429 with Retry-After."""
-
-    def __init__(self, queued: int, retry_after_s: int) -> None:
-        super().__init__(f"{queued} runs are already queued (MAX_QUEUED_RUNS); try again later")
-        self.retry_after_s = retry_after_s
-
-
-class NotResumable(RuntimeError):
-    """The run cannot be resumed (wrong state, or nothing saved); answered as 409."""
 
 
 @dataclasses.dataclass
@@ -186,7 +166,7 @@ class TrainingService:
             listed = self.tracker.client().list_artifacts(run.mlflow_run_id, folder)
         except Exception as error:
             raise NotResumable(
-                f"run {run.id}'s saved model is in MLflow, which is unavailable: {_first_line(error)}"
+                f"run {run.id}'s saved model is in MLflow, which is unavailable: {describe(error)}"
             ) from error
         return ARTIFACT_PATHS["model.zip"] in {info.path for info in listed}
 
@@ -253,7 +233,7 @@ class TrainingService:
             try:
                 run = self.store.claim_next_queued(self.owner, self.concurrency_cap())
             except Exception as error:
-                log.warning("claim_failed", error=_first_line(error))
+                log.warning("claim_failed", error=describe(error))
                 return
             if run is None:
                 return
@@ -274,9 +254,7 @@ class TrainingService:
             self._ray.submit(run)
         except Exception as error:  # e.g. the cluster is unreachable: the run must not stay "running"
             log.exception("ray_submit_failed", experiment_id=run.id)
-            self.store.finish(
-                run.id, RunStatus.FAILED, error=f"could not submit to Ray: {_first_line(error)}"
-            )
+            self.store.finish(run.id, RunStatus.FAILED, error=f"could not submit to Ray: {describe(error)}")
 
     def _heartbeat_loop(self) -> None:
         interval = self.settings.heartbeat_interval_s
@@ -289,7 +267,7 @@ class TrainingService:
                 self.store.heartbeat(self.owner, self.local_run_ids())
             except Exception as error:
                 reachable_since = None
-                log.warning("heartbeat_failed", error=_first_line(error))
+                log.warning("heartbeat_failed", error=describe(error))
                 continue
             reachable_since = reachable_since or time.monotonic()
             if time.monotonic() - reachable_since < self.settings.heartbeat_timeout_s:
@@ -299,7 +277,7 @@ class TrainingService:
                     log.warning("run_interrupted", experiment_id=run_id, reason="heartbeat timeout")
                     self._close_orphaned_tracking(run_id)
             except Exception as error:
-                log.warning("stale_check_failed", error=_first_line(error))
+                log.warning("stale_check_failed", error=describe(error))
 
     # --- training (on the run's own thread) ------------------------------------------------------------
 
@@ -335,8 +313,3 @@ def lower_thread_priority() -> None:
     """Make the calling (training) thread yield the CPU to the API's threads when both want it."""
     with contextlib.suppress(OSError, AttributeError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), TRAINING_THREAD_NICENESS)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error)
-    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"

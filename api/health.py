@@ -7,6 +7,7 @@ from fastapi.concurrency import run_in_threadpool
 
 import mlflow_client
 from api.deps import ServiceDep, SettingsDep, StoreDep, TrackerDep
+from core.errors import describe
 from schemas import HealthComponent, HealthResponse
 
 router = APIRouter(tags=["health"])
@@ -16,7 +17,7 @@ def _database_health(store: StoreDep) -> HealthComponent:
     try:
         store.ping()
     except Exception as error:
-        return HealthComponent(ok=False, detail=f"database unreachable: {str(error).splitlines()[0]}")
+        return HealthComponent(ok=False, detail=f"database unreachable: {describe(error)}")
     return HealthComponent(ok=True, detail="database reachable")
 
 

@@ -7,9 +7,10 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Annotated, Any
 from urllib.parse import urlparse
 
-from fastapi import HTTPException, Request, Security, WebSocket
+from fastapi import Request, Security, WebSocket
 from fastapi.security import APIKeyHeader
 
+from core.errors import InvalidApiKey
 from settings import Settings
 
 API_KEY_HEADER = "X-API-Key"
@@ -36,11 +37,7 @@ async def require_api_key(request: Request, given: Annotated[str | None, Securit
     """REST guard: with `API_KEY` set, every call needs the header `X-API-Key`."""
     settings: Settings = request.app.state.settings
     if settings.api_key and not _matches(given, settings.api_key):
-        raise HTTPException(
-            status_code=401,
-            detail=f"missing or invalid API key (send it in the {API_KEY_HEADER} header)",
-            headers={"WWW-Authenticate": "ApiKey"},
-        )
+        raise InvalidApiKey(f"missing or invalid API key (send it in the {API_KEY_HEADER} header)")
 
 
 def websocket_subprotocol(websocket: WebSocket) -> str | None:
