@@ -20,6 +20,7 @@ from api.responses import UNAUTHORIZED
 from api.security import BodySizeLimit, require_api_key
 from database import create_db_engine, make_session_factory, upgrade_schema
 from logging_setup import configure_logging
+from records.experiments import Experiments
 from run_store import RunStore
 from settings import Settings, get_settings
 from status_cache import StatusCache
@@ -60,6 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.run_store = store
         app.state.tracker = tracker
+        app.state.mlflow_runs = tracker.runs
+        app.state.experiments = Experiments(settings, store, tracker.runs)
         app.state.training_service = service
         app.state.progress_hub = hub
         app.state.status_cache = status_cache

@@ -171,7 +171,7 @@ class TrainingJob:
             return local
         # On another machine than the run's last one: the model it saved when it stopped is in the store.
         return fetch_artifact(
-            self.tracker, self.run.mlflow_run_id, "model.zip", self.settings.run_dir(self.run.id)
+            self.tracker.runs, self.run.mlflow_run_id, "model.zip", self.settings.run_dir(self.run.id)
         )
 
     def _callbacks(self, tracked: TrackedRun | None) -> CallbackList:

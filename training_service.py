@@ -163,12 +163,12 @@ class TrainingService:
             return False
         folder = ARTIFACT_PATHS["model.zip"].rsplit("/", 1)[0]
         try:
-            listed = self.tracker.client().list_artifacts(run.mlflow_run_id, folder)
+            listed = self.tracker.runs.artifact_paths(run.mlflow_run_id, folder)
         except Exception as error:
             raise NotResumable(
                 f"run {run.id}'s saved model is in MLflow, which is unavailable: {describe(error)}"
             ) from error
-        return ARTIFACT_PATHS["model.zip"] in {info.path for info in listed}
+        return ARTIFACT_PATHS["model.zip"] in listed
 
     def concurrency_cap(self) -> int:
         """Runs allowed to train at once: MAX_CONCURRENT_RUNS, or with Ray the cluster's capacity."""
