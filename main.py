@@ -49,8 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await run_in_threadpool(upgrade_schema, engine)
         session_factory = make_session_factory(engine)
         store = RunStore(session_factory)
-        status_cache = StatusCache(store, settings)
-        status_cache.watch_writes(session_factory)  # before any thread writes
+        status_cache = StatusCache(store, settings)  # before any thread writes
         tracker = make_tracker(settings, store, tracker_artifact_dir(settings))
         service = TrainingService(settings, store, tracker if settings.mlflow_enabled else None)
         await run_in_threadpool(service.start)
