@@ -20,6 +20,7 @@ from api.responses import UNAUTHORIZED
 from api.security import BodySizeLimit, require_api_key
 from database import create_db_engine, make_session_factory, upgrade_schema
 from logging_setup import configure_logging
+from records.experiments import Experiments
 from run_store import RunStore
 from settings import Settings, get_settings
 from status_cache import StatusCache
@@ -48,8 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await run_in_threadpool(upgrade_schema, engine)
         session_factory = make_session_factory(engine)
         store = RunStore(session_factory)
-        status_cache = StatusCache(store, settings)
-        status_cache.watch_writes(session_factory)  # before any thread writes
+        status_cache = StatusCache(store, settings)  # before any thread writes
         tracker = make_tracker(settings, store, tracker_artifact_dir(settings))
         service = TrainingService(settings, store, tracker if settings.mlflow_enabled else None)
         await run_in_threadpool(service.start)
@@ -60,6 +60,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.run_store = store
         app.state.tracker = tracker
+        app.state.mlflow_runs = tracker.runs
+        app.state.experiments = Experiments(settings, store, tracker.runs)
         app.state.training_service = service
         app.state.progress_hub = hub
         app.state.status_cache = status_cache

@@ -1,4 +1,5 @@
-"""All access to MLflow: a buffered, outage-tolerant logger for training runs, and run queries.
+"""Logging to MLflow: a buffered, outage-tolerant logger for training runs (`records/mlflow_runs.py`
+reads them back).
 
 Training threads never talk to MLflow. They enqueue operations; one sender thread per process
 replays them in order through `MlflowClient` with explicit run ids (no fluent "active run" shared
@@ -8,42 +9,32 @@ and reports the outage; training carries on.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
-import os
 import queue
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import structlog
-
-# One logging call against a dead server must fail in seconds, not retry for minutes: our sender
-# thread does the retrying. Users may still override these in the environment.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from core.errors import describe
+from records.mlflow_runs import MlflowRuns, open_client
+
 log = structlog.get_logger(__name__)
 
-HEALTH_TIMEOUT_S = 2.0
 MAX_PENDING_OPERATIONS = 50_000
 MAX_METRICS_PER_BATCH = 900  # MLflow accepts at most 1,000 metrics per log_batch
 MAX_PARAM_LENGTH = 500
 PERMANENT_FAILURE_ATTEMPTS = 3
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 10.0
-HISTORY_KEYS = ("reward", "success_rate", "loss")
 
 # Our final states → MLflow's terminal run states.
 TERMINAL_STATUS = {
@@ -54,52 +45,9 @@ TERMINAL_STATUS = {
 }
 
 
-def check_tracking_store(tracking_uri: str) -> tuple[bool, str]:
-    """Is the tracking store usable? A server must answer `/health`; a local store must be writable.
-
-    :param tracking_uri: MLflow tracking URI (http(s)://, sqlite:///, file: or a plain path).
-    :returns: (ok, human-readable detail).
-    """
-    parsed = urlparse(tracking_uri)
-    if parsed.scheme in ("http", "https"):
-        url = tracking_uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(url, timeout=HEALTH_TIMEOUT_S) as response:
-                return response.status == 200, f"server {tracking_uri} answered {response.status}"
-        except (urllib.error.URLError, TimeoutError, OSError) as error:
-            return False, f"server {tracking_uri} unreachable: {error}"
-    location = _local_store_dir(tracking_uri)
-    if location is None:
-        return True, f"store {tracking_uri} (not checked)"
-    existing = next((p for p in (location, *location.parents) if p.exists()), None)
-    if existing is None or not existing.is_dir():
-        return False, f"local store {location} has no usable parent directory"
-    writable = os.access(existing, os.W_OK)
-    return writable, f"local store {location} ({'writable' if writable else 'not writable'})"
-
-
 def is_tracking_server(tracking_uri: str) -> bool:
     """An MLflow server (http/https): it stores artifacts itself; clients must not pick a local path."""
     return urlparse(tracking_uri).scheme in ("http", "https")
-
-
-def _local_store_dir(tracking_uri: str) -> Path | None:
-    parsed = urlparse(tracking_uri)
-    if parsed.scheme == "sqlite":
-        return Path(tracking_uri.removeprefix("sqlite:///")).parent
-    if parsed.scheme in ("file", ""):
-        return Path(parsed.path or tracking_uri)
-    return None
-
-
-def ui_url(
-    tracking_uri: str, ui_base: str | None, experiment_id: str | None, run_id: str | None
-) -> str | None:
-    """Link to a run in the MLflow UI: the server itself, or `MLFLOW_UI_URL` for a local store."""
-    base = ui_base or (tracking_uri if tracking_uri.startswith(("http://", "https://")) else None)
-    if not base or not experiment_id or not run_id:
-        return None
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def _is_transient(error: Exception) -> bool:
@@ -137,6 +85,8 @@ class Tracker:
     :param artifact_dir: artifact root for a newly created experiment on a local store.
     :param on_run_created: called with (our run id, MLflow run id) once MLflow knows the run.
     :param on_tracking_status: called with (our run id, "ok" | "degraded", error) when that changes.
+
+    `runs` reads the same store; it knows the experiment id as soon as the sender has set it up.
     """
 
     def __init__(
@@ -152,9 +102,8 @@ class Tracker:
         self._artifact_dir = artifact_dir
         self._on_run_created = on_run_created
         self._on_tracking_status = on_tracking_status
-        self._client: MlflowClient | None = None
-        self._client_lock = threading.Lock()
-        self._experiment_id: str | None = None
+        self._client: MlflowClient | None = None  # the sender thread's; opened on its first operation
+        self.runs = MlflowRuns(tracking_uri, experiment_name)
         self._queue: queue.Queue[_Operation] = queue.Queue(maxsize=MAX_PENDING_OPERATIONS)
         self._degraded_runs: set[str] = set()
         # Taken off the queue while merging metrics, to head the next operation: still unfinished.
@@ -165,59 +114,30 @@ class Tracker:
 
     # --- client and experiment ------------------------------------------------------------------
 
-    def client(self) -> MlflowClient:
-        """The shared client; the first call initialises a local store under a file lock (workers race)."""
-        with self._client_lock:
-            if self._client is None:
-                with self._store_init_lock():
-                    client = MlflowClient(tracking_uri=self.tracking_uri)
-                    client.search_experiments(max_results=1)  # creates/migrates a local store now
-                self._client = client
-            return self._client
+    def _mlflow(self) -> MlflowClient:
+        if self._client is None:
+            self._client = open_client(self.tracking_uri)
+        return self._client
 
-    @contextlib.contextmanager
-    def _store_init_lock(self) -> Iterator[None]:
-        location = _local_store_dir(self.tracking_uri)
-        if location is None:
-            yield
-            return
-        location.mkdir(parents=True, exist_ok=True)
-        with (location / ".mlflow-init.lock").open("w") as lock_file:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
+    def _experiment_id(self) -> str:
+        """The experiment's id; created when it does not exist yet, then known to `runs` as well."""
+        if self.runs.experiment_id() is None:
+            location = self._artifact_dir.resolve().as_uri() if self._artifact_dir else None
             try:
-                yield
-            finally:
-                fcntl.flock(lock_file, fcntl.LOCK_UN)
-
-    def experiment_id(self) -> str:
-        if self._experiment_id is None:
-            client = self.client()
-            experiment = client.get_experiment_by_name(self.experiment_name)
-            if experiment is not None:
-                self._experiment_id = str(experiment.experiment_id)
-            else:
-                location = self._artifact_dir.resolve().as_uri() if self._artifact_dir else None
-                try:
-                    self._experiment_id = client.create_experiment(
-                        self.experiment_name, artifact_location=location
-                    )
-                except MlflowException:
-                    # Another worker created it first.
-                    existing = client.get_experiment_by_name(self.experiment_name)
-                    if existing is None:
-                        raise
-                    self._experiment_id = str(existing.experiment_id)
-        return self._experiment_id
-
-    def cached_experiment_id(self) -> str | None:
-        """The experiment id if already known: for request paths that must not wait on MLflow."""
-        return self._experiment_id
+                self._mlflow().create_experiment(self.experiment_name, artifact_location=location)
+            except MlflowException:
+                if self.runs.experiment_id() is None:  # else another worker created it first
+                    raise
+        experiment_id = self.runs.experiment_id()
+        if experiment_id is None:
+            raise RuntimeError(f"MLflow experiment {self.experiment_name} not found after creating it")
+        return experiment_id
 
     def prepare(self) -> None:
         """Set up the store and experiment on the sender thread, ahead of the first run or request."""
 
         def prepare(_client: MlflowClient) -> None:
-            self.experiment_id()
+            self._experiment_id()
 
         self._enqueue(_Operation("service", "prepare experiment", prepare))
 
@@ -227,7 +147,7 @@ class Tracker:
         tracked = TrackedRun(run_key=run_key)
 
         def create(client: MlflowClient) -> None:
-            experiment_id = self.experiment_id()
+            experiment_id = self._experiment_id()
             existing = client.search_runs(
                 [experiment_id], filter_string=f"tags.experiment_id = '{run_key}'", max_results=1
             )
@@ -387,7 +307,7 @@ class Tracker:
                 continue
             while not self._stop.is_set():
                 try:
-                    operation.apply(self.client())
+                    operation.apply(self._mlflow())
                 except Exception as error:
                     operation.attempts += 1
                     if not self._retry_after_failure(operation, error):
@@ -404,7 +324,7 @@ class Tracker:
                 self._queue.task_done()
 
     def _retry_after_failure(self, operation: _Operation, error: Exception) -> bool:
-        message = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        message = describe(error)
         if operation.run_key not in self._degraded_runs:
             self._degraded_runs.add(operation.run_key)
             log.warning(
@@ -431,42 +351,3 @@ class Tracker:
             self._on_tracking_status(run_key, status, error)
         except Exception as notify_error:  # the database may be down too; tracking must go on
             log.warning("tracking_status_not_recorded", run=run_key, error=str(notify_error))
-
-    # --- queries (request threads) ---------------------------------------------------------------------
-
-    def run_details(self, mlflow_run_id: str) -> RunDetails:
-        client = self.client()
-        run = client.get_run(mlflow_run_id)
-        history = {
-            key: [(m.step, m.value) for m in client.get_metric_history(mlflow_run_id, key)]
-            for key in HISTORY_KEYS
-        }
-        artifacts = [(a.path, a.file_size) for a in _walk_artifacts(client, mlflow_run_id, None)]
-        return RunDetails(
-            experiment_id=run.info.experiment_id,
-            status=run.info.status,
-            params=dict(run.data.params),
-            metrics=dict(run.data.metrics),
-            history=history,
-            artifacts=artifacts,
-            artifact_uri=run.info.artifact_uri,
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class RunDetails:
-    experiment_id: str
-    status: str
-    params: dict[str, str]
-    metrics: dict[str, float]
-    history: dict[str, list[tuple[int, float]]]
-    artifacts: list[tuple[str, int | None]]
-    artifact_uri: str | None
-
-
-def _walk_artifacts(client: MlflowClient, run_id: str, path: str | None, depth: int = 0) -> Iterator[Any]:
-    for info in client.list_artifacts(run_id, path):
-        if info.is_dir and depth < 3:
-            yield from _walk_artifacts(client, run_id, info.path, depth + 1)
-        elif not info.is_dir:
-            yield info

@@ -11,7 +11,7 @@ from pathlib import Path
 import structlog
 
 from db_models import TrainingRun
-from mlflow_client import Tracker
+from records.mlflow_runs import MlflowRuns
 from settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -43,7 +43,9 @@ def model_available(settings: Settings, run: TrainingRun) -> bool:
     )
 
 
-def model_file(settings: Settings, tracker: Tracker | None, run: TrainingRun, filename: str) -> Path | None:
+def model_file(
+    settings: Settings, mlflow_runs: MlflowRuns | None, run: TrainingRun, filename: str
+) -> Path | None:
     """The run's file: the local one, else a cached or freshly fetched copy from the artifact store.
 
     The cache is keyed by the run's finish time: a resumed run that finishes again gets a new copy.
@@ -52,17 +54,19 @@ def model_file(settings: Settings, tracker: Tracker | None, run: TrainingRun, fi
     local = saved_file(settings, run, filename)
     if local is not None:
         return local
-    if tracker is None or run.mlflow_run_id is None or run.finished_at is None:
+    if mlflow_runs is None or run.mlflow_run_id is None or run.finished_at is None:
         return None
     version = str(int(run.finished_at.timestamp() * 1_000_000))
     directory = settings.data_dir / CACHE_DIR / run.id / version
     cached = directory / filename
     if cached.is_file():
         return cached
-    return fetch_artifact(tracker, run.mlflow_run_id, filename, directory)
+    return fetch_artifact(mlflow_runs, run.mlflow_run_id, filename, directory)
 
 
-def fetch_artifact(tracker: Tracker, mlflow_run_id: str, filename: str, directory: Path) -> Path | None:
+def fetch_artifact(
+    mlflow_runs: MlflowRuns, mlflow_run_id: str, filename: str, directory: Path
+) -> Path | None:
     """Download one of our files from the run's artifacts into `directory`; None when it has none.
 
     The file appears atomically (downloaded beside it, then renamed): concurrent requests never see
@@ -70,12 +74,11 @@ def fetch_artifact(tracker: Tracker, mlflow_run_id: str, filename: str, director
     """
     artifact_path = ARTIFACT_PATHS[filename]
     folder = artifact_path.rsplit("/", 1)[0]
-    client = tracker.client()
-    if artifact_path not in {info.path for info in client.list_artifacts(mlflow_run_id, folder)}:
+    if artifact_path not in mlflow_runs.artifact_paths(mlflow_run_id, folder):
         return None
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory) as scratch:
-        downloaded = Path(client.download_artifacts(mlflow_run_id, artifact_path, scratch))
+        downloaded = mlflow_runs.download_artifact(mlflow_run_id, artifact_path, Path(scratch))
         target = directory / filename
         shutil.move(str(downloaded), target)
     log.info("artifact_fetched", mlflow_run_id=mlflow_run_id, artifact=artifact_path, path=str(target))

@@ -10,7 +10,7 @@ import dataclasses
 import os
 import socket
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,15 +18,8 @@ from typing import Any
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.errors import RunNotFound
 from db_models import RunStatus, TrainingRun, utcnow
-
-
-class RunNotFound(LookupError):
-    """No run has this experiment id."""
-
-    def __init__(self, run_id: str) -> None:
-        super().__init__(f"no training run with experiment_id {run_id}")
-        self.run_id = run_id
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,19 +66,32 @@ def _pid_is_alive(pid: int) -> bool:
     return True
 
 
+WriteListener = Callable[[Collection[str]], None]
+
+
 class RunStore:
     """Database operations on `training_runs`.
 
     :param session_factory: sessions bound to the service's engine.
+
+    `on_write` listeners are called with the ids of the runs a write may have changed, once it
+    committed, on the writing thread (the status cache drops its copies of them).
     """
 
     def __init__(self, session_factory: sessionmaker[Session]) -> None:
         self._session_factory = session_factory
+        self.on_write: list[WriteListener] = []
 
     @contextmanager
-    def _transaction(self) -> Iterator[Session]:
+    def _writing(self, run_ids: Collection[str] = ()) -> Iterator[tuple[Session, set[str]]]:
+        """A write transaction; `run_ids` and the ids added to the yielded set are announced once it
+        committed (not at all when it failed: nothing changed)."""
+        written = set(run_ids)
         with self._session_factory() as session, session.begin():
-            yield session
+            yield session, written
+        if written:
+            for listener in self.on_write:
+                listener(written)
 
     def ping(self) -> None:
         with self._session_factory() as session:
@@ -105,7 +111,7 @@ class RunStore:
             created_at=utcnow(),
             **dataclasses.asdict(new_run),
         )
-        with self._transaction() as session:
+        with self._writing([run.id]) as (session, _):
             session.add(run)
         return run
 
@@ -158,12 +164,13 @@ class RunStore:
             .order_by(TrainingRun.created_at, TrainingRun.id)
             .limit(1)
         )
-        with self._transaction() as session:
+        with self._writing() as (session, written):
             if session.get_bind().dialect.name == "postgresql":
                 session.execute(text("SELECT pg_advisory_xact_lock(7410523)"))
             candidate = session.scalar(oldest)
             if candidate is None:
                 return None
+            written.add(candidate)
             result = session.execute(
                 update(TrainingRun)
                 .where(TrainingRun.id == candidate)
@@ -180,7 +187,7 @@ class RunStore:
         self._update(run_id, device=device, effective_hyperparameters=effective_hyperparameters)
 
     def record_progress(self, run_id: str, snapshot: ProgressSnapshot) -> None:
-        with self._transaction() as session:
+        with self._writing([run_id]) as (session, _):
             session.execute(
                 update(TrainingRun)
                 .where(TrainingRun.id == run_id)
@@ -208,7 +215,7 @@ class RunStore:
         self._update(run_id, **values)
 
     def _update(self, run_id: str, **values: Any) -> None:
-        with self._transaction() as session:
+        with self._writing([run_id]) as (session, _):
             session.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(**values))
 
     def finish(
@@ -248,7 +255,7 @@ class RunStore:
             values["eval_path_efficiency"] = eval_path_efficiency
         if onnx_pending:
             values.update(onnx_status="pending", onnx_error=None)
-        with self._transaction() as session:
+        with self._writing([run_id]) as (session, _):
             session.execute(
                 update(TrainingRun)
                 .where(TrainingRun.id == run_id)
@@ -258,7 +265,7 @@ class RunStore:
 
     def request_stop(self, run_id: str) -> TrainingRun:
         """Stop a queued run at once; ask a running one to stop (its worker sees the flag)."""
-        with self._transaction() as session:
+        with self._writing([run_id]) as (session, _):
             session.execute(
                 update(TrainingRun)
                 .where(TrainingRun.id == run_id)
@@ -275,7 +282,7 @@ class RunStore:
 
     def requeue_for_resume(self, run_id: str) -> bool:
         """Put an interrupted or stopped run back in the queue; False when it is in another state."""
-        with self._transaction() as session:
+        with self._writing([run_id]) as (session, _):
             result = session.execute(
                 update(TrainingRun)
                 .where(TrainingRun.id == run_id)
@@ -306,7 +313,7 @@ class RunStore:
     def heartbeat(self, owner: str, run_ids: Sequence[str]) -> None:
         if not run_ids:
             return
-        with self._transaction() as session:
+        with self._writing(run_ids) as (session, _):
             session.execute(
                 update(TrainingRun)
                 .where(TrainingRun.id.in_(run_ids))
@@ -318,7 +325,7 @@ class RunStore:
     def interrupt_stale(self, timeout: timedelta) -> list[str]:
         """Mark running runs whose worker stopped sending heartbeats as interrupted."""
         cutoff = utcnow() - timeout
-        with self._transaction() as session:
+        with self._writing() as (session, written):
             stale = session.scalars(
                 select(TrainingRun.id)
                 .where(TrainingRun.status == RunStatus.RUNNING.value)
@@ -332,6 +339,7 @@ class RunStore:
                 for run_id in stale
                 if self._interrupt(session, run_id, reason, heartbeat_before=cutoff)
             ]
+            written.update(interrupted)
         return interrupted
 
     def interrupt_dead_local_owners(self, me: str) -> list[str]:
@@ -342,7 +350,7 @@ class RunStore:
         """
         host, my_pid, _ = me.split(":")
         interrupted = []
-        with self._transaction() as session:
+        with self._writing() as (session, written):
             rows = session.execute(
                 select(TrainingRun.id, TrainingRun.owner)
                 .where(TrainingRun.status == RunStatus.RUNNING.value)
@@ -355,6 +363,7 @@ class RunStore:
                 dead = int(pid) == int(my_pid) or not _pid_is_alive(int(pid))
                 if dead and self._interrupt(session, run_id, "the service process training this run exited"):
                     interrupted.append(run_id)
+            written.update(interrupted)
         return interrupted
 
     @staticmethod

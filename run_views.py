@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import mlflow_client
 import model_files
 from db_models import RunStatus, TrainingRun
+from records.mlflow_runs import ui_url
 from run_store import elapsed_seconds
 from schemas import ExperimentSummary, OnnxInfo, TrainingStatus
 from settings import Settings
@@ -77,7 +77,7 @@ def experiment_summary(
     status = training_status(run, settings)
     return ExperimentSummary(
         **status.model_dump(include=set(ExperimentSummary.model_fields) - {"mlflow_url"}),
-        mlflow_url=mlflow_client.ui_url(
+        mlflow_url=ui_url(
             settings.mlflow_tracking_uri,
             settings.mlflow_ui_url or None,
             mlflow_experiment_id,

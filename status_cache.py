@@ -9,9 +9,9 @@ Freshness, with several uvicorn workers sharing one database (each worker has it
 - A snapshot is served only while it is at most `STATUS_CACHE_S` old (measured from when its read
   started), so a change made by another worker process shows within that bound. A background task
   re-reads every recently requested run in one query twice per bound, so hot runs never expire.
-- Any write to the runs table by this process (API calls, training threads, heartbeats) makes the
-  snapshots of the runs it wrote (all of them, when that cannot be told) that were read before it
-  unusable at once: with one worker, answers are exact.
+- Every write through this process's `RunStore` (API calls, training threads, heartbeats) announces
+  the runs it wrote once committed, which makes their snapshots read before it unusable at once:
+  with one worker, answers are exact.
 - `settle()` lets a route that changed a run (stop, resume) wait out the bound before answering, so
   that once it answers, every worker's status shows the change.
 - Misses (unknown to this worker, expired, invalidated) read the database, so new runs are found,
@@ -27,15 +27,12 @@ import functools
 import itertools
 import threading
 import time
-from typing import Any
+from collections.abc import Collection
 
 import structlog
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import event
-from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
-from sqlalchemy.sql import operators
-from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClauseList
 
+from core.errors import describe
 from db_models import TrainingRun
 from run_store import RunStore
 from run_views import training_status
@@ -44,7 +41,6 @@ from settings import Settings
 log = structlog.get_logger(__name__)
 
 IDLE_EVICT_S = 30.0  # a run nobody asked about for this long is no longer refreshed nor kept
-_WROTE = "status_cache_wrote"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +76,7 @@ class _Read:
 class StatusCache:
     """Recent run snapshots of this worker; see the module docstring for the freshness rules.
 
-    :param store: run records.
+    :param store: run records; the cache follows the writes this process makes through it.
     :param settings: `status_cache_s` is the bound; 0 turns the cache off (every request reads).
     """
 
@@ -92,12 +88,11 @@ class StatusCache:
         self._inflight: dict[str, _Read] = {}
         # One counter orders reads and writes; `next()` on it is atomic, so any thread may draw.
         self._stamps = itertools.count(1)
-        self._all_written = 0  # stamp of the last write this process could not pin to runs
-        self._written: dict[
-            str, tuple[int, float]
-        ] = {}  # run id -> (stamp, monotonic time) of its last write
+        # Run id -> (stamp, monotonic time) of this process's last write to it.
+        self._written: dict[str, tuple[int, float]] = {}
         self._written_lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
+        store.on_write.append(self.invalidate)
 
     @property
     def enabled(self) -> bool:
@@ -105,50 +100,16 @@ class StatusCache:
 
     # --- invalidation by this process's own writes ------------------------------------------------
 
-    def watch_writes(self, session_factory: sessionmaker[Session]) -> None:
-        """Invalidate on every write made through `session_factory` (all of RunStore's writes).
-
-        Marked when a write executes (a read starting later must not be kept as current) and again
-        once its transaction committed (a read that started in between saw the old row). An UPDATE
-        whose WHERE clause pins `training_runs.id` invalidates those runs only; any other write, all.
-        """
-        event.listen(session_factory, "do_orm_execute", self._on_execute)
-        event.listen(session_factory, "after_flush", self._on_flush)
-        event.listen(session_factory, "after_commit", self._on_commit)
-        event.listen(session_factory, "after_rollback", self._on_rollback)
-
-    def _on_execute(self, state: ORMExecuteState) -> None:
-        if state.is_update or state.is_insert or state.is_delete:
-            self._note_write(state.session, _written_run_ids(state.statement))
-
-    def _on_flush(self, session: Session, _context: Any) -> None:
-        self._note_write(session, None)
-
-    def _note_write(self, session: Session, run_ids: set[str] | None) -> None:
-        pending = session.info.get(_WROTE, set())
-        session.info[_WROTE] = None if run_ids is None or pending is None else pending | run_ids
-        self.invalidate(run_ids)
-
-    def _on_commit(self, session: Session) -> None:
-        if _WROTE in session.info:
-            self.invalidate(session.info.pop(_WROTE))
-
-    def _on_rollback(self, session: Session) -> None:
-        session.info.pop(_WROTE, None)  # nothing changed
-
-    def invalidate(self, run_ids: set[str] | None = None) -> None:
-        """Thread-safe: no snapshot of these runs (None: of any run) read before now is served again."""
+    def invalidate(self, run_ids: Collection[str]) -> None:
+        """Thread-safe: no snapshot of these runs read before now is served again."""
         with self._written_lock:
             stamp, now = next(self._stamps), time.monotonic()
-            if run_ids is None:
-                self._all_written = stamp
-            else:
-                for run_id in run_ids:
-                    self._written[run_id] = (stamp, now)
+            for run_id in run_ids:
+                self._written[run_id] = (stamp, now)
 
     def _written_since(self, run_id: str, stamp: int) -> bool:
         """Did this process write the run after a read stamped `stamp` started?"""
-        return self._all_written > stamp or self._written.get(run_id, (0, 0.0))[0] > stamp
+        return self._written.get(run_id, (0, 0.0))[0] > stamp
 
     def _forget_old_writes(self) -> None:
         """A write older than the bound no longer matters: every read that started before it is too old
@@ -242,7 +203,7 @@ class StatusCache:
                 await self.refresh()
             except Exception as error:  # e.g. a database outage: serve nothing stale, read through
                 self._entries.clear()
-                log.warning("status_cache_refresh_failed", error=(str(error).splitlines() or [""])[0])
+                log.warning("status_cache_refresh_failed", error=describe(error))
 
     async def refresh(self) -> None:
         """Re-read every run requested lately, in one query; forget the others."""
@@ -266,28 +227,3 @@ class StatusCache:
 
     def cached_ids(self) -> list[str]:
         return list(self._entries)
-
-
-def _written_run_ids(statement: Any) -> set[str] | None:
-    """The runs an UPDATE or DELETE of `training_runs` is pinned to by `id = :x` or `id IN (...)` in its
-    WHERE clause (ANDed with anything); None when that cannot be told (then all runs count as written)."""
-    if getattr(getattr(statement, "table", None), "name", None) != TrainingRun.__tablename__:
-        return None
-    where = getattr(statement, "whereclause", None)
-    if where is None:
-        return None
-    criteria = list(where.clauses) if isinstance(where, BooleanClauseList) else [where]
-    if isinstance(where, BooleanClauseList) and where.operator is not operators.and_:
-        return None
-    id_column = TrainingRun.__table__.c.id
-    for criterion in criteria:
-        if not (isinstance(criterion, BinaryExpression) and isinstance(criterion.right, BindParameter)):
-            continue
-        if getattr(criterion.left, "table", None) is not id_column.table or criterion.left.key != "id":
-            continue
-        value = criterion.right.value
-        if criterion.operator is operators.eq and isinstance(value, str):
-            return {value}
-        if criterion.operator is operators.in_op and isinstance(value, list | tuple):
-            return {str(v) for v in value}
-    return None

@@ -28,6 +28,7 @@ import onnx_export
 from agents.building import build_model, load_model, make_vec_env
 from agents.evaluation import EvalResult, evaluate
 from agents.hyperparameters import effective_hyperparameters
+from core.errors import describe
 from db_models import RunStatus, TrainingRun
 from mlflow_client import TrackedRun, Tracker
 from model_files import CHECKPOINT_DIR, fetch_artifact, latest_checkpoint
@@ -168,7 +169,7 @@ class TrainingJob:
             return local
         # On another machine than the run's last one: the model it saved when it stopped is in the store.
         return fetch_artifact(
-            self.tracker, self.run.mlflow_run_id, "model.zip", self.settings.run_dir(self.run.id)
+            self.tracker.runs, self.run.mlflow_run_id, "model.zip", self.settings.run_dir(self.run.id)
         )
 
     def _callbacks(self, tracked: TrackedRun | None) -> CallbackList:
@@ -310,7 +311,7 @@ class TrainingJob:
         try:
             return self.store.stop_requested(self.run.id)
         except SQLAlchemyError as error:
-            self.log.warning("stop_poll_failed", error=str(error).splitlines()[0])
+            self.log.warning("stop_poll_failed", error=describe(error))
             return False
 
     def _finish(self, status: RunStatus, **outcome: Any) -> None:
@@ -335,7 +336,7 @@ class TrainingJob:
                     "final_state_not_recorded_yet",
                     status=status.value,
                     retry_in_s=delay,
-                    error=str(error).splitlines()[0],
+                    error=describe(error),
                 )
             time.sleep(delay)
             delay = min(2 * delay, FINAL_STATE_RETRY_MAX_S)

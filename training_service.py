@@ -19,6 +19,7 @@ import structlog
 import torch
 
 from agents.hyperparameters import default_n_envs, ppo_n_steps
+from core.errors import InvalidRequest, NotResumable, ServiceBusy, describe
 from db_models import RunStatus, TrainingRun
 from mlflow_client import Tracker
 from run_store import NewRun, RunStore, worker_identity
@@ -30,27 +31,6 @@ log = structlog.get_logger(__name__)
 
 QUEUE_RETRY_AFTER_S = 30
 GIL_SWITCH_INTERVAL_S = 0.001
-
-
-class InvalidRequest(ValueError):
-    """A request that passed schema validation but cannot run here; answered as 422 naming the field."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
-
-
-class ServiceBusy(RuntimeError):
-    """The queue is full; answered as 429 with Retry-After."""
-
-    def __init__(self, queued: int, retry_after_s: int) -> None:
-        super().__init__(f"{queued} runs are already queued (MAX_QUEUED_RUNS); try again later")
-        self.retry_after_s = retry_after_s
-
-
-class NotResumable(RuntimeError):
-    """The run cannot be resumed (wrong state, or nothing saved); answered as 409."""
 
 
 class TrainingService:
@@ -193,7 +173,7 @@ class TrainingService:
             try:
                 run = self.store.claim_next_queued(self.owner, self.concurrency_cap())
             except Exception as error:
-                log.warning("claim_failed", error=_first_line(error))
+                log.warning("claim_failed", error=describe(error))
                 return
             if run is None:
                 return
@@ -210,7 +190,7 @@ class TrainingService:
                 self.store.heartbeat(self.owner, self.local_run_ids())
             except Exception as error:
                 reachable_since = None
-                log.warning("heartbeat_failed", error=_first_line(error))
+                log.warning("heartbeat_failed", error=describe(error))
                 continue
             reachable_since = reachable_since or time.monotonic()
             if time.monotonic() - reachable_since < self.settings.heartbeat_timeout_s:
@@ -220,7 +200,7 @@ class TrainingService:
                     log.warning("run_interrupted", experiment_id=run_id, reason="heartbeat timeout")
                     self._close_orphaned_tracking(run_id)
             except Exception as error:
-                log.warning("stale_check_failed", error=_first_line(error))
+                log.warning("stale_check_failed", error=describe(error))
 
     def _close_orphaned_tracking(self, run_id: str) -> None:
         mlflow_run_id = self.store.get(run_id).mlflow_run_id
@@ -228,8 +208,3 @@ class TrainingService:
             self.tracker.close_orphan(
                 mlflow_run_id, RunStatus.INTERRUPTED.value, lambda: self.store.is_active(run_id)
             )
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error)
-    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"

@@ -22,7 +22,8 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketState
 
 from api.security import websocket_rejection, websocket_subprotocol
-from run_store import RunNotFound, RunStore
+from core.errors import RunNotFound, describe
+from run_store import RunStore
 from run_views import progress_message
 from settings import Settings
 from status_cache import StatusCache
@@ -124,7 +125,7 @@ class ProgressHub:
             try:
                 await self._poll_once()
             except Exception as error:  # a database outage must not end live updates for good
-                log.warning("progress_poll_failed", error=str(error).splitlines()[0] if str(error) else "")
+                log.warning("progress_poll_failed", error=describe(error))
 
     async def _poll_once(self) -> None:
         run_ids = list(self._watched)

@@ -10,7 +10,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from mlflow_client import Tracker
+from records.experiments import Experiments
+from records.mlflow_runs import MlflowRuns
 from run_store import RunStore
 from settings import Settings
 from status_cache import StatusCache
@@ -32,9 +33,14 @@ async def get_app_settings(request: Request) -> Settings:
     return settings
 
 
-async def get_tracker(request: Request) -> Tracker:
-    tracker: Tracker = request.app.state.tracker
-    return tracker
+async def get_experiments(request: Request) -> Experiments:
+    experiments: Experiments = request.app.state.experiments
+    return experiments
+
+
+async def get_mlflow_runs(request: Request) -> MlflowRuns:
+    mlflow_runs: MlflowRuns = request.app.state.mlflow_runs
+    return mlflow_runs
 
 
 async def get_status_cache(request: Request) -> StatusCache:
@@ -46,4 +52,5 @@ ServiceDep = Annotated[TrainingService, Depends(get_service)]
 StoreDep = Annotated[RunStore, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 StatusCacheDep = Annotated[StatusCache, Depends(get_status_cache)]
-TrackerDep = Annotated[Tracker, Depends(get_tracker)]
+ExperimentsDep = Annotated[Experiments, Depends(get_experiments)]
+MlflowRunsDep = Annotated[MlflowRuns, Depends(get_mlflow_runs)]

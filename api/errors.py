@@ -6,21 +6,37 @@ import math
 from typing import Any
 
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
-from run_store import RunNotFound
-from training_service import InvalidRequest, NotResumable, ServiceBusy
+from core.errors import (
+    ArtifactStoreUnavailable,
+    InvalidApiKey,
+    InvalidRequest,
+    ModelNotAvailable,
+    NotResumable,
+    PolicyNotExported,
+    RunNotFound,
+    ServiceBusy,
+    ServiceError,
+    describe,
+)
 
 log = structlog.get_logger(__name__)
 
-
-async def _run_not_found(_request: Request, error: Exception) -> JSONResponse:
-    assert isinstance(error, RunNotFound)
-    return JSONResponse(status_code=404, content={"detail": str(error)})
+STATUS_CODES: dict[type[ServiceError], int] = {
+    InvalidApiKey: 401,
+    RunNotFound: 404,
+    ModelNotAvailable: 404,
+    NotResumable: 409,
+    PolicyNotExported: 409,
+    InvalidRequest: 422,
+    ServiceBusy: 429,
+    ArtifactStoreUnavailable: 503,
+}
 
 
 async def _request_invalid(_request: Request, error: Exception) -> JSONResponse:
@@ -41,26 +57,30 @@ _JSON_SAFE: dict[Any, Any] = {
 }
 
 
-async def _invalid_request(_request: Request, error: Exception) -> JSONResponse:
-    assert isinstance(error, InvalidRequest)
-    # Same shape as FastAPI's own validation errors, so clients parse one format.
-    detail = [{"type": "value_error", "loc": ["body", error.field], "msg": error.message, "input": None}]
-    return JSONResponse(status_code=422, content={"detail": detail})
+def _detail(error: ServiceError) -> Any:
+    if isinstance(error, InvalidRequest):
+        # Same shape as FastAPI's own validation errors, so clients parse one format.
+        return [{"type": "value_error", "loc": ["body", error.field], "msg": error.message, "input": None}]
+    return str(error)
 
 
-async def _not_resumable(_request: Request, error: Exception) -> JSONResponse:
-    return JSONResponse(status_code=409, content={"detail": str(error)})
+def _headers(error: ServiceError) -> dict[str, str] | None:
+    if isinstance(error, ServiceBusy):
+        return {"Retry-After": str(error.retry_after_s)}
+    if isinstance(error, InvalidApiKey):
+        return {"WWW-Authenticate": "ApiKey"}
+    return None
 
 
-async def _service_busy(_request: Request, error: Exception) -> JSONResponse:
-    assert isinstance(error, ServiceBusy)
+async def _service_error(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, ServiceError)
     return JSONResponse(
-        status_code=429, content={"detail": str(error)}, headers={"Retry-After": str(error.retry_after_s)}
+        status_code=STATUS_CODES[type(error)], content={"detail": _detail(error)}, headers=_headers(error)
     )
 
 
 async def _database_unavailable(_request: Request, error: Exception) -> JSONResponse:
-    log.warning("database_unavailable", error=str(error).splitlines()[0])
+    log.warning("database_unavailable", error=describe(error))
     return JSONResponse(
         status_code=503,
         content={"detail": "the database is unavailable; try again shortly"},
@@ -68,11 +88,20 @@ async def _database_unavailable(_request: Request, error: Exception) -> JSONResp
     )
 
 
+class BodyTooLarge(HTTPException):
+    """A streamed body grew past MAX_REQUEST_BYTES while the app read it: 413.
+
+    An HTTPException on purpose, and so defined here, with the other HTTP answers: FastAPI turns any
+    other error raised while it reads a body into a 400 ("There was an error parsing the body"), but
+    lets an HTTPException through to its handler.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(status_code=413, detail=f"request body larger than {max_bytes} bytes")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _request_invalid)
-    app.add_exception_handler(RunNotFound, _run_not_found)
-    app.add_exception_handler(InvalidRequest, _invalid_request)
-    app.add_exception_handler(ServiceBusy, _service_busy)
-    app.add_exception_handler(NotResumable, _not_resumable)
-    app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(ServiceError, _service_error)
+    # Connection failures, timeouts, a locked SQLite file (OperationalError is one of these).
     app.add_exception_handler(DBAPIError, _database_unavailable)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
-import mlflow_client
-from api.deps import ServiceDep, SettingsDep, StoreDep, TrackerDep
+from api.deps import MlflowRunsDep, ServiceDep, StoreDep
+from core.errors import describe
 from schemas import HealthComponent, HealthResponse
 
 router = APIRouter(tags=["health"])
@@ -16,17 +16,15 @@ def _database_health(store: StoreDep) -> HealthComponent:
     try:
         store.ping()
     except Exception as error:
-        return HealthComponent(ok=False, detail=f"database unreachable: {str(error).splitlines()[0]}")
+        return HealthComponent(ok=False, detail=f"database unreachable: {describe(error)}")
     return HealthComponent(ok=True, detail="database reachable")
 
 
 @router.get("/health", response_model=HealthResponse, summary="Liveness and dependency reachability")
-async def health(
-    store: StoreDep, settings: SettingsDep, service: ServiceDep, tracker: TrackerDep
-) -> HealthResponse:
+async def health(store: StoreDep, service: ServiceDep, mlflow_runs: MlflowRunsDep) -> HealthResponse:
     """Always answers 200 while the process serves; `status` is `degraded` when a dependency is down."""
     database = await run_in_threadpool(_database_health, store)
-    ok, detail = await run_in_threadpool(mlflow_client.check_tracking_store, settings.mlflow_tracking_uri)
+    ok, detail = await run_in_threadpool(mlflow_runs.check_store)
     mlflow = HealthComponent(ok=ok, detail=detail)
     return HealthResponse(
         status="ok" if database.ok and mlflow.ok else "degraded",
@@ -34,5 +32,5 @@ async def health(
         mlflow=mlflow,
         runs_training_here=len(service.local_run_ids()),
         worker=service.owner,
-        mlflow_experiment_id=tracker.cached_experiment_id(),
+        mlflow_experiment_id=mlflow_runs.cached_experiment_id(),
     )

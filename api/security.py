@@ -8,9 +8,11 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Annotated, Any
 from urllib.parse import urlparse
 
-from fastapi import HTTPException, Request, Security, WebSocket
+from fastapi import Request, Security, WebSocket
 from fastapi.security import APIKeyHeader
 
+from api.errors import BodyTooLarge
+from core.errors import InvalidApiKey
 from settings import Settings
 
 API_KEY_HEADER = "X-API-Key"
@@ -37,11 +39,7 @@ async def require_api_key(request: Request, given: Annotated[str | None, Securit
     """REST guard: with `API_KEY` set, every call needs the header `X-API-Key`."""
     settings: Settings = request.app.state.settings
     if settings.api_key and not _matches(given, settings.api_key):
-        raise HTTPException(
-            status_code=401,
-            detail=f"missing or invalid API key (send it in the {API_KEY_HEADER} header)",
-            headers={"WWW-Authenticate": "ApiKey"},
-        )
+        raise InvalidApiKey(f"missing or invalid API key (send it in the {API_KEY_HEADER} header)")
 
 
 def websocket_subprotocol(websocket: WebSocket) -> str | None:
@@ -96,24 +94,13 @@ class BodySizeLimit:
             received += len(message.get("body", b""))
             if received > self.max_bytes:
                 # The app's exception handling answers it, as it answers any HTTPException.
-                raise _BodyTooLarge(self.max_bytes)
+                raise BodyTooLarge(self.max_bytes)
             return message
 
         await self.app(scope, counting_receive, send)
 
     async def _reject(self, send: Send) -> None:
-        body = json.dumps({"detail": _BodyTooLarge(self.max_bytes).detail}).encode()
+        body = json.dumps({"detail": BodyTooLarge(self.max_bytes).detail}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-
-
-class _BodyTooLarge(HTTPException):
-    """A streamed body grew past the limit while the app read it.
-
-    An HTTPException on purpose: FastAPI turns any other error raised while it reads a body into a 400
-    ("There was an error parsing the body"), but lets an HTTPException through to its handler.
-    """
-
-    def __init__(self, max_bytes: int) -> None:
-        super().__init__(status_code=413, detail=f"request body larger than {max_bytes} bytes")

@@ -12,10 +12,14 @@ import pytest
 from fastapi.testclient import TestClient
 from mlflow.tracking import MlflowClient
 
+from database import create_db_engine, make_session_factory, upgrade_schema
+from db_models import RunStatus
 from mlflow_client import TrackedRun, Tracker
+from run_store import RunStore
 from tests.conftest import (
     FINAL_STATES,
     LONG_PPO,
+    SMALL_RUN,
     TINY_DQN,
     TINY_PPO,
     LiveService,
@@ -127,6 +131,83 @@ def test_unknown_experiments_are_404(client: TestClient) -> None:
         assert client.get(f"/experiments/{missing}{path}").status_code == 404
     assert client.post(f"/experiments/{missing}/rollout", json={}).status_code == 404
     assert client.get("/experiments/not-a-uuid").status_code == 422
+
+
+def test_a_finished_runs_models_can_be_downloaded_played_and_evaluated(client: TestClient) -> None:
+    status = run_to_end(client, TINY_PPO)
+    run_id = status["experiment_id"]
+    assert status["onnx"]["status"] == "exported", status
+
+    onnx = client.get(f"/experiments/{run_id}/model.onnx")
+    sb3 = client.get(f"/experiments/{run_id}/model.zip")
+    played = client.post(f"/experiments/{run_id}/rollout", json={"maze_seed": 3})
+    evaluated = client.post(f"/experiments/{run_id}/evaluate", json={"episodes": 4})
+
+    run_dir = app_state(client).settings.run_dir(run_id)
+    assert onnx.status_code == 200 and onnx.content == (run_dir / "model.onnx").read_bytes()
+    assert sb3.status_code == 200 and sb3.content == (run_dir / "model.zip").read_bytes()
+    rollout = played.json()
+    assert played.status_code == 200, played.text
+    assert rollout["maze_seed"] == 3 and len(rollout["grid"]) == 2 * TINY_PPO["maze_size"] + 1
+    assert rollout["path"][0] == rollout["start"] and rollout["steps"] >= 1
+    assert evaluated.status_code == 200, evaluated.text
+    assert evaluated.json()["experiment_id"] == run_id and evaluated.json()["episodes"] == 4
+    assert 0.0 <= evaluated.json()["success_rate"] <= 1.0
+
+
+def record_finished_elsewhere(data_dir: Path, *, stopped_before_start: bool) -> str:
+    """A run recorded in the service's database before it starts: stopped while still queued (nothing
+    saved), or completed on another machine (model and ONNX export only in MLflow's artifact store)."""
+    engine = create_db_engine(f"sqlite:///{data_dir / 'service.db'}")
+    upgrade_schema(engine)
+    store = RunStore(make_session_factory(engine))
+    run = store.create(SMALL_RUN)
+    if stopped_before_start:
+        store.request_stop(run.id)
+    else:
+        assert store.claim_next_queued("ray-worker:4242:abcd", max_running=1) is not None
+        store.record_mlflow_run(run.id, "0123456789abcdef")
+        store.finish(run.id, RunStatus.COMPLETED, model_path="/on/the/worker/model.zip")
+        store.record_onnx(run.id, onnx_status="exported")
+    engine.dispose()
+    return run.id
+
+
+def test_a_run_without_models_answers_404_for_files_and_409_for_its_policy(
+    make_client: Callable[..., TestClient], tmp_path: Path
+) -> None:
+    run_id = record_finished_elsewhere(tmp_path / "data", stopped_before_start=True)
+    client = make_client()
+
+    onnx = client.get(f"/experiments/{run_id}/model.onnx")
+    sb3 = client.get(f"/experiments/{run_id}/model.zip")
+    played = client.post(f"/experiments/{run_id}/rollout", json={})
+    evaluated = client.post(f"/experiments/{run_id}/evaluate", json={"episodes": 1})
+    resumed = client.post(f"/training/resume/{run_id}")
+
+    assert onnx.status_code == 404 and "no exported ONNX model" in onnx.json()["detail"]
+    assert sb3.status_code == 404 and "no saved model.zip yet (status: stopped)" in sb3.json()["detail"]
+    assert played.status_code == 409 and "no exported ONNX model yet" in played.json()["detail"]
+    assert evaluated.status_code == 409 and evaluated.json() == played.json()
+    assert resumed.status_code == 409 and "no checkpoint" in resumed.json()["detail"]
+
+
+def test_files_only_in_an_unusable_artifact_store_answer_503(
+    make_client: Callable[..., TestClient], tmp_path: Path
+) -> None:
+    run_id = record_finished_elsewhere(tmp_path / "data", stopped_before_start=False)
+    client = make_client(mlflow_tracking_uri="unsupported://mlflow-store")
+
+    sb3 = client.get(f"/experiments/{run_id}/model.zip")
+    played = client.post(f"/experiments/{run_id}/rollout", json={})
+    detail = client.get(f"/experiments/{run_id}")
+
+    assert sb3.status_code == 503
+    assert "artifact store holding model.zip is unavailable" in sb3.json()["detail"]
+    assert played.status_code == 503 and "model.onnx" in played.json()["detail"]
+    # The run's own record is still served, with the reason the MLflow part is missing.
+    assert detail.status_code == 200 and detail.json()["status"] == "completed"
+    assert detail.json()["mlflow_error"].startswith("MLflow unavailable: ")
 
 
 def test_tracking_to_a_real_mlflow_server(

@@ -89,18 +89,18 @@ def test_a_workers_model_is_fetched_once_and_again_after_the_run_finishes_anew(
 ) -> None:
     run = uploaded_by_a_worker(tracker, run_record, tmp_path)
 
-    fetched = model_file(settings, tracker, run, "model.zip")
+    fetched = model_file(settings, tracker.runs, run, "model.zip")
 
     assert fetched is not None and fetched.read_bytes() == MODEL_BYTES
     assert fetched.is_relative_to(settings.data_dir / "artifact-cache" / run.id)
-    assert model_file(settings, tracker, run, "model.onnx") is None, "the worker uploaded no ONNX file"
+    assert model_file(settings, tracker.runs, run, "model.onnx") is None, "the worker uploaded no ONNX file"
 
     fetched.write_bytes(b"cached copy")  # a second request must not download again
-    assert model_file(settings, tracker, run, "model.zip") == fetched
+    assert model_file(settings, tracker.runs, run, "model.zip") == fetched
     assert fetched.read_bytes() == b"cached copy"
 
     assert run.finished_at is not None
     run.finished_at += timedelta(minutes=5)  # resumed, and finished again: a new model
-    refetched = model_file(settings, tracker, run, "model.zip")
+    refetched = model_file(settings, tracker.runs, run, "model.zip")
     assert refetched is not None and refetched != fetched
     assert refetched.read_bytes() == MODEL_BYTES

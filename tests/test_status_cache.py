@@ -3,12 +3,13 @@ Also the other measures against event-loop stalls under load (one encoding per W
 no garbage collection of start-up objects).
 
 "Another worker" is a second app (or a second RunStore with its own engine) on the same SQLite file:
-its writes are invisible to this worker's write watch, exactly like another uvicorn process's writes.
+its writes are not announced to this worker's cache, exactly like another uvicorn process's writes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import time
 import uuid
@@ -19,15 +20,26 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event
+from sqlalchemy.exc import IntegrityError
 
 from database import create_db_engine, make_session_factory, upgrade_schema
-from run_store import RunStore
+from run_store import ProgressSnapshot, RunStore
 from status_cache import Snapshot, StatusCache
 from tests.conftest import SMALL_RUN, app_client, app_state, settings_for_tests
 from websocket import Frame, ProgressHub
 
 OTHER_WORKER = "other-host:4242:abcd"  # another host: no start-up recovery of ours touches its runs
 QUEUED_RUN = SMALL_RUN
+PROGRESS = ProgressSnapshot(
+    episode=1,
+    timesteps=64,
+    maze_episodes=2,
+    maze_successes=1,
+    reward=0.5,
+    success_rate=0.5,
+    loss=0.1,
+    fps=99.0,
+)
 
 
 @pytest.fixture
@@ -182,17 +194,15 @@ def test_a_write_to_one_run_leaves_the_snapshots_of_the_others_in_place(
     tmp_path: Path, other_worker: RunStore
 ) -> None:
     engine = create_db_engine(f"sqlite:///{tmp_path / 'data' / 'service.db'}")
-    factory = make_session_factory(engine)
-    store = RunStore(factory)
+    store = RunStore(make_session_factory(engine))
     cache = StatusCache(store, settings_for_tests(tmp_path / "data", status_cache_s=10.0))
-    cache.watch_writes(factory)
     first, second = other_worker.create(QUEUED_RUN), other_worker.create(QUEUED_RUN)
 
     async def scenario() -> list[Snapshot]:
         seen = [await cache.get(first.id), await cache.get(second.id)]
         store.request_stop(first.id)  # this process writes the first run only
         seen += [await cache.get(first.id), await cache.get(second.id)]
-        store.heartbeat("nobody:1:x", [second.id])  # an UPDATE pinned to the second (matching no row)
+        store.heartbeat("nobody:1:x", [second.id])  # a write to the second (matching no row)
         seen.append(await cache.get(second.id))
         return seen
 
@@ -204,3 +214,28 @@ def test_a_write_to_one_run_leaves_the_snapshots_of_the_others_in_place(
     assert after_first is not before_first and after_first.run.status == "stopped"
     assert after_second is before_second  # the very same snapshot: not read again
     assert after_heartbeat is not before_second
+
+
+def test_the_store_announces_each_committed_write_with_the_runs_it_wrote(
+    tmp_path: Path, other_worker: RunStore
+) -> None:
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'data' / 'service.db'}")
+    store = RunStore(make_session_factory(engine))
+    announced: list[set[str]] = []
+    store.on_write.append(lambda run_ids: announced.append(set(run_ids)))
+    try:
+        run, other = store.create(QUEUED_RUN), store.create(QUEUED_RUN)
+        store.request_stop(run.id)
+        store.heartbeat("nobody:1:x", [run.id, other.id])
+        # Reads announce nothing.
+        store.get(run.id)
+        store.list_runs()
+        before_failure = list(announced)
+        refused = dataclasses.replace(PROGRESS, episode=None)  # type: ignore[arg-type]  # NOT NULL: refused
+        with pytest.raises(IntegrityError):
+            store.record_progress(other.id, refused)
+    finally:
+        engine.dispose()
+
+    assert before_failure == [{run.id}, {other.id}, {run.id}, {run.id, other.id}]
+    assert announced == before_failure  # a rolled-back write changed nothing

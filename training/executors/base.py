@@ -12,6 +12,7 @@ from typing import Protocol
 
 import structlog
 
+from core.errors import describe
 from db_models import RunStatus, TrainingRun
 from mlflow_client import Tracker
 from model_files import latest_checkpoint
@@ -79,7 +80,7 @@ def end_abandoned_run(
             return False
         store.finish(run_id, status, error=reason)
     except Exception as error:
-        log.warning("run_end_not_recorded", experiment_id=run_id, error=(str(error).splitlines() or [""])[0])
+        log.warning("run_end_not_recorded", experiment_id=run_id, error=describe(error))
         return False
     if tracker is not None and run.mlflow_run_id:
         tracker.close_orphan(run.mlflow_run_id, status.value, lambda: store.is_active(run_id))

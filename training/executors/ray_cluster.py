@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from core.errors import describe
 from db_models import RunStatus, TrainingRun
 from mlflow_client import Tracker
 from model_files import ARTIFACT_PATHS
@@ -131,7 +132,7 @@ class RayExecutor:
                     run_id, RunStatus.INTERRUPTED, error="the service shut down before the run could save"
                 )
             except Exception as error:  # database down: the next start-up marks the run interrupted
-                log.warning("ray_run_end_not_recorded", experiment_id=run_id, error=_first_line(error))
+                log.warning("ray_run_end_not_recorded", experiment_id=run_id, error=describe(error))
         ray.shutdown()
 
     def _still_running(self, run_id: str) -> bool:
@@ -162,13 +163,12 @@ class RayExecutor:
             return False
         folder = ARTIFACT_PATHS["model.zip"].rsplit("/", 1)[0]
         try:
-            listed = self.tracker.client().list_artifacts(run.mlflow_run_id, folder)
+            listed = self.tracker.runs.artifact_paths(run.mlflow_run_id, folder)
         except Exception as error:
             raise SavedModelUnavailable(
-                f"run {run.id}'s saved model is in MLflow, which is unavailable: "
-                f"{type(error).__name__}: {_first_line(error)}"
+                f"run {run.id}'s saved model is in MLflow, which is unavailable: {describe(error)}"
             ) from error
-        return ARTIFACT_PATHS["model.zip"] in {info.path for info in listed}
+        return ARTIFACT_PATHS["model.zip"] in listed
 
     def _refresh_capacity(self, force: bool = False) -> None:
         if not force and time.monotonic() - self._capacity_read_at < CAPACITY_REFRESH_S:
@@ -192,7 +192,7 @@ class RayExecutor:
             self.store.finish(
                 run.id,
                 RunStatus.FAILED,
-                error=f"could not submit to Ray: {type(error).__name__}: {_first_line(error)}",
+                error=f"could not submit to Ray: {describe(error)}",
             )
 
     def _start_actor(self, run: TrainingRun) -> None:
@@ -275,9 +275,7 @@ class RayExecutor:
                 )
             else:
                 status = RunStatus.FAILED
-                reason = (
-                    f"the Ray worker training this run died: {type(error).__name__}: {_first_line(error)}"
-                )
+                reason = f"the Ray worker training this run died: {describe(error)}"
         self._mark_ended(run_id, status, reason)
 
     def _mark_ended(self, run_id: str, status: RunStatus, reason: str) -> None:
@@ -337,8 +335,3 @@ def train_on_worker(
         settings, run_id, control, artifact_dir, WORKER_UPLOAD_FLUSH_S, artifacts_must_reach_store=True
     )
     return status.value
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
