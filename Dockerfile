@@ -4,7 +4,7 @@
 #   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 \
 #                -t rl-maze-training-service:cuda .                  # CUDA build of the same torch version
 #
-# Settings come from the environment (see settings.py / .env.example); `python main.py` serves
+# Settings come from the environment (see core/settings.py / .env.example); `python main.py` serves
 # HOST:PORT with WORKERS uvicorn processes and applies database migrations at start-up.
 FROM python:3.11-slim
 

@@ -18,12 +18,12 @@ from api.dashboard import install_dashboard
 from api.errors import install_error_handlers
 from api.responses import UNAUTHORIZED
 from api.security import BodySizeLimit, require_api_key
-from database import create_db_engine, make_session_factory, upgrade_schema
-from logging_setup import configure_logging
+from core.logging_setup import configure_logging
+from core.settings import Settings, get_settings
+from records.database import create_db_engine, make_session_factory, upgrade_schema
 from records.experiments import Experiments
-from run_store import RunStore
-from settings import Settings, get_settings
-from status_cache import StatusCache
+from records.status_cache import StatusCache
+from records.store import RunStore
 from training.executors.worker import make_tracker, tracker_artifact_dir
 from training_service import TrainingService
 from websocket import ProgressHub

@@ -18,7 +18,7 @@ Metadata (ONNX ``metadata_props``, string to string): the caller's keys (the ser
 ``stable_baselines3_version``, ``onnx_version``, ``onnx_opset``, ``onnx_outputs``).
 
 Only numpy and onnxruntime are imported at module level (torch and Stable-Baselines3 inside the functions
-that need them): ``replay_onnx.py`` reads the metadata keys from here where torch is not installed. The
+that need them): ``agents.replay`` reads the metadata keys from here where torch is not installed. The
 runtime that plays an exported file is ``agents.onnx_policy.OnnxPolicy``.
 """
 
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from stable_baselines3.common.policies import BasePolicy
     from stable_baselines3.common.vec_env import VecEnv
 
-# Keys the service passes in `metadata`; replay_onnx.py reads the maze ones to rebuild the maze.
+# Keys the service passes in `metadata`; agents.replay reads the maze ones to rebuild the maze.
 METADATA_ALGORITHM = "algorithm"
 METADATA_MAZE_SIZE = "maze_size"  # cells per side, e.g. "10"
 METADATA_MAZE_MODE = "maze_mode"  # "fixed" or "random"
@@ -236,7 +236,7 @@ def _export_and_reference(
     model: PPO | DQN, metadata: Mapping[str, str], observations: np.ndarray, opset: int
 ) -> tuple[onnx.ModelProto, str, np.ndarray, np.ndarray]:
     """The checked ONNX model, its values output name, and PyTorch's values and SB3's actions to match."""
-    import torch  # deferred: replay_onnx.py needs neither torch nor SB3
+    import torch  # deferred: agents.replay needs neither torch nor SB3
 
     exportable = _exportable_policy(model)
     outputs = (ACTION_OUTPUT, exportable.values_output)

@@ -2,7 +2,7 @@
 
 Where runs train is the executor's business (`training/executors/`: threads of this process, child
 processes, or a Ray cluster, chosen once from EXECUTOR); in every case the job itself is
-`training_job.TrainingJob`. Every fact other workers need goes through `RunStore`; the executor's
+`training.job.TrainingJob`. Every fact other workers need goes through `RunStore`; the executor's
 threads and task handles are only this process's handles on the runs it started, so the service stays
 correct under `uvicorn --workers N`.
 """
@@ -19,12 +19,12 @@ import structlog
 import torch
 
 from agents.hyperparameters import default_n_envs, ppo_n_steps
+from api.schemas import StartTrainingRequest
 from core.errors import InvalidRequest, NotResumable, ServiceBusy, describe
-from db_models import RunStatus, TrainingRun
+from core.settings import Settings
 from mlflow_client import Tracker
-from run_store import NewRun, RunStore, worker_identity
-from schemas import StartTrainingRequest
-from settings import Settings
+from records.store import NewRun, RunStore, worker_identity
+from records.tables import RunStatus, TrainingRun
 from training.executors import Executor, SavedModelUnavailable, make_executor
 
 log = structlog.get_logger(__name__)

@@ -23,10 +23,10 @@ from starlette.websockets import WebSocketState
 
 from api.security import websocket_rejection, websocket_subprotocol
 from core.errors import RunNotFound, describe
-from run_store import RunStore
-from run_views import progress_message
-from settings import Settings
-from status_cache import StatusCache
+from core.settings import Settings
+from records.status_cache import StatusCache
+from records.store import RunStore
+from records.views import progress_message
 
 log = structlog.get_logger(__name__)
 
@@ -174,7 +174,7 @@ async def training_progress(websocket: WebSocket, experiment_id: str) -> None:
         await websocket.close(code=CLOSE_POLICY_VIOLATION, reason=rejection)
         return
     try:
-        # From this worker's snapshots (see status_cache.py): 100 clients connecting at once would
+        # From this worker's snapshots (see records/status_cache.py): 100 clients connecting at once would
         # otherwise be 100 thread-pool reads, each fighting the training threads for the GIL.
         run = (await cache.get(str(uuid.UUID(experiment_id)))).run
     except (ValueError, RunNotFound):

@@ -8,7 +8,7 @@ Models saved before this package existed (when it was one ``agents.py``) pickled
 module path, as ``agents.MazePlannerExtractor`` and ``agents.MazeDQNPolicy``; SB3 can load those
 ``model.zip`` files only while the names resolve here. They are looked up on first use rather than
 imported, so that ``agents.onnx_policy`` and ``agents.evaluation`` stay importable where torch is not
-installed (``replay_onnx.py``).
+installed (``python -m agents.replay``).
 """
 
 from __future__ import annotations

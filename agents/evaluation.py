@@ -1,7 +1,7 @@
 """Play deterministic policies on mazes and score them: success rate and path efficiency.
 
 The one stepping loop (``play``) serves every place a policy plays mazes: the held-out evaluation at the
-end of training, ``POST /experiments/{id}/evaluate``, rollouts and ``replay_onnx.py``. Only numpy and the
+end of training, ``POST /experiments/{id}/evaluate``, rollouts and ``agents.replay``. Only numpy and the
 maze are imported, so that it runs where torch is not installed (with an ``OnnxPolicy``).
 """
 

@@ -1,6 +1,6 @@
 """Run a policy exported by ``onnx_export.export_policy`` with onnxruntime on CPU (no torch needed).
 
-Only numpy and onnxruntime are imported: ``replay_onnx.py`` and the API's rollouts and evaluation run
+Only numpy and onnxruntime are imported: ``python -m agents.replay`` and the API's rollouts and evaluation run
 exported policies where torch and Stable-Baselines3 need not be installed.
 """
 

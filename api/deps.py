@@ -10,11 +10,11 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from core.settings import Settings
 from records.experiments import Experiments
 from records.mlflow_runs import MlflowRuns
-from run_store import RunStore
-from settings import Settings
-from status_cache import StatusCache
+from records.status_cache import StatusCache
+from records.store import RunStore
 from training_service import TrainingService
 
 

@@ -11,10 +11,7 @@ from fastapi.responses import FileResponse
 
 from api.deps import ExperimentsDep, SettingsDep
 from api.responses import BAD_BODY, DATABASE_DOWN, NO_ONNX_MODEL, NOT_FOUND
-from db_models import TrainingRun
-from model_files import ARTIFACT_PATHS, model_available
-from run_views import experiment_summary, onnx_info, training_status
-from schemas import (
+from api.schemas import (
     Algorithm,
     ArtifactInfo,
     ErrorMessage,
@@ -27,6 +24,9 @@ from schemas import (
     RolloutResponse,
     RunStatusName,
 )
+from records.files import ARTIFACT_PATHS, model_available
+from records.tables import TrainingRun
+from records.views import experiment_summary, onnx_info, training_status
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 

@@ -6,8 +6,8 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
 from api.deps import MlflowRunsDep, ServiceDep, StoreDep
+from api.schemas import HealthComponent, HealthResponse
 from core.errors import describe
-from schemas import HealthComponent, HealthResponse
 
 router = APIRouter(tags=["health"])
 

@@ -13,7 +13,7 @@ from fastapi.security import APIKeyHeader
 
 from api.errors import BodyTooLarge
 from core.errors import InvalidApiKey
-from settings import Settings
+from core.settings import Settings
 
 API_KEY_HEADER = "X-API-Key"
 # Browsers cannot set headers on a WebSocket: they offer the key as the subprotocol "apikey.<key>".

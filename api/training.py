@@ -12,14 +12,14 @@ from fastapi.concurrency import run_in_threadpool
 
 from api.deps import ServiceDep, StatusCacheDep, StoreDep
 from api.responses import BAD_BODY, DATABASE_DOWN, NOT_FOUND, QUEUE_FULL
-from db_models import RunStatus
-from schemas import (
+from api.schemas import (
     ErrorMessage,
     StartTrainingRequest,
     StartTrainingResponse,
     StopTrainingResponse,
     TrainingStatus,
 )
+from records.tables import RunStatus
 
 router = APIRouter(prefix="/training", tags=["training"])
 

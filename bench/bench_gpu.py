@@ -4,7 +4,7 @@ Starts ``uvicorn main:app`` on 127.0.0.1 (SQLite file and local MLflow store in 
 ``MAX_CONCURRENT_RUNS=1`` so runs do not share the machine), then for PPO and DQN, on ``cuda`` and on
 ``cpu`` in turn: ``POST /training/start``, listen on the run's WebSocket, wait for ``completed`` and check
 that the run reports the device it asked for, that its ONNX export passed verification, that the
-downloaded ``model.onnx`` runs in onnxruntime (``replay_onnx``) and that MLflow holds its metrics. A tiny
+downloaded ``model.onnx`` runs in onnxruntime (``agents.replay``) and that MLflow holds its metrics. A tiny
 ``"device": "auto"`` run must resolve to ``cuda``. Last, a real CUDA out-of-memory error must be turned
 into the message that says what to lower.
 
@@ -123,7 +123,8 @@ async def train_once(service: Service, work: Path, algorithm: str, device: str, 
             onnx_path.write_bytes((await http.get(f"/experiments/{run_id}/model.onnx")).content)
             replay = await asyncio.create_subprocess_exec(
                 sys.executable,
-                "replay_onnx.py",
+                "-m",
+                "agents.replay",
                 str(onnx_path),
                 "--maze-seed",
                 "12345",
@@ -145,7 +146,7 @@ async def train_once(service: Service, work: Path, algorithm: str, device: str, 
 
 def oom_message() -> str:
     """Cause a real CUDA out-of-memory error (a 4 TiB tensor) and describe it as the service does."""
-    from training_job import describe_error
+    from training.job import describe_error
 
     try:
         torch.empty(2**42, dtype=torch.uint8, device="cuda")

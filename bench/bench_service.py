@@ -48,7 +48,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedOK
 
 from bench.results_file import RESULTS_FILE, write_section
-from settings import Settings
+from core.settings import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SECTION_HEADING = "## Service load"

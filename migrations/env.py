@@ -7,9 +7,9 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from database import is_sqlite, normalize_database_url
-from db_models import Base
-from settings import get_settings
+from core.settings import get_settings
+from records.database import is_sqlite, normalize_database_url
+from records.tables import Base
 
 config = context.config
 if config.config_file_name is not None and not config.get_main_option("sqlalchemy.url"):

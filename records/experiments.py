@@ -18,11 +18,11 @@ from agents.evaluation import EvalResult, evaluate_with
 from agents.onnx_policy import OnnxPolicy
 from agents.rollouts import Rollout, play_maze
 from core.errors import ArtifactStoreUnavailable, ModelNotAvailable, PolicyNotExported, describe
-from db_models import TrainingRun
-from model_files import model_file
+from core.settings import Settings
+from records.files import model_file
 from records.mlflow_runs import MlflowRuns, RunDetails
-from run_store import RunStore
-from settings import Settings
+from records.store import RunStore
+from records.tables import TrainingRun
 
 log = structlog.get_logger(__name__)
 

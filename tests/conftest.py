@@ -20,11 +20,11 @@ from fastapi.testclient import TestClient
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from database import create_db_engine, make_session_factory, upgrade_schema
-from db_models import TrainingRun
+from core.settings import Settings
 from main import create_app
-from run_store import NewRun, RunStore
-from settings import Settings
+from records.database import create_db_engine, make_session_factory, upgrade_schema
+from records.store import NewRun, RunStore
+from records.tables import TrainingRun
 
 # A small run record, for tests that write runs to a store directly.
 SMALL_RUN = NewRun(

@@ -12,8 +12,8 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
 from agents.building import in_memory_logger, make_vec_env
-from run_store import ProgressSnapshot
-from training_callbacks import ProgressCallback, StopOnRequestCallback, TrackingCallback
+from records.store import ProgressSnapshot
+from training.callbacks import ProgressCallback, StopOnRequestCallback, TrackingCallback
 
 N_ENVS = 2
 N_STEPS = 16  # per env and rollout: one rollout is 32 timesteps

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from database import create_db_engine, make_session_factory, upgrade_schema
-from db_models import RunStatus, TrainingRun
-from run_store import RunStore
-from schemas import StartTrainingRequest
-from settings import Settings
+from api.schemas import StartTrainingRequest
+from core.settings import Settings
+from records.database import create_db_engine, make_session_factory, upgrade_schema
+from records.store import RunStore
+from records.tables import RunStatus, TrainingRun
 from tests.conftest import LONG_PPO, SMALL_RUN, TINY_PPO, settings_for_tests
 from training.executors import make_executor
 from training.executors.processes import ProcessExecutor

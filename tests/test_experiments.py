@@ -12,10 +12,10 @@ import pytest
 from fastapi.testclient import TestClient
 from mlflow.tracking import MlflowClient
 
-from database import create_db_engine, make_session_factory, upgrade_schema
-from db_models import RunStatus
 from mlflow_client import TrackedRun, Tracker
-from run_store import RunStore
+from records.database import create_db_engine, make_session_factory, upgrade_schema
+from records.store import RunStore
+from records.tables import RunStatus
 from tests.conftest import (
     FINAL_STATES,
     LONG_PPO,

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from db_models import TrainingRun, utcnow
+from core.settings import Settings
 from mlflow_client import Tracker
-from model_files import model_available, model_file, saved_file
-from settings import Settings
+from records.files import model_available, model_file, saved_file
+from records.tables import TrainingRun, utcnow
 from tests.conftest import copy_mlflow_store, settings_for_tests
 
 MODEL_BYTES = b"PK\x03\x04 not really a model"

@@ -243,7 +243,7 @@ def test_image_scaling_is_inside_the_graph(algorithm: type[PPO] | type[DQN], tmp
 
 def run_replay(model_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-X", "importtime", "replay_onnx.py", str(model_path), *args],
+        [sys.executable, "-X", "importtime", "-m", "agents.replay", str(model_path), *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

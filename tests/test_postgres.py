@@ -20,11 +20,11 @@ from alembic.script import ScriptDirectory
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, inspect, text
 
-from database import alembic_config, create_db_engine, make_session_factory, upgrade_schema
-from db_models import Base
+from core.settings import Settings
 from main import create_app
-from run_store import NewRun, RunStore
-from settings import Settings
+from records.database import alembic_config, create_db_engine, make_session_factory, upgrade_schema
+from records.store import NewRun, RunStore
+from records.tables import Base
 from tests.conftest import (
     FINAL_STATES,
     LONG_PPO,

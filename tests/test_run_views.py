@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from db_models import RunStatus, TrainingRun, utcnow
-from run_views import progress_message, training_status
-from settings import Settings
+from core.settings import Settings
+from records.tables import RunStatus, TrainingRun, utcnow
+from records.views import progress_message, training_status
 from tests.conftest import settings_for_tests
 
 

@@ -22,9 +22,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event
 from sqlalchemy.exc import IntegrityError
 
-from database import create_db_engine, make_session_factory, upgrade_schema
-from run_store import ProgressSnapshot, RunStore
-from status_cache import Snapshot, StatusCache
+from records.database import create_db_engine, make_session_factory, upgrade_schema
+from records.status_cache import Snapshot, StatusCache
+from records.store import ProgressSnapshot, RunStore
 from tests.conftest import SMALL_RUN, app_client, app_state, settings_for_tests
 from websocket import Frame, ProgressHub
 

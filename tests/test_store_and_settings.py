@@ -11,10 +11,10 @@ from fastapi.testclient import TestClient
 from mlflow.tracking import MlflowClient
 from sqlalchemy import update
 
-from database import create_db_engine, make_session_factory, normalize_database_url, upgrade_schema
-from db_models import RunStatus, TrainingRun, utcnow
-from run_store import RunStore
-from settings import Settings
+from core.settings import Settings
+from records.database import create_db_engine, make_session_factory, normalize_database_url, upgrade_schema
+from records.store import RunStore
+from records.tables import RunStatus, TrainingRun, utcnow
 from tests.conftest import SMALL_RUN, app_state, wait_for_mlflow
 
 NEW_RUN = SMALL_RUN

@@ -10,7 +10,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 import maze_env
 import onnx_export
-from db_models import TrainingRun
+from records.tables import TrainingRun
 
 
 def fixed_maze_seed(env: VecEnv) -> int:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from core.settings import Settings
 from mlflow_client import Tracker
-from run_store import RunStore
-from settings import Settings
+from records.store import RunStore
 from training.executors.base import Executor, RunEnded, SavedModelUnavailable
 from training.executors.processes import ProcessExecutor
 from training.executors.threads import ThreadExecutor

@@ -13,11 +13,11 @@ from typing import Protocol
 import structlog
 
 from core.errors import describe
-from db_models import RunStatus, TrainingRun
+from core.settings import Settings
 from mlflow_client import Tracker
-from model_files import latest_checkpoint
-from run_store import RunStore
-from settings import Settings
+from records.files import latest_checkpoint
+from records.store import RunStore
+from records.tables import RunStatus, TrainingRun
 
 log = structlog.get_logger(__name__)
 

@@ -28,15 +28,15 @@ from typing import Any
 
 import structlog
 
-from db_models import RunStatus, TrainingRun
-from logging_setup import configure_logging
+from core.logging_setup import configure_logging
+from core.settings import Settings
 from mlflow_client import Tracker
-from run_store import RunStore
-from settings import Settings
+from records.store import RunStore
+from records.tables import RunStatus, TrainingRun
 from training.executors.base import end_abandoned_run
 from training.executors.threads import ThreadExecutor
 from training.executors.worker import tracker_artifact_dir, train_run
-from training_job import JobControl
+from training.job import JobControl
 
 log = structlog.get_logger(__name__)
 

@@ -22,11 +22,11 @@ from typing import Any
 import structlog
 
 from core.errors import describe
-from db_models import RunStatus, TrainingRun
+from core.settings import Settings
 from mlflow_client import Tracker
-from model_files import ARTIFACT_PATHS
-from run_store import RunStore
-from settings import Settings
+from records.files import ARTIFACT_PATHS
+from records.store import RunStore
+from records.tables import RunStatus, TrainingRun
 from training.executors.base import (
     RunEnded,
     SavedModelUnavailable,
@@ -34,7 +34,7 @@ from training.executors.base import (
     has_local_checkpoint,
 )
 from training.executors.worker import tracker_artifact_dir, train_run
-from training_job import JobControl
+from training.job import JobControl
 
 log = structlog.get_logger(__name__)
 

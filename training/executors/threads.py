@@ -15,12 +15,12 @@ import threading
 import structlog
 import torch
 
-from db_models import TrainingRun
+from core.settings import Settings
 from mlflow_client import Tracker
-from run_store import RunStore
-from settings import Settings
+from records.store import RunStore
+from records.tables import TrainingRun
 from training.executors.base import RunEnded, has_local_checkpoint
-from training_job import JobControl, TrainingJob
+from training.job import JobControl, TrainingJob
 
 log = structlog.get_logger(__name__)
 

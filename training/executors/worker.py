@@ -8,12 +8,12 @@ from pathlib import Path
 
 import torch
 
-from database import create_db_engine, make_session_factory
-from db_models import RunStatus
+from core.settings import Settings
 from mlflow_client import Tracker, is_tracking_server
-from run_store import RunStore
-from settings import Settings
-from training_job import JobControl, TrainingJob
+from records.database import create_db_engine, make_session_factory
+from records.store import RunStore
+from records.tables import RunStatus
+from training.job import JobControl, TrainingJob
 
 
 def train_run(

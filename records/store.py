@@ -19,7 +19,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.errors import RunNotFound
-from db_models import RunStatus, TrainingRun, utcnow
+from records.tables import RunStatus, TrainingRun, utcnow
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Replay an exported maze policy with onnxruntime only (no torch, no Stable-Baselines3).
 
-Usage: ``python replay_onnx.py path/to/model.onnx [--maze-seed N]``
+Usage: ``python -m agents.replay path/to/model.onnx [--maze-seed N]``
 
 The maze size, mode and seed come from the file's metadata (see ``onnx_export.METADATA_MAZE_*``);
 ``--maze-seed`` replays the policy on another maze of the same size. Prints the squares the agent

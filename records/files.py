@@ -10,9 +10,9 @@ from pathlib import Path
 
 import structlog
 
-from db_models import TrainingRun
+from core.settings import Settings
 from records.mlflow_runs import MlflowRuns
-from settings import Settings
+from records.tables import TrainingRun
 
 log = structlog.get_logger(__name__)
 

@@ -33,10 +33,10 @@ import structlog
 from fastapi.concurrency import run_in_threadpool
 
 from core.errors import describe
-from db_models import TrainingRun
-from run_store import RunStore
-from run_views import training_status
-from settings import Settings
+from core.settings import Settings
+from records.store import RunStore
+from records.tables import TrainingRun
+from records.views import training_status
 
 log = structlog.get_logger(__name__)
 

@@ -29,13 +29,13 @@ from agents.building import build_model, load_model, make_vec_env
 from agents.evaluation import EvalResult, evaluate
 from agents.hyperparameters import effective_hyperparameters
 from core.errors import describe
-from db_models import RunStatus, TrainingRun
+from core.settings import Settings
 from mlflow_client import TrackedRun, Tracker
-from model_files import CHECKPOINT_DIR, fetch_artifact, latest_checkpoint
-from run_store import ProgressSnapshot, RunStore
-from settings import Settings
+from records.files import CHECKPOINT_DIR, fetch_artifact, latest_checkpoint
+from records.store import ProgressSnapshot, RunStore
+from records.tables import RunStatus, TrainingRun
+from training.callbacks import ProgressCallback, StopOnRequestCallback, TrackingCallback
 from training.run_metadata import fixed_maze_seed, onnx_metadata, run_parameters
-from training_callbacks import ProgressCallback, StopOnRequestCallback, TrackingCallback
 
 log = structlog.get_logger(__name__)
 

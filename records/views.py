@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import model_files
-from db_models import RunStatus, TrainingRun
+from api.schemas import ExperimentSummary, OnnxInfo, TrainingStatus
+from core.settings import Settings
+from records.files import model_available
 from records.mlflow_runs import ui_url
-from run_store import elapsed_seconds
-from schemas import ExperimentSummary, OnnxInfo, TrainingStatus
-from settings import Settings
+from records.store import elapsed_seconds
+from records.tables import RunStatus, TrainingRun
 
 
 def training_status(run: TrainingRun, settings: Settings) -> TrainingStatus:
@@ -48,7 +48,7 @@ def training_status(run: TrainingRun, settings: Settings) -> TrainingStatus:
         updated_at=run.progress_at,
         stop_requested=run.stop_requested,
         error=run.error,
-        model_available=model_files.model_available(settings, run),
+        model_available=model_available(settings, run),
         mlflow_run_id=run.mlflow_run_id,
         tracking_status=run.tracking_status,
         tracking_error=run.tracking_error,

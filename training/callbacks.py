@@ -10,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
-from run_store import ProgressSnapshot
+from records.store import ProgressSnapshot
 
 ROLLING_WINDOW = 100
 LOSS_KEYS = ("train/loss",)
