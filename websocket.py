@@ -22,6 +22,7 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketState
 
 from api.security import websocket_rejection, websocket_subprotocol
+from core.background import cancel_and_wait
 from core.errors import RunNotFound, describe
 from core.settings import Settings
 from records.status_cache import StatusCache
@@ -88,10 +89,7 @@ class ProgressHub:
         self._task = asyncio.get_running_loop().create_task(self._poll_loop(), name="progress-hub")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         for watched in self._watched.values():
             for queue in watched.queues:
                 _offer(queue, None)

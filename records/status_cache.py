@@ -21,7 +21,6 @@ Freshness, with several uvicorn workers sharing one database (each worker has it
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import itertools
@@ -32,6 +31,7 @@ from collections.abc import Collection
 import structlog
 from fastapi.concurrency import run_in_threadpool
 
+from core.background import cancel_and_wait
 from core.errors import describe
 from core.settings import Settings
 from records.store import RunStore
@@ -191,10 +191,7 @@ class StatusCache:
             self._task = asyncio.get_running_loop().create_task(self._refresh_loop(), name="status-cache")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _refresh_loop(self) -> None:
         while True:
