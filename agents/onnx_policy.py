@@ -2,6 +2,17 @@
 
 Only numpy and onnxruntime are imported: ``python -m agents.replay`` and the API's rollouts and evaluation run
 exported policies where torch and Stable-Baselines3 need not be installed.
+
+The file's contract, which ``onnx_export`` writes and this module reads:
+
+Outputs:
+- ``action`` (int64, shape (batch,)): the deterministic action, as ``model.predict(obs, deterministic=True)``.
+- ``logits`` (PPO, float32, (batch, n_actions)): unnormalised categorical logits (softmax: probabilities).
+- ``q_values`` (DQN, float32, (batch, n_actions)): the online Q-network's values; the action is their argmax.
+
+Metadata (ONNX ``metadata_props``, string to string): the caller's keys (the service passes the
+``METADATA_*`` keys below) plus the library keys this module adds (``torch_version``,
+``stable_baselines3_version``, ``onnx_version``, ``onnx_opset``, ``onnx_outputs``).
 """
 
 from __future__ import annotations
@@ -14,6 +25,32 @@ import onnxruntime as ort
 
 # The graph output holding the deterministic action (int64, shape (batch,)); onnx_export writes it.
 ACTION_OUTPUT = "action"
+# Keys the service passes in `metadata`; agents.replay reads the maze ones to rebuild the maze.
+METADATA_ALGORITHM = "algorithm"
+METADATA_MAZE_SIZE = "maze_size"  # cells per side, e.g. "10"
+METADATA_MAZE_MODE = "maze_mode"  # "fixed" or "random"
+METADATA_MAZE_SEED = "maze_seed"  # the fixed maze's seed; absent for random mode (replay needs --maze-seed)
+METADATA_OBSERVATION_ENCODING = "observation_encoding"
+METADATA_ACTION_MEANINGS = "action_meanings"
+METADATA_EXPERIMENT_ID = "experiment_id"
+
+# Keys onnx_export adds; a caller may not set them.
+METADATA_TORCH_VERSION = "torch_version"
+METADATA_SB3_VERSION = "stable_baselines3_version"
+METADATA_ONNX_VERSION = "onnx_version"
+METADATA_OPSET = "onnx_opset"
+METADATA_OUTPUTS = "onnx_outputs"
+LIBRARY_METADATA_KEYS = (
+    METADATA_TORCH_VERSION,
+    METADATA_SB3_VERSION,
+    METADATA_ONNX_VERSION,
+    METADATA_OPSET,
+    METADATA_OUTPUTS,
+)
+
+INPUT_NAME = "observation"
+PPO_VALUES_OUTPUT = "logits"
+DQN_VALUES_OUTPUT = "q_values"
 
 _ORT_TO_NUMPY: dict[str, Any] = {
     "tensor(float)": np.float32,

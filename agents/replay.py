@@ -2,7 +2,7 @@
 
 Usage: ``python -m agents.replay path/to/model.onnx [--maze-seed N]``
 
-The maze size, mode and seed come from the file's metadata (see ``onnx_export.METADATA_MAZE_*``);
+The maze size, mode and seed come from the file's metadata (see ``agents.onnx_policy.METADATA_MAZE_*``);
 ``--maze-seed`` replays the policy on another maze of the same size. Prints the squares the agent
 visited, the number of steps and whether it reached the goal. Exit code: 0 goal reached, 1 not reached
 (time limit), 2 bad arguments or metadata.
@@ -16,8 +16,7 @@ from pathlib import Path
 
 import maze_env
 from agents.evaluation import Episode, play
-from agents.onnx_policy import OnnxPolicy
-from onnx_export import METADATA_MAZE_MODE, METADATA_MAZE_SEED, METADATA_MAZE_SIZE
+from agents.onnx_policy import METADATA_MAZE_MODE, METADATA_MAZE_SEED, METADATA_MAZE_SIZE, OnnxPolicy
 
 
 def replay(policy: OnnxPolicy, maze_size: int, maze_mode: str, maze_seed: int) -> Episode:

@@ -19,11 +19,9 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 import maze_env
-import onnx_export
-from agents import building, evaluation
-from agents.onnx_policy import OnnxPolicy
+from agents import building, evaluation, onnx_graph
+from agents.onnx_policy import LIBRARY_METADATA_KEYS, OnnxPolicy
 from onnx_export import (
-    LIBRARY_METADATA_KEYS,
     OnnxExportError,
     collect_observations,
     export_policy,
@@ -345,12 +343,12 @@ def test_a_graph_unlike_the_policy_is_not_published(
     values_shift: float,
     reason: str,
 ) -> None:
-    export_to_bytes = onnx_export._export_to_bytes
+    export_to_bytes = onnx_graph.export_to_bytes
 
     def export_miswired(module: torch.nn.Module, *args: Any) -> bytes:
         return export_to_bytes(Miswired(module, action_shift, values_shift), *args)
 
-    monkeypatch.setattr(onnx_export, "_export_to_bytes", export_miswired)
+    monkeypatch.setattr(onnx_graph, "export_to_bytes", export_miswired)
 
     with pytest.raises(OnnxExportError, match=reason):
         export_policy(service_model, tmp_path / "policy.onnx", {}, observations)

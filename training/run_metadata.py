@@ -9,7 +9,7 @@ import torch
 from stable_baselines3.common.vec_env import VecEnv
 
 import maze_env
-import onnx_export
+from agents import onnx_policy
 from records.tables import TrainingRun
 
 
@@ -49,13 +49,13 @@ def library_versions() -> dict[str, str]:
 def onnx_metadata(run: TrainingRun, env: VecEnv) -> dict[str, str]:
     """What a client needs to run the exported model without asking the service anything else."""
     metadata = {
-        onnx_export.METADATA_ALGORITHM: run.algorithm,
-        onnx_export.METADATA_MAZE_SIZE: str(run.maze_size),
-        onnx_export.METADATA_MAZE_MODE: run.maze_mode,
-        onnx_export.METADATA_OBSERVATION_ENCODING: maze_env.OBSERVATION_ENCODING,
-        onnx_export.METADATA_ACTION_MEANINGS: ",".join(maze_env.ACTIONS),
-        onnx_export.METADATA_EXPERIMENT_ID: run.id,
+        onnx_policy.METADATA_ALGORITHM: run.algorithm,
+        onnx_policy.METADATA_MAZE_SIZE: str(run.maze_size),
+        onnx_policy.METADATA_MAZE_MODE: run.maze_mode,
+        onnx_policy.METADATA_OBSERVATION_ENCODING: maze_env.OBSERVATION_ENCODING,
+        onnx_policy.METADATA_ACTION_MEANINGS: ",".join(maze_env.ACTIONS),
+        onnx_policy.METADATA_EXPERIMENT_ID: run.id,
     }
     if run.maze_mode == "fixed":
-        metadata[onnx_export.METADATA_MAZE_SEED] = str(fixed_maze_seed(env))
+        metadata[onnx_policy.METADATA_MAZE_SEED] = str(fixed_maze_seed(env))
     return metadata
