@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from agents.onnx_policy import OnnxPolicy
 from core.settings import Settings
@@ -19,7 +20,11 @@ from training.job import JobControl, TrainingJob
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return settings_for_tests(tmp_path / "data", mlflow_enabled=False, eval_episodes=4)
+    settings = settings_for_tests(tmp_path / "data", mlflow_enabled=False, eval_episodes=4)
+    # As the service and every worker set it before a job runs: torch's default (a thread per core) makes
+    # these tiny ops crawl on a busy machine.
+    torch.set_num_threads(settings.torch_threads)
+    return settings
 
 
 @pytest.fixture
