@@ -9,6 +9,8 @@ correct under `uvicorn --workers N`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import secrets
 import sys
 import threading
@@ -17,6 +19,7 @@ from datetime import timedelta
 
 import structlog
 import torch
+from sqlalchemy.exc import SQLAlchemyError
 
 from agents.hyperparameters import default_n_envs, ppo_n_steps
 from api.schemas import StartTrainingRequest
@@ -83,16 +86,43 @@ class TrainingService:
 
     # --- requests ----------------------------------------------------------------------------------
 
-    def submit(self, request: StartTrainingRequest) -> TrainingRun:
-        """Record a new run as queued and start it at once when the cap allows."""
+    def submit(self, request: StartTrainingRequest, idempotency_key: str | None = None) -> TrainingRun:
+        """Record a new run as queued and start it at once when the cap allows.
+
+        :param idempotency_key: the client's key for this start. A start repeated with the same key and
+            body answers the run the first one created; with another body it is refused.
+        """
         new_run = self._resolve(request)
-        _, queued = self.store.list_runs(status=RunStatus.QUEUED.value, limit=1)
-        if queued >= self.settings.max_queued_runs and not self._has_free_slot():
-            raise ServiceBusy(queued, retry_after_s=QUEUE_RETRY_AFTER_S)
-        run = self.store.create(new_run)
+        digest = _request_digest(request) if idempotency_key is not None else None
+        admission = self.store.admit(
+            new_run,
+            max_running=self.concurrency_cap(),
+            max_queued=self.settings.max_queued_runs,
+            idempotency_key=idempotency_key,
+            request_digest=digest,
+        )
+        if admission.run is None:
+            raise ServiceBusy(admission.waiting, retry_after_s=QUEUE_RETRY_AFTER_S)
+        run = admission.run
+        if admission.earlier:
+            if run.request_digest != digest:
+                raise InvalidRequest(
+                    "Idempotency-Key",
+                    f"this key already started run {run.id} with another body; use a new key for a new run",
+                )
+            return self._as_now(run)
         log.info("run_submitted", experiment_id=run.id, algorithm=run.algorithm, maze_size=run.maze_size)
         self._claim_and_start()
-        return self.store.get(run.id)
+        return self._as_now(run)
+
+    def _as_now(self, run: TrainingRun) -> TrainingRun:
+        """The run as recorded now, or as it was created when the database cannot be read: the run
+        exists, and an error answer would make the client's retry start it a second time."""
+        try:
+            return self.store.get(run.id)
+        except SQLAlchemyError as error:
+            log.warning("run_not_reread", experiment_id=run.id, error=describe(error))
+            return run
 
     def resume(self, run_id: str) -> TrainingRun:
         """Queue an interrupted or stopped run again; it continues from its newest checkpoint."""
@@ -119,10 +149,6 @@ class TrainingService:
     def concurrency_cap(self) -> int:
         """Runs allowed to train at once: MAX_CONCURRENT_RUNS, or with Ray the cluster's capacity."""
         return self.executor.capacity()
-
-    def _has_free_slot(self) -> bool:
-        _, running = self.store.list_runs(status=RunStatus.RUNNING.value, limit=1)
-        return running < self.concurrency_cap()
 
     def _resolve(self, request: StartTrainingRequest) -> NewRun:
         if request.maze_size > self.settings.max_maze_size:
@@ -208,3 +234,9 @@ class TrainingService:
             self.tracker.close_orphan(
                 mlflow_run_id, RunStatus.INTERRUPTED.value, lambda: self.store.is_active(run_id)
             )
+
+
+def _request_digest(request: StartTrainingRequest) -> str:
+    """Equal for two bodies that ask for the same run, whatever their key order or omitted defaults."""
+    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()

@@ -17,6 +17,11 @@ def _database_health(store: StoreDep) -> HealthComponent:
         store.ping()
     except Exception as error:
         return HealthComponent(ok=False, detail=f"database unreachable: {describe(error)}")
+    try:
+        store.check_writable()
+    except Exception as error:
+        # Reads still work, but runs cannot start and running jobs wait to record their progress.
+        return HealthComponent(ok=False, detail=f"database cannot be written: {describe(error)}")
     return HealthComponent(ok=True, detail="database reachable")
 
 

@@ -7,7 +7,7 @@ import time
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Header, Query, Response
 from fastapi.concurrency import run_in_threadpool
 
 from api.deps import ServiceDep, StatusCacheDep, StoreDep
@@ -32,11 +32,25 @@ STOP_POLL_S = 0.2
     summary="Start (or queue) a training run",
     responses={**BAD_BODY, **QUEUE_FULL, **DATABASE_DOWN},
 )
-async def start_training(request: StartTrainingRequest, service: ServiceDep) -> StartTrainingResponse:
+async def start_training(
+    request: StartTrainingRequest,
+    service: ServiceDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=200,
+            description="A key of the client's choosing (e.g. a UUID) that makes retrying this start safe: "
+            "a repeat with the same key and body answers the run the first one created (200, with its "
+            "current `run_status`) and creates none; a repeat with another body is refused (422).",
+        ),
+    ] = None,
+) -> StartTrainingResponse:
     """Records the run and starts training in a background thread, or queues it behind the
     concurrency cap (`MAX_CONCURRENT_RUNS`). `status` is always `"started"` (the seed's contract);
     `run_status` tells whether it is already `running` or `queued`."""
-    run = await run_in_threadpool(service.submit, request)
+    run = await run_in_threadpool(service.submit, request, idempotency_key)
     return StartTrainingResponse(experiment_id=run.id, run_status=run.status)
 
 

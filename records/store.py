@@ -9,13 +9,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import sqlite3
 import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import false, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.errors import RunNotFound
@@ -35,6 +37,20 @@ class NewRun:
     n_envs: int
     device_requested: str
     hyperparameters: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Admission:
+    """What `RunStore.admit` decided about a start.
+
+    :param run: the new queued run, the run an earlier start with the same idempotency key created
+        (`earlier`), or None: the queue is full.
+    :param waiting: queued runs that will still wait for a slot once the free slots are taken.
+    """
+
+    run: TrainingRun | None
+    earlier: bool
+    waiting: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +81,11 @@ def _pid_is_alive(pid: int) -> bool:
         return True
     return True
 
+
+# Every transaction that counts runs before it adds or starts one takes this PostgreSQL advisory lock.
+ADMISSION_LOCK_KEY = 7410523
+# /health waits this long for SQLite's write lock: a longer wait means writes are stuck.
+WRITE_CHECK_TIMEOUT_S = 2.0
 
 WriteListener = Callable[[Collection[str]], None]
 
@@ -97,7 +118,94 @@ class RunStore:
         with self._session_factory() as session:
             session.execute(text("SELECT 1"))
 
+    @contextmanager
+    def _serialised_writing(self, run_ids: Collection[str] = ()) -> Iterator[tuple[Session, set[str]]]:
+        """A write transaction that holds the write lock from its first statement, so that what it
+        counts stays true until it commits, in every worker process: SQLite's BEGIN IMMEDIATE, or on
+        PostgreSQL a transaction-scoped advisory lock that every such transaction takes."""
+        with self._writing(run_ids) as (session, written):
+            if session.get_bind().dialect.name == "postgresql":
+                session.execute(text(f"SELECT pg_advisory_xact_lock({ADMISSION_LOCK_KEY})"))
+            else:
+                session.execute(text("BEGIN IMMEDIATE"))
+            yield session, written
+
+    def check_writable(self) -> None:
+        """Take the database's write lock and let it go; raises when the database cannot be written.
+
+        SQLite is checked on a connection of its own: a pooled connection opened before the file became
+        unreadable still works, while every connection opened since fails.
+        """
+        engine = self._session_factory.kw["bind"]
+        database = engine.url.database if engine.dialect.name == "sqlite" else None
+        if not database or database == ":memory:":
+            with self._session_factory() as session, session.begin():
+                # Matches no row, yet needs the table's write lock: refused by a read-only database.
+                session.execute(update(TrainingRun).where(false()).values(stop_requested=True))
+            return
+        connection = sqlite3.connect(
+            f"{Path(database).resolve().as_uri()}?mode=rw",
+            uri=True,
+            timeout=WRITE_CHECK_TIMEOUT_S,
+            isolation_level=None,
+        )
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute("ROLLBACK")
+        finally:
+            connection.close()
+
     def create(self, new_run: NewRun) -> TrainingRun:
+        """Record a new queued run, whatever the queue holds."""
+        with self._writing() as (session, written):
+            run = self._insert(session, written, new_run)
+        return run
+
+    def admit(
+        self,
+        new_run: NewRun,
+        *,
+        max_running: int,
+        max_queued: int,
+        idempotency_key: str | None = None,
+        request_digest: str | None = None,
+    ) -> Admission:
+        """Record a new queued run if the queue has room, in one step with the count (see `Admission`).
+
+        The new run waits for a slot when `max_running` runs are running or queued ahead of it; it is
+        refused when `max_queued` runs would already be waiting. With `idempotency_key`, a run created
+        by an earlier start with the same key is answered instead of a new one.
+        """
+        with self._serialised_writing() as (session, written):
+            if idempotency_key is not None:
+                earlier = session.scalar(
+                    select(TrainingRun).where(TrainingRun.idempotency_key == idempotency_key)
+                )
+                if earlier is not None:
+                    return Admission(earlier, earlier=True, waiting=0)
+            counts: dict[str, int] = dict(
+                session.execute(
+                    select(TrainingRun.status, func.count())
+                    .where(TrainingRun.status.in_([RunStatus.QUEUED.value, RunStatus.RUNNING.value]))
+                    .group_by(TrainingRun.status)
+                ).all()
+            )
+            running = counts.get(RunStatus.RUNNING.value, 0)
+            queued = counts.get(RunStatus.QUEUED.value, 0)
+            waiting = max(0, queued - max(0, max_running - running))
+            if running + queued >= max_running and waiting >= max_queued:
+                return Admission(None, earlier=False, waiting=waiting)
+            run = self._insert(session, written, new_run, idempotency_key, request_digest)
+        return Admission(run, earlier=False, waiting=waiting)
+
+    @staticmethod
+    def _insert(
+        session: Session,
+        written: set[str],
+        new_run: NewRun,
+        idempotency_key: str | None = None,
+        request_digest: str | None = None,
+    ) -> TrainingRun:
         run = TrainingRun(
             id=str(uuid.uuid4()),
             status=RunStatus.QUEUED.value,
@@ -109,10 +217,12 @@ class RunStore:
             maze_episodes=0,
             maze_successes=0,
             created_at=utcnow(),
+            idempotency_key=idempotency_key,
+            request_digest=request_digest,
             **dataclasses.asdict(new_run),
         )
-        with self._writing([run.id]) as (session, _):
-            session.add(run)
+        session.add(run)
+        written.add(run.id)
         return run
 
     def get(self, run_id: str) -> TrainingRun:
@@ -153,8 +263,8 @@ class RunStore:
     def claim_next_queued(self, owner: str, max_running: int) -> TrainingRun | None:
         """Atomically turn the oldest queued run into a running run owned by `owner`, within the cap.
 
-        One UPDATE with the cap in its WHERE clause: SQLite serialises it as a single write; PostgreSQL
-        additionally takes a transaction-scoped advisory lock so two workers cannot both pass the count.
+        One UPDATE with the cap in its WHERE clause, in a transaction that holds the write lock from its
+        start (as `admit` does), so two workers cannot both pass the count.
         """
         now = utcnow()
         running = select(func.count()).where(TrainingRun.status == RunStatus.RUNNING.value).scalar_subquery()
@@ -164,9 +274,7 @@ class RunStore:
             .order_by(TrainingRun.created_at, TrainingRun.id)
             .limit(1)
         )
-        with self._writing() as (session, written):
-            if session.get_bind().dialect.name == "postgresql":
-                session.execute(text("SELECT pg_advisory_xact_lock(7410523)"))
+        with self._serialised_writing() as (session, written):
             candidate = session.scalar(oldest)
             if candidate is None:
                 return None

@@ -70,6 +70,10 @@ class TrainingRun(Base):
     n_envs: Mapped[int] = mapped_column(Integer)
     device_requested: Mapped[str] = mapped_column(String(8))
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The client's `Idempotency-Key` for the start that created the run, and a digest of that start's
+    # body: a repeat with the same key answers this run, a repeat with another body is refused.
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True, unique=True, index=True)
+    request_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     # What training actually used.
     device: Mapped[str | None] = mapped_column(String(16), nullable=True)

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -223,9 +223,17 @@ def free_port() -> int:
 class LiveService:
     """A real `uvicorn main:app` process on a loopback port, with its own data directory."""
 
-    def __init__(self, data_dir: Path, workers: int = 1, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        workers: int = 1,
+        env: dict[str, str] | None = None,
+        run_as: Sequence[str] = (),
+    ) -> None:
+        """:param run_as: a command that runs the service with other privileges (setpriv, runuser)."""
         self.data_dir = data_dir
         self.workers = workers
+        self.run_as = list(run_as)
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.extra_env = env or {}
@@ -245,6 +253,7 @@ class LiveService:
             **self.extra_env,
         }
         command = [
+            *self.run_as,
             sys.executable,
             "-m",
             "uvicorn",

@@ -12,12 +12,14 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
 import structlog
 import torch
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from stable_baselines3 import DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
@@ -40,12 +42,14 @@ from training.run_metadata import fixed_maze_seed, onnx_metadata, run_parameters
 log = structlog.get_logger(__name__)
 
 ONNX_VERIFICATION_OBSERVATIONS = 1000
-# Writing a run's final state waits out a database outage: first retry after this, doubling up to the max.
-FINAL_STATE_RETRY_FIRST_S = 0.5
-FINAL_STATE_RETRY_MAX_S = 10.0
+# A write of the run's record waits out a database outage: first retry after this, doubling up to the max.
+WRITE_RETRY_FIRST_S = 0.5
+WRITE_RETRY_MAX_S = 10.0
 # During shutdown the process is about to exit: wait this long at most, then give up (the next
 # start-up marks the run interrupted).
-FINAL_STATE_RETRY_AT_SHUTDOWN_S = 10.0
+WRITE_RETRY_AT_SHUTDOWN_S = 10.0
+# Errors a database outage or a locked/unreadable SQLite file raise; anything else is a bug, not retried.
+TRANSIENT_DATABASE_ERRORS = (OperationalError, InterfaceError, PoolTimeout, DisconnectionError)
 # A remote job waits this long for its files to reach the artifact store before it reports them ready.
 ARTIFACT_UPLOAD_WAIT_S = 120.0
 
@@ -111,9 +115,10 @@ class TrainingJob:
             else:
                 model = load_model(run.algorithm, checkpoint, env, device)
             used = effective_hyperparameters(model, run.algorithm)
-            self.store.record_setup(run.id, device, used)
+            self._write("set-up", lambda: self.store.record_setup(run.id, device, used))
             if run.maze_mode == "fixed":
-                self.store.record_fixed_maze_seed(run.id, fixed_maze_seed(env))
+                maze_seed = fixed_maze_seed(env)
+                self._write("maze seed", lambda: self.store.record_fixed_maze_seed(run.id, maze_seed))
             if tracked is not None and self.tracker is not None and checkpoint is None:
                 self.tracker.log_params(tracked, run_parameters(run, device, used))
             remaining = max(0, run.total_timesteps - model.num_timesteps)
@@ -246,7 +251,9 @@ class TrainingJob:
         except Exception as error:
             message = str(error) if isinstance(error, onnx_export.OnnxExportError) else describe_error(error)
             self.log.warning("onnx_export_failed", error=message)
-            self.store.record_onnx(run.id, onnx_status="failed", onnx_error=message)
+            self._write(
+                "onnx", lambda: self.store.record_onnx(run.id, onnx_status="failed", onnx_error=message)
+            )
             return
         if tracked is not None and self.tracker is not None:
             self.tracker.log_onnx_model(tracked, out_path)
@@ -259,13 +266,16 @@ class TrainingJob:
                 model.num_timesteps,
             )
             self._wait_for_uploads()
-        self.store.record_onnx(
-            run.id,
-            onnx_status="exported",
-            onnx_size_bytes=report.size_bytes,
-            onnx_opset=report.opset,
-            onnx_export_seconds=report.export_seconds,
-            onnx_parity_passed=report.parity.passed,
+        self._write(
+            "onnx",
+            lambda: self.store.record_onnx(
+                run.id,
+                onnx_status="exported",
+                onnx_size_bytes=report.size_bytes,
+                onnx_opset=report.opset,
+                onnx_export_seconds=report.export_seconds,
+                onnx_parity_passed=report.parity.passed,
+            ),
         )
         self.log.info("onnx_exported", seconds=round(report.export_seconds, 3))
 
@@ -315,31 +325,32 @@ class TrainingJob:
             return False
 
     def _finish(self, status: RunStatus, **outcome: Any) -> None:
-        """`RunStore.finish`, retried while the database is unreachable.
+        self._write(f"final state {status.value}", lambda: self.store.finish(self.run.id, status, **outcome))
 
-        A run's outcome (minutes or hours of training) must survive a database restart. The run keeps
-        its slot and its heartbeat until the write lands; at shutdown we give up after
-        FINAL_STATE_RETRY_AT_SHUTDOWN_S and re-raise.
+    def _write(self, what: str, write: Callable[[], None]) -> None:
+        """A write of the run's record, retried while the database is unreachable or locked.
+
+        A run (minutes or hours of training) must survive a database restart or a blip: the job waits,
+        keeping its slot and its heartbeat, until the write lands. At shutdown it gives up after
+        WRITE_RETRY_AT_SHUTDOWN_S and re-raises. Progress is not written through here: a lost snapshot
+        is replaced by the next one.
         """
-        delay = FINAL_STATE_RETRY_FIRST_S
+        delay = WRITE_RETRY_FIRST_S
         give_up_at: float | None = None
         while True:
             try:
-                self.store.finish(self.run.id, status, **outcome)
+                write()
                 return
-            except SQLAlchemyError as error:
+            except TRANSIENT_DATABASE_ERRORS as error:
                 if self.closing.is_set():
-                    give_up_at = give_up_at or time.monotonic() + FINAL_STATE_RETRY_AT_SHUTDOWN_S
+                    give_up_at = give_up_at or time.monotonic() + WRITE_RETRY_AT_SHUTDOWN_S
                     if time.monotonic() >= give_up_at:
                         raise
                 self.log.warning(
-                    "final_state_not_recorded_yet",
-                    status=status.value,
-                    retry_in_s=delay,
-                    error=describe(error),
+                    "record_not_written_yet", write=what, retry_in_s=delay, error=describe(error)
                 )
             time.sleep(delay)
-            delay = min(2 * delay, FINAL_STATE_RETRY_MAX_S)
+            delay = min(2 * delay, WRITE_RETRY_MAX_S)
 
 
 def _resolve_device(requested: str) -> str:
