@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import threading
 import time
 from collections.abc import Callable
 
@@ -11,6 +10,7 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
 from records.store import ProgressSnapshot
+from training.stopping import StopSignal
 
 ROLLING_WINDOW = 100
 LOSS_KEYS = ("train/loss",)
@@ -118,38 +118,17 @@ class ProgressCallback(BaseCallback):
 
 
 class StopOnRequestCallback(BaseCallback):
-    """Ends training when a stop was requested, locally (event) or by another worker (polled).
+    """Ends training at the next env step once the run's stop signal is set.
 
-    :param local_stop: set by this process to stop at the next step.
-    :param poll_remote: asks the shared store whether a stop was requested; called at most every
-        `poll_interval_s` so a busy run does not hammer the database.
-    :param poll_interval_s: seconds between remote polls.
+    :param signal: the run's stop signal (a local event, and remote requests polled from the store).
     """
 
-    def __init__(
-        self,
-        local_stop: threading.Event,
-        poll_remote: Callable[[], bool],
-        poll_interval_s: float = 0.5,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, signal: StopSignal) -> None:
         super().__init__()
-        self._local_stop = local_stop
-        self._poll_remote = poll_remote
-        self._poll_interval_s = poll_interval_s
-        self._clock = clock
-        self._last_poll = 0.0
+        self._signal = signal
 
     def _on_step(self) -> bool:
-        if self._local_stop.is_set():
-            return False
-        now = self._clock()
-        if now - self._last_poll >= self._poll_interval_s:
-            self._last_poll = now
-            if self._poll_remote():
-                self._local_stop.set()
-                return False
-        return True
+        return not self._signal.is_set()
 
 
 # SB3 logger keys → our MLflow metric names.
