@@ -82,7 +82,7 @@ def play(
     """
     first_obs = []
     for env, seed in zip(envs, maze_seeds, strict=True):
-        # Generating thousands of large mazes takes seconds too: a stop is honoured here as well.
+        # As building the envs, generating thousands of large mazes takes seconds.
         _check_stop(should_stop, len(envs))
         first_obs.append(env.reset(options={"maze_seed": int(seed)})[0])
     obs = np.stack(first_obs)
@@ -132,7 +132,11 @@ def evaluate_with(
     """
     if not maze_seeds:
         return EvalResult(success_rate=0.0, path_efficiency=0.0, episodes=0, mean_steps=0.0)
-    envs = [MazeEnv(maze_size=maze_size, maze_mode="fixed", max_episode_steps=max_steps) for _ in maze_seeds]
+    envs = []
+    for _ in maze_seeds:
+        # Thousands of large-maze envs take seconds to build: a stop is honoured here too.
+        _check_stop(should_stop, len(maze_seeds))
+        envs.append(MazeEnv(maze_size=maze_size, maze_mode="fixed", max_episode_steps=max_steps))
     episodes = play(predict, envs, maze_seeds, should_stop=should_stop)
     optimal = np.array([maze_env.shortest_path_moves(e.maze) for e in episodes], dtype=np.float64)
     steps = np.array([e.steps for e in episodes], dtype=np.int64)

@@ -21,8 +21,9 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv
 
 import maze_env
-from agents.evaluation import EvalResult
+from agents.evaluation import EvalResult, ShouldStop, evaluate
 from core.settings import Settings
+from records.files import BEST_MODEL_FILE
 from records.store import EvaluationState
 from records.tables import StopReason, TrainingRun
 from training.run_metadata import fixed_maze_seed
@@ -107,6 +108,33 @@ class EvaluationCallback(BaseCallback):
     :param state: the run's evaluation state so far (a resumed run), or None.
     :param clock: monotonic seconds (injected for tests of the schedule).
     """
+
+    @classmethod
+    def for_run(
+        cls,
+        run: TrainingRun,
+        settings: Settings,
+        env: VecEnv,
+        should_stop: ShouldStop,
+        record: Callable[[EvaluationState], None],
+    ) -> EvaluationCallback | None:
+        """A run's evaluation, continuing its state so far; None when evaluation is off (EVAL_EPISODES=0).
+
+        :param run: the run (its plan, and its evaluation state so far).
+        :param settings: where the run's files go, and EVAL_EPISODES.
+        :param env: the run's training env.
+        :param should_stop: asked between steps of every evaluation.
+        :param record: as for the constructor.
+        """
+        seeds = held_out_seeds(run, settings, env)
+        if not seeds:
+            return None
+
+        def evaluate_model(model: BaseAlgorithm) -> EvalResult:
+            return evaluate(model, run.maze_size, seeds, should_stop=should_stop)
+
+        best_path = settings.run_dir(run.id) / BEST_MODEL_FILE
+        return cls(EvaluationPlan.of(run), evaluate_model, best_path, record, evaluation_state(run))
 
     def __init__(
         self,

@@ -25,13 +25,12 @@ from stable_baselines3.common.vec_env import VecEnv, VecMonitor, is_vecenv_wrapp
 
 import onnx_export
 from agents.building import build_model, load_model, make_vec_env
-from agents.evaluation import EvalResult, EvaluationStopped, evaluate
+from agents.evaluation import EvaluationStopped
 from agents.hyperparameters import effective_hyperparameters
 from core.errors import describe
 from core.settings import Settings
 from mlflow_client import TrackedRun, Tracker
 from records.files import (
-    BEST_MODEL_FILE,
     CHECKPOINT_DIR,
     LAST_MODEL_FILE,
     MODEL_FILE,
@@ -42,12 +41,7 @@ from records.files import (
 from records.store import EvaluationState, ProgressSnapshot, RunStore
 from records.tables import RunStatus, StopReason, TrainingRun
 from training.callbacks import ProgressCallback, StopOnRequestCallback, TrackingCallback
-from training.evaluation_callback import (
-    EvaluationCallback,
-    EvaluationPlan,
-    evaluation_state,
-    held_out_seeds,
-)
+from training.evaluation_callback import EvaluationCallback
 from training.run_metadata import fixed_maze_seed, onnx_metadata, run_parameters
 from training.stopping import StopSignal, TrainingStopped, stop_between_gradient_steps
 
@@ -136,7 +130,9 @@ class TrainingJob:
             self.log.info(
                 "run_started", device=device, remaining_timesteps=remaining, resumed=checkpoint is not None
             )
-            evaluation = self._evaluation(env, signal, tracked)
+            evaluation = EvaluationCallback.for_run(
+                run, self.settings, env, signal.is_set, lambda state: self._record_evaluation(state, tracked)
+            )
             callbacks = self._callbacks(tracked, signal, evaluation)
             self._train(model, callbacks, remaining, checkpoint is None, evaluation)
             final_status = self._conclude(model, env, tracked, _progress_snapshot(callbacks), evaluation)
@@ -228,26 +224,6 @@ class TrainingJob:
             if fetched is not None:
                 return fetched
         return None
-
-    def _evaluation(
-        self, env: VecEnv, signal: StopSignal, tracked: TrackedRun | None
-    ) -> EvaluationCallback | None:
-        """The periodic held-out evaluation (None when it is turned off: EVAL_EPISODES=0)."""
-        run = self.run
-        seeds = held_out_seeds(run, self.settings, env)
-        if not seeds:
-            return None
-
-        def evaluate_model(model: BaseAlgorithm) -> EvalResult:
-            return evaluate(model, run.maze_size, seeds, should_stop=signal.is_set)
-
-        def record(state: EvaluationState) -> None:
-            self._record_evaluation(state, tracked)
-
-        best_path = self.settings.run_dir(run.id) / BEST_MODEL_FILE
-        return EvaluationCallback(
-            EvaluationPlan.of(run), evaluate_model, best_path, record, evaluation_state(run)
-        )
 
     def _record_evaluation(self, state: EvaluationState, tracked: TrackedRun | None) -> None:
         try:
