@@ -1,4 +1,5 @@
-"""Stable-Baselines3 callbacks: measure progress, and stop training when asked."""
+"""Stable-Baselines3 callbacks: measure progress, track it, save checkpoints, and stop training when
+asked; and the list a run trains with."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
 
+from core.settings import Settings
+from records.files import CHECKPOINT_DIR
 from records.store import ProgressSnapshot
+from records.tables import TrainingRun
 from training.stopping import StopSignal
 
 ROLLING_WINDOW = 100
@@ -213,3 +217,51 @@ class TrackingCallback(BaseCallback):
         if "loss" in metrics and self.model is not None and type(self.model).__name__ == "DQN":
             metrics["td_loss"] = metrics["loss"]
         self._log_metrics(metrics, self.num_timesteps)
+
+
+def run_callbacks(
+    run: TrainingRun,
+    settings: Settings,
+    publish: Callable[[ProgressSnapshot], None],
+    log_metrics: Callable[[dict[str, float], int], None] | None,
+    evaluation: BaseCallback | None,
+    signal: StopSignal,
+) -> CallbackList:
+    """The callbacks a run trains with, in order: progress, checkpoints, tracking, evaluation, stop.
+
+    :param run: the run (its iteration size, counts so far and id).
+    :param settings: progress interval, checkpoint interval, data directory.
+    :param publish: receives progress snapshots (see `ProgressCallback`).
+    :param log_metrics: sends metrics to the tracker; None: no tracking.
+    :param evaluation: the run's periodic evaluation, if any.
+    :param signal: the run's stop signal.
+    """
+    progress = ProgressCallback(
+        run.timesteps_per_episode,
+        settings.progress_interval_s,
+        publish,
+        maze_episodes=run.maze_episodes,
+        maze_successes=run.maze_successes,
+    )
+    callbacks: list[BaseCallback] = [progress]
+    every = settings.checkpoint_every_episodes
+    if every > 0:
+        callbacks.append(
+            CheckpointCallback(
+                save_freq=max(1, every * run.timesteps_per_episode // run.n_envs),
+                save_path=str(settings.run_dir(run.id) / CHECKPOINT_DIR),
+                name_prefix="checkpoint",
+            )
+        )
+    if log_metrics is not None:
+        callbacks.append(TrackingCallback(progress, run.timesteps_per_episode, log_metrics))
+    if evaluation is not None:
+        callbacks.append(evaluation)
+    callbacks.append(StopOnRequestCallback(signal))
+    return CallbackList(callbacks)
+
+
+def final_progress(callbacks: CallbackList) -> ProgressSnapshot:
+    """The run's final progress as its ProgressCallback measured it, to be written with the final state."""
+    progress = next(callback for callback in callbacks.callbacks if isinstance(callback, ProgressCallback))
+    return progress.snapshot()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -20,7 +21,7 @@ import torch
 from sqlalchemy.exc import SQLAlchemyError
 from stable_baselines3 import DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
+from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor, is_vecenv_wrapped
 
 import onnx_export
@@ -31,7 +32,6 @@ from core.errors import describe
 from core.settings import Settings
 from mlflow_client import TrackedRun, Tracker
 from records.files import (
-    CHECKPOINT_DIR,
     LAST_MODEL_FILE,
     MODEL_FILE,
     fetch_artifact,
@@ -40,7 +40,7 @@ from records.files import (
 )
 from records.store import EvaluationState, ProgressSnapshot, RunStore
 from records.tables import RunStatus, StopReason, TrainingRun
-from training.callbacks import ProgressCallback, StopOnRequestCallback, TrackingCallback
+from training.callbacks import final_progress, run_callbacks
 from training.evaluation_callback import EvaluationCallback
 from training.run_metadata import fixed_maze_seed, onnx_metadata, run_parameters
 from training.stopping import StopSignal, TrainingStopped, stop_between_gradient_steps
@@ -133,9 +133,12 @@ class TrainingJob:
             evaluation = EvaluationCallback.for_run(
                 run, self.settings, env, signal.is_set, lambda state: self._record_evaluation(state, tracked)
             )
-            callbacks = self._callbacks(tracked, signal, evaluation)
+            tracker, log_metrics = self.tracker, None
+            if tracked is not None and tracker is not None:
+                log_metrics = partial(tracker.log_metrics, tracked)
+            callbacks = run_callbacks(run, self.settings, self._publish, log_metrics, evaluation, signal)
             self._train(model, callbacks, remaining, checkpoint is None, evaluation)
-            final_status = self._conclude(model, env, tracked, _progress_snapshot(callbacks), evaluation)
+            final_status = self._conclude(model, env, tracked, final_progress(callbacks), evaluation)
         except Exception as error:
             self.log.exception("run_failed")
             final_status = RunStatus.FAILED
@@ -237,41 +240,6 @@ class TrainingJob:
                 "eval_path_efficiency": state.eval_path_efficiency,
             }
             self.tracker.log_metrics(tracked, metrics, state.eval_timesteps)
-
-    def _callbacks(
-        self, tracked: TrackedRun | None, signal: StopSignal, evaluation: EvaluationCallback | None
-    ) -> CallbackList:
-        run = self.run
-        progress = ProgressCallback(
-            run.timesteps_per_episode,
-            self.settings.progress_interval_s,
-            self._publish,
-            maze_episodes=run.maze_episodes,
-            maze_successes=run.maze_successes,
-        )
-        callbacks: list[BaseCallback] = [progress]
-        every = self.settings.checkpoint_every_episodes
-        if every > 0:
-            callbacks.append(
-                CheckpointCallback(
-                    save_freq=max(1, every * run.timesteps_per_episode // run.n_envs),
-                    save_path=str(self.settings.run_dir(run.id) / CHECKPOINT_DIR),
-                    name_prefix="checkpoint",
-                )
-            )
-        if tracked is not None and self.tracker is not None:
-            tracker = self.tracker
-            callbacks.append(
-                TrackingCallback(
-                    progress,
-                    run.timesteps_per_episode,
-                    lambda metrics, step: tracker.log_metrics(tracked, metrics, step),
-                )
-            )
-        if evaluation is not None:
-            callbacks.append(evaluation)
-        callbacks.append(StopOnRequestCallback(signal))
-        return CallbackList(callbacks)
 
     def _start_tracking(self) -> TrackedRun | None:
         if self.tracker is None:
@@ -406,9 +374,3 @@ def describe_error(error: BaseException) -> str:
             'or train on the CPU with "device": "cpu".'
         )
     return f"{type(error).__name__}: {error}"
-
-
-def _progress_snapshot(callbacks: CallbackList) -> ProgressSnapshot:
-    """The run's final progress as its ProgressCallback measured it, to be written with the final state."""
-    progress = next(callback for callback in callbacks.callbacks if isinstance(callback, ProgressCallback))
-    return progress.snapshot()
