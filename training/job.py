@@ -147,6 +147,8 @@ class TrainingJob:
             if env is not None:
                 env.close()
             if tracked is not None and self.tracker is not None:
+                if final_status is RunStatus.FAILED:
+                    self.tracker.set_tags(tracked, {"stop_reason": StopReason.FAILED.value})
                 self.tracker.end_run(tracked, final_status.value)
         return final_status
 
@@ -319,7 +321,7 @@ class TrainingJob:
 
     def _record_failure(self, message: str) -> None:
         try:
-            self._finish(RunStatus.FAILED, error=message)
+            self._finish(RunStatus.FAILED, error=message, stop_reason=StopReason.FAILED.value)
         except Exception:
             self.log.exception("failure_not_recorded")
 
