@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import structlog
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -173,6 +173,14 @@ class Tracker:
             client.log_batch(self._run_id(tracked), params=items)
 
         self._enqueue(_Operation(tracked.run_key, "log params", send))
+
+    def set_tags(self, tracked: TrackedRun, tags: Mapping[str, str]) -> None:
+        items = [RunTag(key, value) for key, value in sorted(tags.items())]
+
+        def send(client: MlflowClient) -> None:
+            client.log_batch(self._run_id(tracked), tags=items)
+
+        self._enqueue(_Operation(tracked.run_key, "set tags", send))
 
     def log_metrics(self, tracked: TrackedRun, metrics: Mapping[str, float], step: int) -> None:
         timestamp = int(time.time() * 1000)

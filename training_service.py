@@ -21,7 +21,7 @@ import structlog
 import torch
 from sqlalchemy.exc import SQLAlchemyError
 
-from agents.hyperparameters import default_n_envs, ppo_n_steps
+from agents.hyperparameters import budget_violation, default_n_envs, ppo_n_steps
 from api.schemas import StartTrainingRequest
 from core.errors import InvalidRequest, NotResumable, ServiceBusy, describe
 from core.settings import Settings
@@ -173,6 +173,21 @@ class TrainingService:
                 f"must be at least 2 × n_envs (= {2 * n_envs}) for PPO, whose rollout is "
                 f"timesteps_per_episode / n_envs steps per environment",
             )
+        violation = budget_violation(
+            request.algorithm,
+            request.maze_size,
+            n_envs,
+            request.hyperparameters,
+            request.timesteps_per_episode,
+            request.total_timesteps,
+        )
+        if violation is not None:
+            raise InvalidRequest(f"hyperparameters.{violation.key}", violation.message)
+        eval_episodes = request.eval_episodes or self.settings.eval_episodes
+        if request.target_success_rate is not None and request.maze_mode == "random" and eval_episodes == 0:
+            raise InvalidRequest(
+                "eval_episodes", "a target_success_rate needs held-out evaluation: set eval_episodes ≥ 1"
+            )
         return NewRun(
             algorithm=request.algorithm,
             total_episodes=request.total_episodes,
@@ -183,6 +198,11 @@ class TrainingService:
             n_envs=n_envs,
             device_requested=request.device,
             hyperparameters=request.hyperparameters,
+            target_success_rate=request.target_success_rate,
+            eval_every_episodes=request.eval_every_episodes,
+            eval_episodes=eval_episodes,
+            patience=request.patience,
+            max_evals_without_improvement=request.max_evals_without_improvement,
         )
 
     # --- scheduling --------------------------------------------------------------------------------

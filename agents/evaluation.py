@@ -1,8 +1,8 @@
 """Play deterministic policies on mazes and score them: success rate and path efficiency.
 
-The one stepping loop (``play``) serves every place a policy plays mazes: the held-out evaluation at the
-end of training, ``POST /experiments/{id}/evaluate``, rollouts and ``agents.replay``. Only numpy and the
-maze are imported, so that it runs where torch is not installed (with an ``OnnxPolicy``).
+The one stepping loop (``play``) serves every place a policy plays mazes: the periodic held-out
+evaluation during training, ``POST /experiments/{id}/evaluate``, rollouts and ``agents.replay``. Only
+numpy and the maze are imported, so that it runs where torch is not installed (with an ``OnnxPolicy``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,14 @@ from maze_env import Maze, MazeEnv
 
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
+
+# Asked between steps of the lockstep loop: True ends the play with `EvaluationStopped`.
+ShouldStop = Callable[[], bool]
+
+
+class EvaluationStopped(Exception):
+    """Play was abandoned because `should_stop` said so (a stop request during an evaluation)."""
+
 
 # Maps a float32 batch (B, 6, N, N) of observations to B action indices (a deterministic greedy policy).
 Predict = Callable[[np.ndarray], np.ndarray]
@@ -58,7 +66,11 @@ class EvalResult:
 
 
 def play(
-    predict: Predict, envs: Sequence[MazeEnv], maze_seeds: Sequence[int], record_positions: bool = False
+    predict: Predict,
+    envs: Sequence[MazeEnv],
+    maze_seeds: Sequence[int],
+    record_positions: bool = False,
+    should_stop: ShouldStop | None = None,
 ) -> list[Episode]:
     """Play one episode per env, all in lockstep with one batched ``predict`` call per step.
 
@@ -66,15 +78,20 @@ def play(
     :param envs: the environments, one per episode; their time limits end episodes that never finish.
     :param maze_seeds: the maze each env plays (``reset(options={"maze_seed": s})``).
     :param record_positions: keep every square each agent occupies (``Episode.positions``).
+    :param should_stop: asked before every step; True raises ``EvaluationStopped``.
     """
-    obs = np.stack(
-        [env.reset(options={"maze_seed": int(s)})[0] for env, s in zip(envs, maze_seeds, strict=True)]
-    )
+    first_obs = []
+    for env, seed in zip(envs, maze_seeds, strict=True):
+        # As building the envs, generating thousands of large mazes takes seconds.
+        _check_stop(should_stop, len(envs))
+        first_obs.append(env.reset(options={"maze_seed": int(seed)})[0])
+    obs = np.stack(first_obs)
     positions: list[list[tuple[int, int]]] = [[env.agent_pos] if record_positions else [] for env in envs]
     steps = np.zeros(len(envs), dtype=np.int64)
     solved = np.zeros(len(envs), dtype=bool)
     active = np.arange(len(envs))
     while active.size:
+        _check_stop(should_stop, active.size)
         actions = np.asarray(predict(obs[active].astype(np.float32))).reshape(-1)
         still_active = []
         for idx, action in zip(active.tolist(), actions, strict=True):
@@ -93,8 +110,17 @@ def play(
     ]
 
 
+def _check_stop(should_stop: ShouldStop | None, unfinished: int) -> None:
+    if should_stop is not None and should_stop():
+        raise EvaluationStopped(f"evaluation stopped with {unfinished} episodes unfinished")
+
+
 def evaluate_with(
-    predict: Predict, maze_size: int, maze_seeds: Sequence[int], max_steps: int | None = None
+    predict: Predict,
+    maze_size: int,
+    maze_seeds: Sequence[int],
+    max_steps: int | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> EvalResult:
     """Run one episode per maze seed (see ``play``) and score them.
 
@@ -102,11 +128,16 @@ def evaluate_with(
     :param maze_size: cells per side.
     :param maze_seeds: one episode per seed.
     :param max_steps: time limit per episode (default: the env's, ``2 * N * N``).
+    :param should_stop: asked between steps; True raises ``EvaluationStopped``.
     """
     if not maze_seeds:
         return EvalResult(success_rate=0.0, path_efficiency=0.0, episodes=0, mean_steps=0.0)
-    envs = [MazeEnv(maze_size=maze_size, maze_mode="fixed", max_episode_steps=max_steps) for _ in maze_seeds]
-    episodes = play(predict, envs, maze_seeds)
+    envs = []
+    for _ in maze_seeds:
+        # Thousands of large-maze envs take seconds to build: a stop is honoured here too.
+        _check_stop(should_stop, len(maze_seeds))
+        envs.append(MazeEnv(maze_size=maze_size, maze_mode="fixed", max_episode_steps=max_steps))
+    episodes = play(predict, envs, maze_seeds, should_stop=should_stop)
     optimal = np.array([maze_env.shortest_path_moves(e.maze) for e in episodes], dtype=np.float64)
     steps = np.array([e.steps for e in episodes], dtype=np.int64)
     solved = np.array([e.success for e in episodes], dtype=bool)
@@ -120,7 +151,11 @@ def evaluate_with(
 
 
 def evaluate(
-    model: BaseAlgorithm, maze_size: int, maze_seeds: Sequence[int], max_steps: int | None = None
+    model: BaseAlgorithm,
+    maze_size: int,
+    maze_seeds: Sequence[int],
+    max_steps: int | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> EvalResult:
     """Deterministic, vectorised evaluation of an SB3 model (see ``evaluate_with``).
 
@@ -128,10 +163,11 @@ def evaluate(
     :param maze_size: cells per side (must match the model's observation space).
     :param maze_seeds: one episode per seed; use ``maze_env.eval_maze_seeds`` for unseen mazes.
     :param max_steps: time limit per episode (default: the env's).
+    :param should_stop: asked between steps; True raises ``EvaluationStopped``.
     """
 
     def predict(batch: np.ndarray) -> np.ndarray:
         actions, _ = model.predict(batch, deterministic=True)
         return np.asarray(actions)
 
-    return evaluate_with(predict, maze_size, maze_seeds, max_steps)
+    return evaluate_with(predict, maze_size, maze_seeds, max_steps, should_stop)

@@ -8,6 +8,7 @@ After building, ``effective_hyperparameters`` reads back what the model really u
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,6 +22,12 @@ if TYPE_CHECKING:
 ALGORITHMS: tuple[str, ...] = ("PPO", "DQN")
 
 MAX_TIMESTEPS_PER_EPISODE = 1_000_000
+
+# Bounds a run's hyperparameters must keep to on this service (see `budget_violation`). A stop request is
+# checked before every gradient step, so these keep one step, one update and the buffers reasonable.
+MAX_GRADIENT_STEPS = 1_000  # DQN gradient steps per update
+MAX_BATCH_SIZE = 16_384  # one gradient step through the planner on a larger batch takes minutes on a CPU
+MAX_BUFFER_BYTES = 2 * 1024**3  # observations held by PPO's rollout buffer or DQN's replay buffer
 
 
 class _Overrides(BaseModel):
@@ -168,6 +175,71 @@ def merged_hyperparameters(
         if "batch_size" not in user and params["batch_size"] > rollout:
             params["batch_size"] = rollout  # SB3 needs batch_size <= rollout size
     return params
+
+
+@dataclass(frozen=True)
+class BoundViolation:
+    """A hyperparameter beyond what a run may use.
+
+    :param key: the hyperparameter (name as in Stable-Baselines3).
+    :param message: the bound and why, for the user.
+    """
+
+    key: str
+    message: str
+
+
+def budget_violation(
+    algorithm: str,
+    maze_size: int,
+    n_envs: int,
+    overrides: Mapping[str, Any],
+    timesteps_per_episode: int,
+    total_timesteps: int,
+) -> BoundViolation | None:
+    """The first hyperparameter (merged with our defaults) out of bounds for this run's budget and for
+    this machine, or None. Out of bounds: an update so long or an interval so wide that the run could not
+    end within its budget, or buffers that would not fit in memory.
+
+    :param algorithm: ``"PPO"`` or ``"DQN"``.
+    :param maze_size: cells per side.
+    :param n_envs: number of parallel envs.
+    :param overrides: user hyperparameters.
+    :param timesteps_per_episode: env steps per training iteration, over all envs.
+    :param total_timesteps: the run's budget in env steps.
+    """
+    params = merged_hyperparameters(algorithm, maze_size, n_envs, overrides, timesteps_per_episode)
+    observation_bytes = maze_env.N_OBS_CHANNELS * maze_size * maze_size
+    batch_size = int(params["batch_size"])
+    budget = f"the run's budget of {total_timesteps} steps"
+    # (key, what is bounded, its value, the bound, what the bound is)
+    checks: list[tuple[str, str, int, int, str]]
+    if algorithm == "PPO":
+        rollout = int(params["n_steps"]) * n_envs
+        checks = [
+            ("n_steps", "n_steps × n_envs", rollout, total_timesteps, budget),
+            ("n_steps", "n_steps × n_envs", rollout, MAX_BUFFER_BYTES // observation_bytes, "rollout memory"),
+            ("batch_size", "batch_size", batch_size, rollout, "one rollout: n_steps × n_envs"),
+        ]
+    else:
+        train_freq = int(params["train_freq"])
+        gradient_steps = int(params["gradient_steps"])
+        # -1: as many gradient steps as env steps collected since the last update.
+        per_update = gradient_steps if gradient_steps >= 0 else train_freq * n_envs
+        cap = f"{MAX_GRADIENT_STEPS} per update, and no more than {budget}"
+        replay_cap = MAX_BUFFER_BYTES // (2 * observation_bytes)
+        checks = [
+            ("train_freq", "train_freq × n_envs", train_freq * n_envs, total_timesteps, budget),
+            ("gradient_steps", "gradient_steps", per_update, min(MAX_GRADIENT_STEPS, total_timesteps), cap),
+            ("buffer_size", "buffer_size", int(params["buffer_size"]), replay_cap, "replay buffer memory"),
+        ]
+    checks.append(("batch_size", "batch_size", batch_size, MAX_BATCH_SIZE, "this service's cap"))
+    for key, bounded, value, bound, what in checks:
+        if value > bound:
+            return BoundViolation(
+                key, f"{key}: {bounded} = {value} must be at most {bound} ({what}; maze {maze_size})"
+            )
+    return None
 
 
 def effective_hyperparameters(model: BaseAlgorithm, algorithm: str) -> dict[str, Any]:

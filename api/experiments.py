@@ -24,7 +24,7 @@ from api.schemas import (
     RolloutResponse,
     RunStatusName,
 )
-from records.files import ARTIFACT_PATHS, model_available
+from records.files import ARTIFACT_PATHS, LAST_MODEL_FILE, model_available, saved_file
 from records.tables import TrainingRun
 from records.views import experiment_summary, onnx_info, training_status
 
@@ -83,6 +83,9 @@ async def get_experiment(
         artifacts=[_artifact(run, name, size) for name, size in (details.artifacts if details else [])],
         onnx=onnx_info(run),
         model_zip_url=f"/experiments/{run.id}/model.zip" if model_available(settings, run) else None,
+        last_model_zip_url=(
+            f"/experiments/{run.id}/{LAST_MODEL_FILE}" if saved_file(settings, run, LAST_MODEL_FILE) else None
+        ),
         mlflow_error=record.mlflow_error,
     )
 
@@ -114,7 +117,7 @@ async def download_onnx(experiment_id: uuid.UUID, experiments: ExperimentsDep) -
 @router.get(
     "/{experiment_id}/model.zip",
     response_class=FileResponse,
-    summary="Download the Stable-Baselines3 model (PPO.load / DQN.load)",
+    summary="Download the Stable-Baselines3 model (PPO.load / DQN.load): the best evaluated one",
     responses={
         200: {"content": {"application/zip": {}}},
         404: {"model": ErrorMessage, "description": "Unknown run, or no model saved yet"},
@@ -124,6 +127,23 @@ async def download_onnx(experiment_id: uuid.UUID, experiments: ExperimentsDep) -
 async def download_sb3_model(experiment_id: uuid.UUID, experiments: ExperimentsDep) -> FileResponse:
     path = await run_in_threadpool(experiments.model_file, str(experiment_id), "model.zip")
     return FileResponse(path, media_type="application/zip", filename=f"maze-policy-{experiment_id}.zip")
+
+
+@router.get(
+    "/{experiment_id}/last_model.zip",
+    response_class=FileResponse,
+    summary="Download the model at the run's last step, when it is not the kept (best) one",
+    responses={
+        200: {"content": {"application/zip": {}}},
+        404: {"model": ErrorMessage, "description": "Unknown run, or its last model is model.zip"},
+        **DATABASE_DOWN,
+    },
+)
+async def download_last_sb3_model(experiment_id: uuid.UUID, experiments: ExperimentsDep) -> FileResponse:
+    """`model.zip` is the model of the run's best held-out evaluation; this is the one it ended with,
+    kept only when it differs (else `model.zip` is both)."""
+    path = await run_in_threadpool(experiments.model_file, str(experiment_id), LAST_MODEL_FILE)
+    return FileResponse(path, media_type="application/zip", filename=f"maze-policy-{experiment_id}-last.zip")
 
 
 @router.post(

@@ -22,9 +22,13 @@ Algorithm = Literal["PPO", "DQN"]
 MazeMode = Literal["random", "fixed"]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 RunStatusName = Literal["queued", "running", "completed", "failed", "stopped", "interrupted"]
+StopReasonName = Literal[
+    "target_reached", "budget_exhausted", "no_improvement", "stopped", "interrupted", "failed"
+]
 
 MAX_TOTAL_EPISODES = 1_000_000
 MAX_N_ENVS = 64
+MAX_EVAL_EPISODES = 5000
 
 
 class _Strict(BaseModel):
@@ -65,6 +69,36 @@ class StartTrainingRequest(_Strict):
     hyperparameters: dict[str, Any] = Field(
         default_factory=dict,
         description="Per-algorithm overrides of Stable-Baselines3 constructor arguments.",
+    )
+    target_success_rate: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="End the run `completed` as soon as the held-out success rate reaches this "
+        "(`patience` evaluations in a row); omitted: train the whole budget.",
+    )
+    eval_every_episodes: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_TOTAL_EPISODES,
+        description="Evaluate every this many training iterations; omitted: adaptive, so that "
+        "evaluation takes at most ~10% of the run's time.",
+    )
+    eval_episodes: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_EVAL_EPISODES,
+        description="Held-out mazes per evaluation (random mode); default: the server's EVAL_EPISODES.",
+    )
+    patience: int = Field(
+        1, ge=1, le=1000, description="Consecutive evaluations at the target that end the run."
+    )
+    max_evals_without_improvement: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="End the run `completed` (stop_reason `no_improvement`) after this many "
+        "evaluations in a row without a new best; omitted: never.",
     )
 
     @field_validator("algorithm", mode="before")
@@ -120,8 +154,21 @@ class TrainingStatus(BaseModel):
     success_rate: float | None = Field(
         description="Rolling training success rate; the held-out evaluation success rate once the run ends."
     )
-    eval_success_rate: float | None = None
-    eval_path_efficiency: float | None = None
+    eval_success_rate: float | None = Field(
+        None,
+        description="Held-out success rate of the latest evaluation; once the run ends, of the kept model.",
+    )
+    eval_path_efficiency: float | None = Field(
+        None, description="Held-out path efficiency, as eval_success_rate."
+    )
+    eval_timesteps: int | None = Field(None, description="Timestep of the latest held-out evaluation.")
+    best_eval_success_rate: float | None = Field(
+        None, description="Best held-out success rate so far: the model kept as model.zip."
+    )
+    best_eval_path_efficiency: float | None = Field(None, description="Path efficiency of that evaluation.")
+    best_eval_timesteps: int | None = Field(None, description="Timestep of the best evaluation.")
+    target_success_rate: float | None = None
+    stop_reason: StopReasonName | None = Field(None, description="Why the run ended (None until it does).")
     loss: float | None = None
     fps: float | None = Field(description="Environment steps per second.")
     elapsed_s: float | None = None
@@ -161,6 +208,7 @@ class ExperimentSummary(BaseModel):
     total_episodes: int
     progress: float
     success_rate: float | None
+    stop_reason: StopReasonName | None
     created_at: datetime
     finished_at: datetime | None
     mlflow_run_id: str | None
@@ -194,7 +242,10 @@ class ExperimentDetail(ExperimentSummary):
     history: dict[str, list[MetricPoint]] = Field(description="reward, success_rate and loss over timesteps.")
     artifacts: list[ArtifactInfo]
     onnx: OnnxInfo | None
-    model_zip_url: str | None
+    model_zip_url: str | None = Field(description="The kept model: the best held-out evaluation's.")
+    last_model_zip_url: str | None = Field(
+        None, description="The model at the run's last step, when it is not the kept one."
+    )
     mlflow_error: str | None = Field(None, description="Why MLflow data is missing, if it is.")
 
 
@@ -255,7 +306,7 @@ class RolloutResponse(BaseModel):
 
 
 class EvaluateRequest(_Strict):
-    episodes: int = Field(100, ge=1, le=5000, description="Held-out evaluation mazes to play.")
+    episodes: int = Field(100, ge=1, le=MAX_EVAL_EPISODES, description="Held-out evaluation mazes to play.")
 
 
 class EvaluateResponse(BaseModel):

@@ -66,7 +66,7 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Origins allowed by CORS (comma-separated or JSON list); none by default.",
     )
-    eval_episodes: int = Field(100, ge=0, description="Held-out mazes evaluated when a run ends.")
+    eval_episodes: int = Field(100, ge=0, description="Held-out mazes per periodic evaluation of a run.")
     checkpoint_every_episodes: int = Field(
         10, ge=0, description="Save a resumable checkpoint every N training iterations (0: never)."
     )

@@ -85,7 +85,7 @@ class Experiments:
             return RunRecord(run, None, f"MLflow unavailable: {describe(error)}")
 
     def model_file(self, run_id: str, filename: str) -> Path:
-        """The run's `model.zip` or `model.onnx`, from this machine or the artifact store."""
+        """The run's `model.zip`, `last_model.zip` or `model.onnx`, here or from the artifact store."""
         run = self._store.get(run_id)
         if filename == "model.onnx" and run.onnx_status != "exported":
             raise ModelNotAvailable(

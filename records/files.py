@@ -1,4 +1,4 @@
-"""A run's saved files (SB3 model, checkpoints, ONNX export): on this machine, or fetched from the
+"""A run's saved files (SB3 models, checkpoints, ONNX export): on this machine, or fetched from the
 MLflow artifact store when another machine trained the run (ray executor), cached in this process's
 data directory."""
 
@@ -16,8 +16,18 @@ from records.tables import TrainingRun
 
 log = structlog.get_logger(__name__)
 
+# The model a run offers (`model.zip`, exported to ONNX) is its best held-out evaluation's. The model at
+# its last step is `last_model.zip` when that is another one, else `model.zip` itself: resume goes on
+# from it. `best_model.zip` holds a new best while training, until the run ends and keeps it.
+MODEL_FILE = "model.zip"
+LAST_MODEL_FILE = "last_model.zip"
+BEST_MODEL_FILE = "best_model.zip"
 # Our file names → where the training job logs them in MLflow.
-ARTIFACT_PATHS = {"model.zip": "sb3_model/model.zip", "model.onnx": "onnx_model/model.onnx"}
+ARTIFACT_PATHS = {
+    MODEL_FILE: "sb3_model/model.zip",
+    LAST_MODEL_FILE: "sb3_model/last_model.zip",
+    "model.onnx": "onnx_model/model.onnx",
+}
 CACHE_DIR = "artifact-cache"
 CHECKPOINT_DIR = "checkpoints"  # a run's periodic checkpoints, inside its run directory
 
@@ -30,8 +40,13 @@ def saved_file(settings: Settings, run: TrainingRun, filename: str = "model.zip"
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest saved model of a run: a periodic checkpoint, or the model saved when it stopped."""
-    candidates = [run_dir / "model.zip", *(run_dir / CHECKPOINT_DIR).glob("checkpoint_*_steps.zip")]
+    """The newest saved model of a run to go on training from: a periodic checkpoint, or its last model
+    as saved when it ended; never its best model (which `model.zip` is when `last_model.zip` exists)."""
+    last = run_dir / LAST_MODEL_FILE
+    candidates = [
+        last if last.is_file() else run_dir / MODEL_FILE,
+        *(run_dir / CHECKPOINT_DIR).glob("checkpoint_*_steps.zip"),
+    ]
     existing = [path for path in candidates if path.is_file()]
     return max(existing, key=lambda path: path.stat().st_mtime_ns) if existing else None
 
@@ -83,3 +98,20 @@ def fetch_artifact(
         shutil.move(str(downloaded), target)
     log.info("artifact_fetched", mlflow_run_id=mlflow_run_id, artifact=artifact_path, path=str(target))
     return target
+
+
+def keep_best_model(run_dir: Path, last_is_best: bool) -> Path:
+    """Once a run ended with its last model saved as `last_model.zip`: make `model.zip` its best model,
+    and keep `last_model.zip` only when that is another model. Returns `model.zip`'s path.
+
+    :param run_dir: the run's directory.
+    :param last_is_best: the last model is the best one (or the only one: never evaluated).
+    """
+    model, last, best = run_dir / MODEL_FILE, run_dir / LAST_MODEL_FILE, run_dir / BEST_MODEL_FILE
+    if last_is_best:
+        last.replace(model)
+        best.unlink(missing_ok=True)
+    elif best.is_file():
+        best.replace(model)
+    # Otherwise `model.zip` is the best already: found before the run was stopped and resumed.
+    return model

@@ -37,6 +37,36 @@ class NewRun:
     n_envs: int
     device_requested: str
     hyperparameters: dict[str, Any]
+    target_success_rate: float | None = None
+    eval_every_episodes: int | None = None
+    eval_episodes: int | None = None
+    patience: int | None = None
+    max_evals_without_improvement: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationState:
+    """Where a run's periodic held-out evaluation stands; written after every evaluation, so that a
+    resumed run continues its schedule, its streaks and its best model.
+
+    :param eval_success_rate: latest evaluation's success rate.
+    :param eval_path_efficiency: latest evaluation's path efficiency.
+    :param eval_timesteps: the run's timestep at the latest evaluation.
+    :param evals_at_target: consecutive evaluations, up to the latest, at or above the target.
+    :param evals_without_improvement: consecutive evaluations, up to the latest, that did not beat the best.
+    :param best_eval_success_rate: the best evaluation's success rate (path efficiency breaks ties).
+    :param best_eval_path_efficiency: the best evaluation's path efficiency.
+    :param best_eval_timesteps: the run's timestep at the best evaluation.
+    """
+
+    eval_success_rate: float
+    eval_path_efficiency: float
+    eval_timesteps: int
+    evals_at_target: int
+    evals_without_improvement: int
+    best_eval_success_rate: float
+    best_eval_path_efficiency: float
+    best_eval_timesteps: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,6 +336,9 @@ class RunStore:
                 )
             )
 
+    def record_evaluation(self, run_id: str, state: EvaluationState) -> None:
+        self._update(run_id, **dataclasses.asdict(state), progress_version=TrainingRun.progress_version + 1)
+
     def record_mlflow_run(self, run_id: str, mlflow_run_id: str) -> None:
         self._update(run_id, mlflow_run_id=mlflow_run_id, tracking_status="ok", tracking_error=None)
 
@@ -337,11 +370,13 @@ class RunStore:
         eval_path_efficiency: float | None = None,
         progress: ProgressSnapshot | None = None,
         onnx_pending: bool = False,
+        stop_reason: str | None = None,
     ) -> None:
         """Move a running run to a final state, once: a run already final is left as it is.
 
         :param progress: the last progress snapshot, written with the final state: when the database
             was down as training published it, the record would otherwise keep stale progress.
+        :param stop_reason: why it ended (a `StopReason`).
         :param onnx_pending: an ONNX export follows. Written with the final state so that no reader
             sees a finished run without an export that is in fact about to start.
         """
@@ -351,6 +386,7 @@ class RunStore:
             "finished_at": finished_at,
             "error": error,
             "progress_version": TrainingRun.progress_version + 1,
+            "stop_reason": stop_reason,
         }
         if progress is not None:
             values.update(dataclasses.asdict(progress), progress_at=finished_at)
@@ -403,6 +439,7 @@ class RunStore:
                     owner=None,
                     onnx_status=None,
                     onnx_error=None,
+                    stop_reason=None,
                     progress_version=TrainingRun.progress_version + 1,
                 )
             )

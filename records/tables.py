@@ -24,6 +24,17 @@ class RunStatus(enum.StrEnum):
         return self not in (RunStatus.QUEUED, RunStatus.RUNNING)
 
 
+class StopReason(enum.StrEnum):
+    """Why a run ended: the first three end it `completed`, the others in the state of the same name."""
+
+    TARGET_REACHED = "target_reached"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    NO_IMPROVEMENT = "no_improvement"
+    STOPPED = "stopped"
+    INTERRUPTED = "interrupted"
+    FAILED = "failed"
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -74,6 +85,12 @@ class TrainingRun(Base):
     # body: a repeat with the same key answers this run, a repeat with another body is refused.
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True, unique=True, index=True)
     request_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # When to evaluate and when to end early (see training/evaluation_callback.py); None: the default.
+    target_success_rate: Mapped[float | None] = mapped_column(Float, nullable=True)
+    eval_every_episodes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    eval_episodes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    patience: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_evals_without_improvement: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     # What training actually used.
     device: Mapped[str | None] = mapped_column(String(16), nullable=True)
@@ -101,6 +118,17 @@ class TrainingRun(Base):
     fps: Mapped[float | None] = mapped_column(Float, nullable=True)
     eval_success_rate: Mapped[float | None] = mapped_column(Float, nullable=True)
     eval_path_efficiency: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    # Held-out evaluation so far, kept so that a resumed run continues its schedule and its best model:
+    # the timestep of the latest evaluation, the streaks that end a run early, and the best evaluation.
+    eval_timesteps: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    evals_at_target: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    evals_without_improvement: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    best_eval_success_rate: Mapped[float | None] = mapped_column(Float, nullable=True)
+    best_eval_path_efficiency: Mapped[float | None] = mapped_column(Float, nullable=True)
+    best_eval_timesteps: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Why a final run ended (StopReason); None while it runs, and for runs finished before it existed.
+    stop_reason: Mapped[str | None] = mapped_column(String(24), nullable=True)
 
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     model_path: Mapped[str | None] = mapped_column(String(500), nullable=True)

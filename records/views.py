@@ -10,7 +10,15 @@ from core.settings import Settings
 from records.files import model_available
 from records.mlflow_runs import ui_url
 from records.store import elapsed_seconds
-from records.tables import RunStatus, TrainingRun
+from records.tables import RunStatus, StopReason, TrainingRun
+
+# A final run whose job did not record why it ended (finished elsewhere, or before stop reasons existed).
+STOP_REASON_OF_STATUS = {
+    RunStatus.COMPLETED.value: StopReason.BUDGET_EXHAUSTED.value,
+    RunStatus.STOPPED.value: StopReason.STOPPED.value,
+    RunStatus.INTERRUPTED.value: StopReason.INTERRUPTED.value,
+    RunStatus.FAILED.value: StopReason.FAILED.value,
+}
 
 
 def training_status(run: TrainingRun, settings: Settings) -> TrainingStatus:
@@ -38,6 +46,12 @@ def training_status(run: TrainingRun, settings: Settings) -> TrainingStatus:
         success_rate=run.success_rate,
         eval_success_rate=run.eval_success_rate,
         eval_path_efficiency=run.eval_path_efficiency,
+        eval_timesteps=run.eval_timesteps,
+        best_eval_success_rate=run.best_eval_success_rate,
+        best_eval_path_efficiency=run.best_eval_path_efficiency,
+        best_eval_timesteps=run.best_eval_timesteps,
+        target_success_rate=run.target_success_rate,
+        stop_reason=stop_reason(run),
         loss=run.loss,
         fps=run.fps,
         elapsed_s=elapsed,
@@ -54,6 +68,13 @@ def training_status(run: TrainingRun, settings: Settings) -> TrainingStatus:
         tracking_error=run.tracking_error,
         onnx=onnx_info(run),
     )
+
+
+def stop_reason(run: TrainingRun) -> str | None:
+    """Why a final run ended; None while it is queued or running (a resumed run's old reason is void)."""
+    if not RunStatus(run.status).is_final:
+        return None
+    return run.stop_reason or STOP_REASON_OF_STATUS[run.status]
 
 
 def onnx_info(run: TrainingRun) -> OnnxInfo | None:
@@ -95,6 +116,11 @@ PROGRESS_FIELDS = (
     "total_timesteps",
     "reward",
     "success_rate",
+    "eval_success_rate",
+    "eval_path_efficiency",
+    "best_eval_success_rate",
+    "best_eval_timesteps",
+    "stop_reason",
     "loss",
     "fps",
     "elapsed_s",

@@ -14,6 +14,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from agents.building import in_memory_logger, make_vec_env
 from records.store import ProgressSnapshot
 from training.callbacks import ProgressCallback, StopOnRequestCallback, TrackingCallback
+from training.stopping import StopSignal
 
 N_ENVS = 2
 N_STEPS = 16  # per env and rollout: one rollout is 32 timesteps
@@ -123,7 +124,7 @@ def stop_callback(
         return answers[len(polled_at) - 1] if len(polled_at) <= len(answers) else False
 
     callback = StopOnRequestCallback(
-        local_stop or threading.Event(), poll_remote, poll_interval_s=4 * TICK_S, clock=clock
+        StopSignal(local_stop or threading.Event(), poll_remote, poll_interval_s=4 * TICK_S, clock=clock)
     )
     return callback, polled_at
 

@@ -1,16 +1,20 @@
-"""Stable-Baselines3 callbacks: measure progress, and stop training when asked."""
+"""Stable-Baselines3 callbacks: measure progress, track it, save checkpoints, and stop training when
+asked; and the list a run trains with."""
 
 from __future__ import annotations
 
 import collections
-import threading
 import time
 from collections.abc import Callable
 
 import numpy as np
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
 
+from core.settings import Settings
+from records.files import CHECKPOINT_DIR
 from records.store import ProgressSnapshot
+from records.tables import TrainingRun
+from training.stopping import StopSignal
 
 ROLLING_WINDOW = 100
 LOSS_KEYS = ("train/loss",)
@@ -118,38 +122,17 @@ class ProgressCallback(BaseCallback):
 
 
 class StopOnRequestCallback(BaseCallback):
-    """Ends training when a stop was requested, locally (event) or by another worker (polled).
+    """Ends training at the next env step once the run's stop signal is set.
 
-    :param local_stop: set by this process to stop at the next step.
-    :param poll_remote: asks the shared store whether a stop was requested; called at most every
-        `poll_interval_s` so a busy run does not hammer the database.
-    :param poll_interval_s: seconds between remote polls.
+    :param signal: the run's stop signal (a local event, and remote requests polled from the store).
     """
 
-    def __init__(
-        self,
-        local_stop: threading.Event,
-        poll_remote: Callable[[], bool],
-        poll_interval_s: float = 0.5,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, signal: StopSignal) -> None:
         super().__init__()
-        self._local_stop = local_stop
-        self._poll_remote = poll_remote
-        self._poll_interval_s = poll_interval_s
-        self._clock = clock
-        self._last_poll = 0.0
+        self._signal = signal
 
     def _on_step(self) -> bool:
-        if self._local_stop.is_set():
-            return False
-        now = self._clock()
-        if now - self._last_poll >= self._poll_interval_s:
-            self._last_poll = now
-            if self._poll_remote():
-                self._local_stop.set()
-                return False
-        return True
+        return not self._signal.is_set()
 
 
 # SB3 logger keys → our MLflow metric names.
@@ -234,3 +217,51 @@ class TrackingCallback(BaseCallback):
         if "loss" in metrics and self.model is not None and type(self.model).__name__ == "DQN":
             metrics["td_loss"] = metrics["loss"]
         self._log_metrics(metrics, self.num_timesteps)
+
+
+def run_callbacks(
+    run: TrainingRun,
+    settings: Settings,
+    publish: Callable[[ProgressSnapshot], None],
+    log_metrics: Callable[[dict[str, float], int], None] | None,
+    evaluation: BaseCallback | None,
+    signal: StopSignal,
+) -> CallbackList:
+    """The callbacks a run trains with, in order: progress, checkpoints, tracking, evaluation, stop.
+
+    :param run: the run (its iteration size, counts so far and id).
+    :param settings: progress interval, checkpoint interval, data directory.
+    :param publish: receives progress snapshots (see `ProgressCallback`).
+    :param log_metrics: sends metrics to the tracker; None: no tracking.
+    :param evaluation: the run's periodic evaluation, if any.
+    :param signal: the run's stop signal.
+    """
+    progress = ProgressCallback(
+        run.timesteps_per_episode,
+        settings.progress_interval_s,
+        publish,
+        maze_episodes=run.maze_episodes,
+        maze_successes=run.maze_successes,
+    )
+    callbacks: list[BaseCallback] = [progress]
+    every = settings.checkpoint_every_episodes
+    if every > 0:
+        callbacks.append(
+            CheckpointCallback(
+                save_freq=max(1, every * run.timesteps_per_episode // run.n_envs),
+                save_path=str(settings.run_dir(run.id) / CHECKPOINT_DIR),
+                name_prefix="checkpoint",
+            )
+        )
+    if log_metrics is not None:
+        callbacks.append(TrackingCallback(progress, run.timesteps_per_episode, log_metrics))
+    if evaluation is not None:
+        callbacks.append(evaluation)
+    callbacks.append(StopOnRequestCallback(signal))
+    return CallbackList(callbacks)
+
+
+def final_progress(callbacks: CallbackList) -> ProgressSnapshot:
+    """The run's final progress as its ProgressCallback measured it, to be written with the final state."""
+    progress = next(callback for callback in callbacks.callbacks if isinstance(callback, ProgressCallback))
+    return progress.snapshot()

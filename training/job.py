@@ -1,5 +1,5 @@
-"""One run's whole job: build the env and model, train with progress/tracking/stop callbacks, save,
-evaluate, record the outcome and export ONNX.
+"""One run's whole job: build the env and model, train with progress/tracking/evaluation/stop callbacks,
+keep the best and the last model, record the outcome and export ONNX.
 
 The same code runs on a thread of the service, in a child process of it, or inside a Ray task on
 another machine (the executors in `training/executors/`): it needs only Settings, a RunStore and a
@@ -13,6 +13,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -22,22 +23,29 @@ from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError,
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from stable_baselines3 import DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
+from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor, is_vecenv_wrapped
 
-import maze_env
 import onnx_export
 from agents.building import build_model, load_model, make_vec_env
-from agents.evaluation import EvalResult, evaluate
+from agents.evaluation import EvaluationStopped
 from agents.hyperparameters import effective_hyperparameters
 from core.errors import describe
 from core.settings import Settings
 from mlflow_client import TrackedRun, Tracker
-from records.files import CHECKPOINT_DIR, fetch_artifact, latest_checkpoint
-from records.store import ProgressSnapshot, RunStore
-from records.tables import RunStatus, TrainingRun
-from training.callbacks import ProgressCallback, StopOnRequestCallback, TrackingCallback
+from records.files import (
+    LAST_MODEL_FILE,
+    MODEL_FILE,
+    fetch_artifact,
+    keep_best_model,
+    latest_checkpoint,
+)
+from records.store import EvaluationState, ProgressSnapshot, RunStore
+from records.tables import RunStatus, StopReason, TrainingRun
+from training.callbacks import final_progress, run_callbacks
+from training.evaluation_callback import EvaluationCallback
 from training.run_metadata import fixed_maze_seed, onnx_metadata, run_parameters
+from training.stopping import StopSignal, TrainingStopped, stop_between_gradient_steps
 
 log = structlog.get_logger(__name__)
 
@@ -99,7 +107,7 @@ class TrainingJob:
         self.log = log.bind(experiment_id=run.id, algorithm=run.algorithm)
 
     def execute(self) -> RunStatus:
-        """Train, save, evaluate, export; every error ends the run `failed` with its message."""
+        """Train, keep the best model, export; every error ends the run `failed` with its message."""
         run = self.run
         tracked = self._start_tracking()
         env: VecEnv | None = None
@@ -107,13 +115,15 @@ class TrainingJob:
         try:
             device = _resolve_device(run.device_requested)
             env = self._make_env()
-            checkpoint = self._resume_checkpoint(tracked)
+            checkpoint = self._resume_checkpoint()
             if checkpoint is None:
                 model = build_model(
                     run.algorithm, env, dict(run.hyperparameters), run.seed, device, run.timesteps_per_episode
                 )
             else:
                 model = load_model(run.algorithm, checkpoint, env, device)
+            signal = StopSignal(self.control.stop, self._poll_stop_request)
+            stop_between_gradient_steps(model, signal)
             used = effective_hyperparameters(model, run.algorithm)
             self._write("set-up", lambda: self.store.record_setup(run.id, device, used))
             if run.maze_mode == "fixed":
@@ -125,9 +135,15 @@ class TrainingJob:
             self.log.info(
                 "run_started", device=device, remaining_timesteps=remaining, resumed=checkpoint is not None
             )
-            callbacks = self._callbacks(tracked)
-            model.learn(total_timesteps=remaining, callback=callbacks, reset_num_timesteps=checkpoint is None)
-            final_status = self._conclude(model, env, tracked, _progress_snapshot(callbacks))
+            evaluation = EvaluationCallback.for_run(
+                run, self.settings, env, signal.is_set, lambda state: self._record_evaluation(state, tracked)
+            )
+            tracker, log_metrics = self.tracker, None
+            if tracked is not None and tracker is not None:
+                log_metrics = partial(tracker.log_metrics, tracked)
+            callbacks = run_callbacks(run, self.settings, self._publish, log_metrics, evaluation, signal)
+            self._train(model, callbacks, remaining, checkpoint is None, evaluation)
+            final_status = self._conclude(model, env, tracked, final_progress(callbacks), evaluation)
         except Exception as error:
             self.log.exception("run_failed")
             final_status = RunStatus.FAILED
@@ -136,77 +152,101 @@ class TrainingJob:
             if env is not None:
                 env.close()
             if tracked is not None and self.tracker is not None:
+                if final_status is RunStatus.FAILED:
+                    self.tracker.set_tags(tracked, {"stop_reason": StopReason.FAILED.value})
                 self.tracker.end_run(tracked, final_status.value)
         return final_status
 
+    def _train(
+        self,
+        model: BaseAlgorithm,
+        callbacks: CallbackList,
+        remaining: int,
+        fresh: bool,
+        evaluation: EvaluationCallback | None,
+    ) -> None:
+        """Learn the remaining budget, then evaluate the last model; a stop ends either at once."""
+        try:
+            model.learn(total_timesteps=remaining, callback=callbacks, reset_num_timesteps=fresh)
+            if evaluation is not None and evaluation.stop_reason is None and not self.control.stop.is_set():
+                evaluation.evaluate_final()
+        except (TrainingStopped, EvaluationStopped) as stopped:
+            self.log.info("run_stop_honoured", where=str(stopped))
+            callbacks.on_training_end()  # SB3 skips it when learn() raises: publish the last progress
+
     def _conclude(
-        self, model: BaseAlgorithm, env: VecEnv, tracked: TrackedRun | None, progress: ProgressSnapshot
+        self,
+        model: BaseAlgorithm,
+        env: VecEnv,
+        tracked: TrackedRun | None,
+        progress: ProgressSnapshot,
+        evaluation: EvaluationCallback | None,
     ) -> RunStatus:
-        """Save, evaluate and publish a run whose training ended (completed or stopped)."""
-        model_path = self._save_model(model)
-        result: EvalResult | None = None
+        """Keep the best and the last model, then record and publish a run whose training ended."""
         if self.control.stop.is_set():
             shutting_down = self.control.shutting_down
             final_status = RunStatus.INTERRUPTED if shutting_down else RunStatus.STOPPED
+            stop_reason = StopReason.INTERRUPTED if shutting_down else StopReason.STOPPED
             reason = "the service shut down during training" if shutting_down else None
         else:
             final_status, reason = RunStatus.COMPLETED, None
-            result = self._evaluate(model, env)
-        self._log_outcome(tracked, result, Path(model_path), model.num_timesteps)
+            stop_reason = (evaluation.stop_reason if evaluation else None) or StopReason.BUDGET_EXHAUSTED
+        best = evaluation.state if evaluation else None
+        model_path = self._keep_models(model, evaluation is None or evaluation.last_is_best)
+        self._log_outcome(tracked, model_path, stop_reason)
         export = not self.control.shutting_down
         self._finish(
             final_status,
             error=reason,
-            model_path=model_path,
-            eval_success_rate=result.success_rate if result else None,
-            eval_path_efficiency=result.path_efficiency if result else None,
+            model_path=str(model_path),
+            eval_success_rate=best.best_eval_success_rate if best else None,
+            eval_path_efficiency=best.best_eval_path_efficiency if best else None,
             progress=progress,
             onnx_pending=export,
+            stop_reason=stop_reason.value,
         )
-        self.log.info("run_finished", status=final_status.value)
+        self.log.info("run_finished", status=final_status.value, stop_reason=stop_reason.value)
         if export:
-            self._export_onnx(model, env, tracked)
+            kept_is_last = not (model_path.parent / LAST_MODEL_FILE).is_file()
+            kept = (
+                model if kept_is_last else load_model(self.run.algorithm, model_path, None, model.device.type)
+            )
+            self._export_onnx(kept, env, tracked)
         return final_status
 
-    def _resume_checkpoint(self, tracked: TrackedRun | None) -> Path | None:
+    def _keep_models(self, model: BaseAlgorithm, last_is_best: bool) -> Path:
+        """Save the last model and make `model.zip` the best one (see `keep_best_model`)."""
+        directory = self.settings.run_dir(self.run.id)
+        directory.mkdir(parents=True, exist_ok=True)
+        model.save(directory / LAST_MODEL_FILE)
+        return keep_best_model(directory, last_is_best)
+
+    def _resume_checkpoint(self) -> Path | None:
         local = latest_checkpoint(self.settings.run_dir(self.run.id))
         if local is not None or not self.remote or self.tracker is None or self.run.mlflow_run_id is None:
             return local
-        # On another machine than the run's last one: the model it saved when it stopped is in the store.
-        return fetch_artifact(
-            self.tracker.runs, self.run.mlflow_run_id, "model.zip", self.settings.run_dir(self.run.id)
-        )
+        # On another machine than the run's last one: the last model it saved when it stopped is in the
+        # store (as `model.zip` when that is also its best, or it was saved before best models were kept).
+        for filename in (LAST_MODEL_FILE, MODEL_FILE):
+            fetched = fetch_artifact(
+                self.tracker.runs, self.run.mlflow_run_id, filename, self.settings.run_dir(self.run.id)
+            )
+            if fetched is not None:
+                return fetched
+        return None
 
-    def _callbacks(self, tracked: TrackedRun | None) -> CallbackList:
-        run = self.run
-        progress = ProgressCallback(
-            run.timesteps_per_episode,
-            self.settings.progress_interval_s,
-            self._publish,
-            maze_episodes=run.maze_episodes,
-            maze_successes=run.maze_successes,
-        )
-        callbacks: list[BaseCallback] = [progress]
-        every = self.settings.checkpoint_every_episodes
-        if every > 0:
-            callbacks.append(
-                CheckpointCallback(
-                    save_freq=max(1, every * run.timesteps_per_episode // run.n_envs),
-                    save_path=str(self.settings.run_dir(run.id) / CHECKPOINT_DIR),
-                    name_prefix="checkpoint",
-                )
-            )
+    def _record_evaluation(self, state: EvaluationState, tracked: TrackedRun | None) -> None:
+        try:
+            self.store.record_evaluation(self.run.id, state)
+        except Exception as error:
+            # As for progress: the next evaluation writes it again, and the final state carries the best.
+            self.log.warning("evaluation_not_recorded", error=str(error))
         if tracked is not None and self.tracker is not None:
-            tracker = self.tracker
-            callbacks.append(
-                TrackingCallback(
-                    progress,
-                    run.timesteps_per_episode,
-                    lambda metrics, step: tracker.log_metrics(tracked, metrics, step),
-                )
-            )
-        callbacks.append(StopOnRequestCallback(self.control.stop, self._poll_stop_request))
-        return CallbackList(callbacks)
+            metrics = {
+                "eval_success_rate": state.eval_success_rate,
+                "eval_path_efficiency": state.eval_path_efficiency,
+            }
+            self.tracker.log_metrics(tracked, metrics, state.eval_timesteps)
 
     def _start_tracking(self) -> TrackedRun | None:
         if self.tracker is None:
@@ -215,18 +255,14 @@ class TrainingJob:
         tags = {"experiment_id": run.id, "algorithm": run.algorithm, "maze_size": str(run.maze_size)}
         return self.tracker.start_run(run.id, f"{run.algorithm}-maze{run.maze_size}-{run.id[:8]}", tags)
 
-    def _log_outcome(
-        self, tracked: TrackedRun | None, result: EvalResult | None, model_path: Path, step: int
-    ) -> None:
+    def _log_outcome(self, tracked: TrackedRun | None, model_path: Path, stop_reason: StopReason) -> None:
         if tracked is None or self.tracker is None:
             return
-        if result is not None:
-            metrics = {
-                "eval_success_rate": result.success_rate,
-                "eval_path_efficiency": result.path_efficiency,
-            }
-            self.tracker.log_metrics(tracked, metrics, step)
+        self.tracker.set_tags(tracked, {"stop_reason": stop_reason.value})
         self.tracker.log_artifact(tracked, model_path, "sb3_model")
+        last = model_path.parent / LAST_MODEL_FILE
+        if last.is_file():
+            self.tracker.log_artifact(tracked, last, "sb3_model")
         self._wait_for_uploads()
 
     def _wait_for_uploads(self) -> None:
@@ -293,25 +329,9 @@ class TrainingJob:
             # Losing one snapshot is fine; losing the run because the database blinked is not.
             self.log.warning("progress_not_recorded", error=str(error))
 
-    def _save_model(self, model: BaseAlgorithm) -> str:
-        directory = self.settings.run_dir(self.run.id)
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / "model.zip"
-        model.save(path)
-        return str(path)
-
-    def _evaluate(self, model: BaseAlgorithm, env: VecEnv) -> EvalResult | None:
-        if self.run.maze_mode == "fixed":
-            seeds = [fixed_maze_seed(env)]
-        elif self.settings.eval_episodes > 0:
-            seeds = maze_env.eval_maze_seeds(self.settings.eval_episodes)
-        else:
-            return None
-        return evaluate(model, self.run.maze_size, seeds)
-
     def _record_failure(self, message: str) -> None:
         try:
-            self._finish(RunStatus.FAILED, error=message)
+            self._finish(RunStatus.FAILED, error=message, stop_reason=StopReason.FAILED.value)
         except Exception:
             self.log.exception("failure_not_recorded")
 
@@ -367,9 +387,3 @@ def describe_error(error: BaseException) -> str:
             'or train on the CPU with "device": "cpu".'
         )
     return f"{type(error).__name__}: {error}"
-
-
-def _progress_snapshot(callbacks: CallbackList) -> ProgressSnapshot:
-    """The run's final progress as its ProgressCallback measured it, to be written with the final state."""
-    progress = next(callback for callback in callbacks.callbacks if isinstance(callback, ProgressCallback))
-    return progress.snapshot()
