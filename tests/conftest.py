@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -104,6 +105,7 @@ def settings_for_tests(data_dir: Path, **overrides: Any) -> Settings:
         "eval_episodes": 5,
         "max_concurrent_runs": 2,
         "log_level": "WARNING",
+        "allowed_hosts": ["testserver"],  # the host name TestClient sends
     }
     values.update(overrides)
     return Settings(**values)
@@ -223,9 +225,12 @@ def free_port() -> int:
 class LiveService:
     """A real `uvicorn main:app` process on a loopback port, with its own data directory."""
 
-    def __init__(self, data_dir: Path, workers: int = 1, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, workers: int = 1, env: dict[str, str] | None = None, run_as: str | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.workers = workers
+        self.run_as = run_as  # a user name: run the service as that user (file modes bind non-root only)
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.extra_env = env or {}
@@ -259,6 +264,14 @@ class LiveService:
         ]
         if self.workers > 1:
             command += ["--workers", str(self.workers)]
+        if self.run_as is not None:
+            command = [
+                "setpriv",
+                f"--reuid={self.run_as}",
+                f"--regid={pwd.getpwnam(self.run_as).pw_gid}",
+                "--init-groups",
+                *command,
+            ]
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log_file = self.log_path.open("ab")
         self.process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log_file, stderr=log_file)
@@ -312,8 +325,10 @@ class LiveService:
 def live_service(tmp_path: Path, mlflow_store_template: Path) -> Iterator[Callable[..., LiveService]]:
     services: list[LiveService] = []
 
-    def factory(workers: int = 1, data_dir: Path | None = None, **env: str) -> LiveService:
-        service = LiveService(data_dir or tmp_path / "data", workers=workers, env=env)
+    def factory(
+        workers: int = 1, data_dir: Path | None = None, run_as: str | None = None, **env: str
+    ) -> LiveService:
+        service = LiveService(data_dir or tmp_path / "data", workers=workers, env=env, run_as=run_as)
         # One worker starts from the migrated store (creating one costs seconds of the tests' CPU).
         # Several workers keep a fresh one: their race to create it is what its init lock is for.
         if workers == 1 and "MLFLOW_TRACKING_URI" not in env:
