@@ -8,16 +8,17 @@ from contextlib import asynccontextmanager
 
 import structlog
 import uvicorn
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 import websocket
 from api import experiments, health, training
 from api.dashboard import install_dashboard
 from api.errors import install_error_handlers
 from api.responses import UNAUTHORIZED
-from api.security import BodySizeLimit, require_api_key
+from api.security import API_KEY_SCHEME, ApiKeyGate, BodySizeLimit
 from core.logging_setup import configure_logging
 from core.settings import Settings, get_settings
 from records.database import create_db_engine, make_session_factory, upgrade_schema
@@ -61,7 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.run_store = store
         app.state.tracker = tracker
         app.state.mlflow_runs = tracker.runs
-        app.state.experiments = Experiments(settings, store, tracker.runs)
+        experiments_service = Experiments(settings, store, tracker.runs)
+        app.state.experiments = experiments_service
         app.state.training_service = service
         app.state.progress_hub = hub
         app.state.status_cache = status_cache
@@ -73,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             gc.unfreeze()  # objects frozen at start-up may be garbage now; let the collector see them
             log.info("service_stopping", worker=service.owner, runs=service.local_run_ids())
             await hub.stop()
+            experiments_service.close()
             await status_cache.stop()
             await run_in_threadpool(service.shutdown, SHUTDOWN_GRACE_S)
             await run_in_threadpool(tracker.close, TRACKING_FLUSH_S)
@@ -85,6 +88,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    # Before the CORS middleware, which must answer preflights (they carry no key) and mark 401s too.
+    app.add_middleware(
+        ApiKeyGate, settings=settings, guarded_prefixes=(training.router.prefix, experiments.router.prefix)
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -93,7 +100,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
-    guarded = [Depends(require_api_key)]
+    # Outermost: a request for a host name we do not serve (DNS rebinding) reaches nothing else.
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
+    guarded = [API_KEY_SCHEME]
     app.include_router(training.router, dependencies=guarded, responses=UNAUTHORIZED)
     app.include_router(experiments.router, dependencies=guarded, responses=UNAUTHORIZED)
     app.include_router(websocket.router)

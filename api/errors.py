@@ -16,9 +16,12 @@ from core.errors import (
     ArtifactStoreUnavailable,
     InvalidApiKey,
     InvalidRequest,
+    ModelFileCorrupt,
+    ModelFileUnreadable,
     ModelNotAvailable,
     NotResumable,
     PolicyNotExported,
+    PolicyPlayersBusy,
     RunNotFound,
     ServiceBusy,
     ServiceError,
@@ -33,9 +36,12 @@ STATUS_CODES: dict[type[ServiceError], int] = {
     ModelNotAvailable: 404,
     NotResumable: 409,
     PolicyNotExported: 409,
+    ModelFileCorrupt: 409,
     InvalidRequest: 422,
     ServiceBusy: 429,
+    PolicyPlayersBusy: 429,
     ArtifactStoreUnavailable: 503,
+    ModelFileUnreadable: 503,
 }
 
 
@@ -65,18 +71,23 @@ def _detail(error: ServiceError) -> Any:
 
 
 def _headers(error: ServiceError) -> dict[str, str] | None:
-    if isinstance(error, ServiceBusy):
+    if isinstance(error, ServiceBusy | PolicyPlayersBusy):
         return {"Retry-After": str(error.retry_after_s)}
     if isinstance(error, InvalidApiKey):
         return {"WWW-Authenticate": "ApiKey"}
     return None
 
 
-async def _service_error(_request: Request, error: Exception) -> JSONResponse:
-    assert isinstance(error, ServiceError)
+def error_response(error: ServiceError) -> JSONResponse:
+    """The answer to a typed error; also for middleware, which runs outside the exception handlers."""
     return JSONResponse(
         status_code=STATUS_CODES[type(error)], content={"detail": _detail(error)}, headers=_headers(error)
     )
+
+
+async def _service_error(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, ServiceError)
+    return error_response(error)
 
 
 async def _database_unavailable(_request: Request, error: Exception) -> JSONResponse:

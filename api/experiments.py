@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
 from api.deps import ExperimentsDep, SettingsDep
-from api.responses import BAD_BODY, DATABASE_DOWN, NO_ONNX_MODEL, NOT_FOUND
+from api.responses import BAD_BODY, DATABASE_DOWN, MODEL_FILE_FAULTS, NOT_FOUND, PLAYERS_BUSY
 from api.schemas import (
     Algorithm,
     ArtifactInfo,
@@ -104,7 +104,7 @@ def _artifact(run: TrainingRun, name: str, size: int | None) -> ArtifactInfo:
     responses={
         200: {"content": {"application/octet-stream": {}}},
         404: {"model": ErrorMessage, "description": "Unknown run, or not exported yet"},
-        **DATABASE_DOWN,
+        **MODEL_FILE_FAULTS,
     },
 )
 async def download_onnx(experiment_id: uuid.UUID, experiments: ExperimentsDep) -> FileResponse:
@@ -121,7 +121,7 @@ async def download_onnx(experiment_id: uuid.UUID, experiments: ExperimentsDep) -
     responses={
         200: {"content": {"application/zip": {}}},
         404: {"model": ErrorMessage, "description": "Unknown run, or no model saved yet"},
-        **DATABASE_DOWN,
+        **MODEL_FILE_FAULTS,
     },
 )
 async def download_sb3_model(experiment_id: uuid.UUID, experiments: ExperimentsDep) -> FileResponse:
@@ -150,13 +150,13 @@ async def download_last_sb3_model(experiment_id: uuid.UUID, experiments: Experim
     "/{experiment_id}/rollout",
     response_model=RolloutResponse,
     summary="Watch the policy solve a maze",
-    responses={**BAD_BODY, **NOT_FOUND, **NO_ONNX_MODEL, **DATABASE_DOWN},
+    responses={**BAD_BODY, **NOT_FOUND, **MODEL_FILE_FAULTS, **PLAYERS_BUSY},
 )
 async def rollout(
     experiment_id: uuid.UUID, body: RolloutRequest, experiments: ExperimentsDep
 ) -> RolloutResponse:
     """Runs the exported ONNX policy deterministically on one maze and returns the maze and the path."""
-    played = await run_in_threadpool(experiments.play, str(experiment_id), body.maze_seed)
+    played = await experiments.play(str(experiment_id), body.maze_seed)
     result = played.rollout
     return RolloutResponse(
         maze_size=played.run.maze_size,
@@ -175,13 +175,13 @@ async def rollout(
     "/{experiment_id}/evaluate",
     response_model=EvaluateResponse,
     summary="Success on held-out mazes",
-    responses={**BAD_BODY, **NOT_FOUND, **NO_ONNX_MODEL, **DATABASE_DOWN},
+    responses={**BAD_BODY, **NOT_FOUND, **MODEL_FILE_FAULTS, **PLAYERS_BUSY},
 )
 async def evaluate(
     experiment_id: uuid.UUID, body: EvaluateRequest, experiments: ExperimentsDep
 ) -> EvaluateResponse:
     """Plays the exported policy on `episodes` evaluation mazes (seeds disjoint from training's)."""
-    evaluation = await run_in_threadpool(experiments.evaluate, str(experiment_id), body.episodes)
+    evaluation = await experiments.evaluate(str(experiment_id), body.episodes)
     result = evaluation.result
     return EvaluateResponse(
         experiment_id=evaluation.run.id,

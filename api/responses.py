@@ -16,13 +16,22 @@ def _error(description: str, **extra: Any) -> dict[str, Any]:
 
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: _error("No run has this experiment_id")}
-NO_ONNX_MODEL: dict[int | str, dict[str, Any]] = {409: _error("The run has no exported ONNX model yet")}
 QUEUE_FULL: dict[int | str, dict[str, Any]] = {
     429: _error("MAX_QUEUED_RUNS runs are already queued", headers=_RETRY_AFTER)
 }
 BAD_BODY: dict[int | str, dict[str, Any]] = {
     400: _error("The body could not be parsed (e.g. JSON that is not UTF-8)"),
     413: _error("The body is larger than MAX_REQUEST_BYTES"),
+}
+PLAYERS_BUSY: dict[int | str, dict[str, Any]] = {
+    429: _error(
+        "MAX_CONCURRENT_EVALUATIONS rollouts or evaluations are already running", headers=_RETRY_AFTER
+    )
+}
+# Where a route reads a model file; its 503 includes DATABASE_DOWN's.
+MODEL_FILE_FAULTS: dict[int | str, dict[str, Any]] = {
+    409: _error("No exported ONNX model yet, or the model file is corrupt"),
+    503: _error("The database is unavailable, or the model file cannot be read", headers=_RETRY_AFTER),
 }
 DATABASE_DOWN: dict[int | str, dict[str, Any]] = {
     503: _error("The database is unavailable", headers=_RETRY_AFTER)

@@ -1,23 +1,25 @@
-"""Request guards: the optional API key (REST and WebSocket), WebSocket origins, and body size."""
+"""Request guards: the optional API key (REST, API docs and WebSocket), WebSocket origins, and body size."""
 
 from __future__ import annotations
 
 import hmac
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import urlparse
 
-from fastapi import Request, Security, WebSocket
+from fastapi import Security, WebSocket
 from fastapi.security import APIKeyHeader
 
-from api.errors import BodyTooLarge
+from api.errors import BodyTooLarge, error_response
 from core.errors import InvalidApiKey
 from core.settings import Settings
 
 API_KEY_HEADER = "X-API-Key"
 # Browsers cannot set headers on a WebSocket: they offer the key as the subprotocol "apikey.<key>".
 SUBPROTOCOL_PREFIX = "apikey."
+# FastAPI's API documentation: closed with the rest when API_KEY is set, unless DOCS_PUBLIC.
+DOCS_PATHS = ("/docs", "/redoc", "/openapi.json")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -30,16 +32,41 @@ def _matches(given: str | None, expected: str) -> bool:
     return given is not None and hmac.compare_digest(given.encode(), expected.encode())
 
 
-_api_key_header = APIKeyHeader(
-    name=API_KEY_HEADER, auto_error=False, description="Needed when the service runs with API_KEY set."
+# Declares the header in the OpenAPI document (Swagger UI's "Authorize"); ApiKeyGate checks it.
+API_KEY_SCHEME = Security(
+    APIKeyHeader(
+        name=API_KEY_HEADER, auto_error=False, description="Needed when the service runs with API_KEY set."
+    )
 )
 
 
-async def require_api_key(request: Request, given: Annotated[str | None, Security(_api_key_header)]) -> None:
-    """REST guard: with `API_KEY` set, every call needs the header `X-API-Key`."""
-    settings: Settings = request.app.state.settings
-    if settings.api_key and not _matches(given, settings.api_key):
-        raise InvalidApiKey(f"missing or invalid API key (send it in the {API_KEY_HEADER} header)")
+class ApiKeyGate:
+    """With `API_KEY` set, answers 401 to calls under the guarded paths without the `X-API-Key` header.
+
+    A middleware rather than a route dependency: FastAPI parses a body before it runs dependencies, so
+    a caller without the key got a 422 for malformed JSON, learning about the API before proving who it is.
+
+    :param app: the wrapped ASGI app.
+    :param settings: the key, and whether the API docs stay public.
+    :param guarded_prefixes: path prefixes of the guarded routes; the docs are added unless public.
+    """
+
+    def __init__(self, app: ASGIApp, settings: Settings, guarded_prefixes: tuple[str, ...]) -> None:
+        self.app = app
+        self.api_key = settings.api_key
+        self.prefixes = guarded_prefixes if settings.docs_public else (*guarded_prefixes, *DOCS_PATHS)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.api_key and self._guarded(scope["path"]):
+            given = dict(scope.get("headers", [])).get(API_KEY_HEADER.lower().encode())
+            if not _matches(given.decode("latin-1") if given is not None else None, self.api_key):
+                error = InvalidApiKey(f"missing or invalid API key (send it in the {API_KEY_HEADER} header)")
+                await error_response(error)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _guarded(self, path: str) -> bool:
+        return any(path == prefix or path.startswith(f"{prefix}/") for prefix in self.prefixes)
 
 
 def websocket_subprotocol(websocket: WebSocket) -> str | None:
@@ -58,12 +85,17 @@ def websocket_rejection(websocket: WebSocket, settings: Settings) -> str | None:
     if not settings.api_key:
         return None
     protocol = websocket_subprotocol(websocket)
-    offered = protocol.removeprefix(SUBPROTOCOL_PREFIX) if protocol else websocket.query_params.get("token")
+    offered = (
+        protocol.removeprefix(SUBPROTOCOL_PREFIX)
+        if protocol
+        else websocket.headers.get(API_KEY_HEADER) or websocket.query_params.get("token")
+    )
     return None if _matches(offered, settings.api_key) else "missing or invalid API key"
 
 
 def _origin_allowed(origin: str, host: str, allowed: list[str]) -> bool:
-    # CORS does not cover WebSockets, so the same-origin rule is applied here by hand.
+    # CORS does not cover WebSockets, so the same-origin rule is applied here by hand. Comparing with
+    # Host is safe only because TrustedHostMiddleware (ALLOWED_HOSTS) refused foreign Host headers.
     return urlparse(origin).netloc == host or origin in allowed or "*" in allowed
 
 

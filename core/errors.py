@@ -67,3 +67,27 @@ class PolicyNotExported(ServiceError):
 
 class ArtifactStoreUnavailable(ServiceError):
     """A file of the run is only in the MLflow artifact store, which cannot be reached now."""
+
+
+class PolicyPlayersBusy(ServiceError):
+    """Every slot for rollouts and evaluations (MAX_CONCURRENT_EVALUATIONS) is taken.
+
+    :param retry_after_s: how long the client should wait before it tries again.
+    """
+
+    def __init__(self, slots: int, retry_after_s: int) -> None:
+        super().__init__(
+            f"{slots} rollouts or evaluations are already running (MAX_CONCURRENT_EVALUATIONS); "
+            "try again later"
+        )
+        self.retry_after_s = retry_after_s
+
+
+class ModelFileCorrupt(ServiceError):
+    """The run's saved file exists but is not a valid model (truncated, overwritten): it needs a new
+    export or save, not a retry."""
+
+
+class ModelFileUnreadable(ServiceError):
+    """The run's saved file exists but this service cannot read it (permissions, an I/O error): an
+    operator's problem, maybe a passing one."""

@@ -11,6 +11,11 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+# The names a browser on this machine uses; a DNS-rebinding page can only send its own domain's name.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+# Bind addresses meaning "every interface": they name no host a request could carry.
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
 
 def _default_concurrency() -> int:
     # One training run per two cores keeps the API responsive; never zero.
@@ -62,11 +67,28 @@ class Settings(BaseSettings):
     max_maze_size: int = Field(30, ge=2, le=30, description="Largest maze_size accepted.")
     max_request_bytes: int = Field(65_536, ge=1024, description="Largest request body accepted.")
     api_key: str = Field("", description="When set, REST calls need X-API-Key and WebSockets a token.")
+    docs_public: bool = Field(
+        False,
+        description="Serve /docs, /redoc and /openapi.json without the key when API_KEY is set; without "
+        "API_KEY they are always open.",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names the service answers to (comma-separated or JSON list; `*` any), against "
+        "DNS rebinding; empty: the loopback names plus HOST when HOST names one interface.",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Origins allowed by CORS (comma-separated or JSON list); none by default.",
     )
     eval_episodes: int = Field(100, ge=0, description="Held-out mazes per periodic evaluation of a run.")
+    max_concurrent_evaluations: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Rollouts and evaluations that play a policy at once in each worker process; more "
+        "get 429 with Retry-After.",
+    )
     checkpoint_every_episodes: int = Field(
         10, ge=0, description="Save a resumable checkpoint every N training iterations (0: never)."
     )
@@ -86,9 +108,9 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="Log level for the service and uvicorn.")
     log_json: bool = Field(True, description="JSON logs (true) or human-readable console logs (false).")
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "allowed_hosts", mode="before")
     @classmethod
-    def _split_origins(cls, value: Any) -> Any:
+    def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):
@@ -103,6 +125,9 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{data / 'service.db'}"
         if not self.mlflow_tracking_uri:
             self.mlflow_tracking_uri = f"sqlite:///{data / 'mlflow.db'}"
+        if not self.allowed_hosts:
+            bound = [] if self.host in WILDCARD_HOSTS else [self.host]
+            self.allowed_hosts = [*LOOPBACK_HOSTS, *bound]
         return self
 
     @property

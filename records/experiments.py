@@ -1,15 +1,21 @@
 """What users do with a recorded run: list it, read it joined with MLflow, fetch its files, and play
 and evaluate its exported ONNX policy.
 
-Every method blocks (database, MLflow, onnxruntime): call them off the event loop.
+Every method blocks (database, MLflow) and is called off the event loop, except `play` and `evaluate`:
+they are awaited, and run on a few threads of their own (MAX_CONCURRENT_EVALUATIONS), so that long
+evaluations can neither hold the server's shared request threads nor pile up.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import secrets
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 
@@ -17,14 +23,27 @@ import maze_env
 from agents.evaluation import EvalResult, evaluate_with
 from agents.onnx_policy import OnnxPolicy
 from agents.rollouts import Rollout, play_maze
-from core.errors import ArtifactStoreUnavailable, ModelNotAvailable, PolicyNotExported, describe
+from core.errors import (
+    ArtifactStoreUnavailable,
+    ModelFileCorrupt,
+    ModelNotAvailable,
+    PolicyNotExported,
+    PolicyPlayersBusy,
+    describe,
+)
 from core.settings import Settings
-from records.files import model_file
+from records.files import check_model_file, model_file
 from records.mlflow_runs import MlflowRuns, RunDetails
 from records.store import RunStore
 from records.tables import TrainingRun
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+# A rollout takes well under a second and an evaluation seconds to a few minutes: a retry after a few
+# seconds finds a slot in most cases without hammering a busy service.
+PLAYERS_RETRY_AFTER_S = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +87,15 @@ class Experiments:
         self._settings = settings
         self._store = store
         self._mlflow_runs = mlflow_runs
+        slots = settings.max_concurrent_evaluations
+        self._players = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="policy-player")
+        # Taken without waiting, given back when the work ends (not when a client gives up on it): at
+        # most `slots` policies play at once, and none waits in the pool's queue.
+        self._free_players = threading.BoundedSemaphore(slots)
+
+    def close(self) -> None:
+        """Refuse new rollouts and evaluations; those under way finish on their threads."""
+        self._players.shutdown(wait=False, cancel_futures=True)
 
     def list_runs(self, *, status: str | None, algorithm: str | None, limit: int, offset: int) -> RunPage:
         """Newest first; the MLflow experiment id only if already known (no wait on MLflow)."""
@@ -94,18 +122,39 @@ class Experiments:
         path = self._fetch(run, filename)
         if path is None:
             raise ModelNotAvailable(f"run {run.id} has no saved {filename} yet (status: {run.status})")
+        # Checked before answering: once the 200 and its Content-Length are sent, a file that cannot be
+        # read can only end in a truncated body.
+        check_model_file(path, run.id)
         return path
 
-    def play(self, run_id: str, maze_seed: int | None) -> PlayedMaze:
+    async def play(self, run_id: str, maze_seed: int | None) -> PlayedMaze:
         """One deterministic episode of the exported policy; by default on a fixed-mode run's own maze,
         else a random one."""
+        return await self._on_player(self._play, run_id, maze_seed)
+
+    async def evaluate(self, run_id: str, episodes: int) -> Evaluation:
+        """The exported policy on `episodes` evaluation mazes (seeds disjoint from training's)."""
+        return await self._on_player(self._evaluate, run_id, episodes)
+
+    async def _on_player(self, work: Callable[..., T], *args: object) -> T:
+        """`work` on a free player thread; `PolicyPlayersBusy` at once when every one is taken."""
+        if not self._free_players.acquire(blocking=False):
+            raise PolicyPlayersBusy(self._settings.max_concurrent_evaluations, PLAYERS_RETRY_AFTER_S)
+        try:
+            future: Future[T] = self._players.submit(work, *args)
+        except BaseException:
+            self._free_players.release()
+            raise
+        future.add_done_callback(lambda _: self._free_players.release())
+        return await asyncio.wrap_future(future)
+
+    def _play(self, run_id: str, maze_seed: int | None) -> PlayedMaze:
         run, policy = self._exported_policy(run_id)
         if maze_seed is None:
             maze_seed = run.fixed_maze_seed if run.fixed_maze_seed is not None else secrets.randbelow(2**31)
         return PlayedMaze(run, maze_seed, play_maze(policy.predict, run.maze_size, maze_seed))
 
-    def evaluate(self, run_id: str, episodes: int) -> Evaluation:
-        """The exported policy on `episodes` evaluation mazes (seeds disjoint from training's)."""
+    def _evaluate(self, run_id: str, episodes: int) -> Evaluation:
         run, policy = self._exported_policy(run_id)
         seeds = maze_env.eval_maze_seeds(episodes)
         return Evaluation(run, evaluate_with(policy.predict, run.maze_size, seeds))
@@ -115,7 +164,15 @@ class Experiments:
         path = self._fetch(run, "model.onnx") if run.onnx_status == "exported" else None
         if path is None:
             raise PolicyNotExported(f"run {run.id} has no exported ONNX model yet (status: {run.status})")
-        return run, OnnxPolicy(path)
+        check_model_file(path, run.id)
+        try:
+            return run, OnnxPolicy(path)
+        except Exception as error:  # onnxruntime's errors have no common base that says "bad file"
+            log.warning("onnx_model_corrupt", experiment_id=run.id, error=describe(error))
+            raise ModelFileCorrupt(
+                f"run {run.id}'s model.onnx is not a valid ONNX model (truncated or overwritten?); "
+                "it needs a new export"
+            ) from error
 
     def _fetch(self, run: TrainingRun, filename: str) -> Path | None:
         """The run's file, from this machine or (trained on a Ray worker) the MLflow artifact store."""

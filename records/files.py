@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
 import structlog
 
+from core.errors import ModelFileCorrupt, ModelFileUnreadable, describe
 from core.settings import Settings
 from records.mlflow_runs import MlflowRuns
 from records.tables import TrainingRun
@@ -29,6 +31,7 @@ ARTIFACT_PATHS = {
     "model.onnx": "onnx_model/model.onnx",
 }
 CACHE_DIR = "artifact-cache"
+SB3_DATA_ENTRY = "data"  # the JSON description every Stable-Baselines3 model archive holds
 CHECKPOINT_DIR = "checkpoints"  # a run's periodic checkpoints, inside its run directory
 
 
@@ -37,6 +40,33 @@ def saved_file(settings: Settings, run: TrainingRun, filename: str = "model.zip"
     constant name, never from user input."""
     path = settings.run_dir(run.id) / filename
     return path if path.is_file() else None
+
+
+def check_model_file(path: Path, run_id: str) -> None:
+    """Raise `ModelFileUnreadable` unless the whole file reads, and `ModelFileCorrupt` for an SB3 model
+    that is no intact zip (ONNX files are checked by loading them). Our models are a few MB at most."""
+    try:
+        with path.open("rb") as file:
+            while file.read(1 << 20):
+                pass
+    except OSError as error:
+        log.warning("model_file_unreadable", experiment_id=run_id, path=str(path), error=describe(error))
+        raise ModelFileUnreadable(
+            f"run {run_id}'s {path.name} cannot be read on the server ({type(error).__name__}); "
+            "an operator must check its file permissions and disk"
+        ) from error
+    if path.suffix == ".zip" and not _intact_sb3_archive(path):
+        raise ModelFileCorrupt(f"run {run_id}'s {path.name} is not an intact zip archive (truncated?)")
+
+
+def _intact_sb3_archive(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            # A truncated SB3 archive can still open as a zip: the torch files inside are zips too, and
+            # the reader then finds the innermost one's directory. SB3's own `data` entry tells them apart.
+            return SB3_DATA_ENTRY in archive.namelist() and archive.testzip() is None
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return False
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -104,6 +105,7 @@ def settings_for_tests(data_dir: Path, **overrides: Any) -> Settings:
         "eval_episodes": 5,
         "max_concurrent_runs": 2,
         "log_level": "WARNING",
+        "allowed_hosts": ["testserver"],  # the host name TestClient sends
     }
     values.update(overrides)
     return Settings(**values)
@@ -220,6 +222,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def as_user(name: str) -> list[str]:
+    """A command prefix that runs a command as the user `name` (file modes bind non-root users only)."""
+    return ["setpriv", f"--reuid={name}", f"--regid={pwd.getpwnam(name).pw_gid}", "--init-groups"]
+
+
 class LiveService:
     """A real `uvicorn main:app` process on a loopback port, with its own data directory."""
 
@@ -321,8 +328,10 @@ class LiveService:
 def live_service(tmp_path: Path, mlflow_store_template: Path) -> Iterator[Callable[..., LiveService]]:
     services: list[LiveService] = []
 
-    def factory(workers: int = 1, data_dir: Path | None = None, **env: str) -> LiveService:
-        service = LiveService(data_dir or tmp_path / "data", workers=workers, env=env)
+    def factory(
+        workers: int = 1, data_dir: Path | None = None, run_as: Sequence[str] = (), **env: str
+    ) -> LiveService:
+        service = LiveService(data_dir or tmp_path / "data", workers=workers, env=env, run_as=run_as)
         # One worker starts from the migrated store (creating one costs seconds of the tests' CPU).
         # Several workers keep a fresh one: their race to create it is what its init lock is for.
         if workers == 1 and "MLFLOW_TRACKING_URI" not in env:

@@ -193,6 +193,16 @@ def test_the_service_gets_only_settings_it_knows_and_publishes_its_port() -> Non
     assert published_ports("mlflow") == {5000: 5000}
 
 
+@pytest.mark.parametrize("name", [SERVICE, "training-service-ray"])
+def test_the_service_answers_the_host_names_it_is_reached_by(name: str) -> None:
+    # ALLOWED_HOSTS (against DNS rebinding): the browser on the host through the published port, the
+    # image's health check on 127.0.0.1, and other containers by service name.
+    env = environment(name)
+    settings = Settings.model_validate({key.lower(): value for key, value in env.items()})
+
+    assert {"localhost", "127.0.0.1", name} <= set(settings.allowed_hosts)
+
+
 def test_the_service_database_url_points_at_the_postgres_service_with_its_credentials() -> None:
     url = make_url(normalize_database_url(environment(SERVICE)["DATABASE_URL"]))
     postgres_env = environment("postgres")
