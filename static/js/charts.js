@@ -1,5 +1,6 @@
 // Live line charts (uPlot, vendored) of one metric against training timesteps.
 import uPlot from "../vendor/uplot/uPlot.esm.js";
+import { el, formatNumber } from "./format.js";
 
 const CHART_HEIGHT = 180;
 
@@ -42,7 +43,11 @@ export class MetricChart {
     this.figure = figure;
     this.xs = [];
     this.ys = [];
+    this.spec = spec;
     this.plot = new uPlot(chartOptions(spec, this.width()), [this.xs, this.ys], figure);
+    // The canvas says nothing to a screen reader: the figure's text alternative is this line.
+    this.readout = el("p", { className: "chart-latest" });
+    figure.append(this.readout);
     this.observer = new ResizeObserver(() => this.resize());
     this.observer.observe(figure);
   }
@@ -89,12 +94,17 @@ export class MetricChart {
   render() {
     this.plot.setData([this.xs, this.ys]);
     this.figure.dataset.points = String(this.xs.length);
+    const last = this.xs.length - 1;
+    this.readout.textContent = last < 0
+      ? "no data yet"
+      : `${this.spec.label}: latest ${formatNumber(this.ys[last])} at step ${this.xs[last].toLocaleString()} (${last + 1} points)`;
   }
 
   destroy() {
     this.observer.disconnect();
     this.plot.destroy();
     this.figure.dataset.points = "0";
+    this.readout.remove();
   }
 }
 

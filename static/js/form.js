@@ -8,6 +8,7 @@ const OPTIONAL_NUMBERS = ["seed", "n_envs"];
 export function clearErrors(form, messageNode) {
   for (const field of form.querySelectorAll(".field")) {
     field.classList.remove("invalid");
+    control(field).removeAttribute("aria-invalid");
     field.querySelector(".field-error").textContent = "";
   }
   if (messageNode) {
@@ -16,11 +17,19 @@ export function clearErrors(form, messageNode) {
   }
 }
 
-/** Show `message` under the field named `name`; false when the form has no such field. */
+function control(field) {
+  return field.querySelector("input, select, textarea");
+}
+
+/**
+ * Show `message` under the field named `name` (its input is described by it, see index.html);
+ * false when the form has no such field.
+ */
 export function showFieldError(form, name, message) {
   const field = form.querySelector(`.field[data-field="${CSS.escape(String(name))}"]`);
   if (!field) return false;
   field.classList.add("invalid");
+  control(field).setAttribute("aria-invalid", "true");
   const node = field.querySelector(".field-error");
   node.textContent = node.textContent ? `${node.textContent}; ${message}` : message;
   return true;
