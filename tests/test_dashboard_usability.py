@@ -164,6 +164,7 @@ def test_run_page_follows_its_run_from_the_queue_to_stopped(
         )
         violations = serious_accessibility_violations(page)
         assert violations == [], violations
+        assert_charts_read_out_and_smooth(page)
         screenshot(page, "run-live-keyed")
 
         page.evaluate(
@@ -186,6 +187,23 @@ def test_run_page_follows_its_run_from_the_queue_to_stopped(
     finally:
         for run_id in (first, second):
             api.post(f"/training/stop/{run_id}", params={"wait_s": 30})
+
+
+def assert_charts_read_out_and_smooth(page: Page) -> None:
+    """Hovering a chart reads out its step and value; the smoothing slider works from the keyboard."""
+    reward = page.get_by_role("figure", name=re.compile("Reward"))
+    # The plot's event layer lies over its canvas: move the mouse there without an actionability check.
+    reward.locator("canvas").hover(force=True)
+    legend = reward.get_by_role("table")
+    expect(legend).to_contain_text(re.compile(r"step\s*:?\s*[\d,]+"))
+    expect(legend).to_contain_text(re.compile(r"reward\s*:?\s*-?\d"))
+    slider = page.get_by_role("slider", name="Smoothing")
+    slider.focus()
+    page.keyboard.press("End")
+    expect(slider).to_have_value("0.99")
+    for name in ("Reward", "Success rate", "Loss"):
+        figure = page.get_by_role("figure", name=re.compile(name))
+        expect(figure).to_contain_text(re.compile(r"latest .* \(smoothed .*\) at step"))
 
 
 def test_form_says_its_limits_before_the_error_and_links_errors_to_inputs(

@@ -173,6 +173,13 @@ class RunDetail {
   start() {
     this.resetView();
     this.charts = createCharts(this.root);
+    const smoothing = $(this.root, "#smoothing");
+    const applySmoothing = () => {
+      $(this.root, "#smoothing-value").textContent = smoothing.value;
+      for (const chart of Object.values(this.charts)) chart.setSmoothing(Number(smoothing.value));
+    };
+    applySmoothing();
+    this.on(smoothing, "input", applySmoothing);
     this.on($(this.root, "#d-stop"), "click", () => this.stop());
     this.on($(this.root, "#rollout-form"), "submit", (event) => {
       event.preventDefault();
