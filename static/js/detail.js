@@ -63,6 +63,9 @@ function statItems(state) {
     ["Steps/s", formatNumber(state.fps)],
     ["Elapsed", formatDuration(state.elapsed_s)],
   ];
+  if (state.eval_success_rate !== null && state.eval_success_rate !== undefined) {
+    items.push(["Held-out success", formatPercent(state.eval_success_rate)]);
+  }
   if (state.eval_path_efficiency !== null && state.eval_path_efficiency !== undefined) {
     items.push(["Path efficiency", formatPercent(state.eval_path_efficiency)]);
   }
@@ -77,6 +80,7 @@ function summaryText(run) {
   if (training.device) parts.push(`device ${training.device}`);
   parts.push(`created ${formatTime(run.created_at)}`);
   if (run.finished_at) parts.push(`finished ${formatTime(run.finished_at)}`);
+  if (training.stop_reason) parts.push(`ended: ${training.stop_reason}`);
   return parts.join(" · ");
 }
 

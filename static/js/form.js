@@ -2,7 +2,8 @@
 import { api, ApiError, errorMessage } from "./api.js";
 
 const REQUIRED_NUMBERS = ["total_episodes", "timesteps_per_episode", "maze_size"];
-const OPTIONAL_NUMBERS = ["seed", "n_envs"];
+// Sent only when filled in: a service without early stopping rejects the field it does not know.
+const OPTIONAL_NUMBERS = ["seed", "n_envs", "target_success_rate"];
 
 /** Remove every field error and the form-level message. */
 export function clearErrors(form, messageNode) {
