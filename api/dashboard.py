@@ -1,5 +1,6 @@
 """The browser dashboard: `/` serves `static/index.html`, `/static/*` its scripts, styles and vendored
-chart library. Plain files, no build step; the page talks to the JSON API and the WebSocket."""
+libraries (`static/vendor/README.md`). Plain files, no build step; the page talks to the JSON API
+and the WebSocket."""
 
 from __future__ import annotations
 

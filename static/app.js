@@ -1,5 +1,6 @@
 // Entry point: routes between the runs list ("#/") and one run ("#/runs/<id>") with the URL fragment.
-import { api } from "./js/api.js";
+import { api, isUnauthorized } from "./js/api.js";
+import { KEY_CHANGED, KEY_REFUSED, keyProblem, keyRefused, setupApiKeyPrompt } from "./js/apikey.js";
 import { showDetail } from "./js/detail.js";
 import { setupStartForm } from "./js/form.js";
 import { startRunsTable } from "./js/runs.js";
@@ -11,6 +12,8 @@ const detailView = document.getElementById("view-detail");
 const servicePill = document.getElementById("service-state");
 
 let current = null;
+let healthTimer = null;
+let mlflowStore = "";
 
 function setServiceState(state, text) {
   servicePill.dataset.state = state;
@@ -18,14 +21,19 @@ function setServiceState(state, text) {
 }
 
 async function pollHealth() {
+  window.clearTimeout(healthTimer);
   try {
     const health = await api("/health");
-    setServiceState(health.status, health.status === "ok" ? "service ok" : "service degraded");
+    // /health needs no key, so it says nothing about the key the other calls send.
+    if (keyRefused()) setServiceState("auth", keyProblem());
+    else setServiceState(health.status, health.status === "ok" ? "service ok" : "service degraded");
     servicePill.title = `database: ${health.database.detail}; MLflow: ${health.mlflow.detail}`;
+    const local = /^local store (\S+)/.exec(health.mlflow.detail);
+    mlflowStore = local ? local[1] : "";
   } catch {
     setServiceState("down", "service unreachable");
   }
-  window.setTimeout(pollHealth, HEALTH_POLL_MS);
+  healthTimer = window.setTimeout(pollHealth, HEALTH_POLL_MS);
 }
 
 function filters() {
@@ -42,8 +50,12 @@ function showList() {
   const table = startRunsTable(
     document.getElementById("runs-table"),
     document.getElementById("runs-message"),
-    filters,
-    (ok) => { if (!ok) setServiceState("down", "service unreachable"); },
+    {
+      filters,
+      mlflowStore: () => mlflowStore,
+      // A refused key is not an outage: the service answered (KEY_REFUSED updates the header).
+      onProblem: (error) => { if (error && !isUnauthorized(error)) setServiceState("down", "service unreachable"); },
+    },
   );
   return { dispose: () => table.stop(), refresh: () => table.refresh() };
 }
@@ -53,7 +65,7 @@ function showRun(runId) {
   detailView.hidden = false;
   document.title = `Run ${runId.slice(0, 8)} · RL Maze Training`;
   window.scrollTo(0, 0);
-  return showDetail(detailView, runId);
+  return showDetail(detailView, runId, () => mlflowStore);
 }
 
 function route() {
@@ -63,6 +75,13 @@ function route() {
 }
 
 function init() {
+  setupApiKeyPrompt();
+  window.addEventListener(KEY_REFUSED, () => setServiceState("auth", keyProblem()));
+  window.addEventListener(KEY_CHANGED, () => {
+    setServiceState("unknown", "checking…");
+    route();
+    pollHealth();
+  });
   const formMessage = document.getElementById("form-message");
   setupStartForm(document.getElementById("start-form"), formMessage, (response) => {
     window.location.hash = `#/runs/${encodeURIComponent(response.experiment_id)}`;

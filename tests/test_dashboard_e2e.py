@@ -6,7 +6,6 @@ Screenshots land in test-artifacts/ (gitignored). Needs Debian's Chromium (see t
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,10 +15,12 @@ import pytest
 from tests.browser import (
     DESKTOP,
     PHONE,
-    PageProblems,
+    RUN_URL,
+    Dashboard,
     launch_chromium,
     screenshot,
     skip_or_fail,
+    wait_until,
 )
 from tests.conftest import FINAL_STATES, LiveService
 
@@ -30,7 +31,6 @@ except ImportError:
 
 pytestmark = [pytest.mark.browser, pytest.mark.service]
 
-RUN_URL = re.compile(r"#/runs/([0-9a-f-]{36})$")
 # One fixed 5x5 maze; PPO with the service's planner policy solves it within ~4k steps (measured: 0.5-4k).
 SOLVABLE_PPO: dict[str, Any] = {
     "algorithm": "PPO",
@@ -67,55 +67,6 @@ def api(service: LiveService) -> Iterator[httpx.Client]:
         yield client
 
 
-class Dashboard:
-    """One browser tab on the service's dashboard."""
-
-    def __init__(self, page: Page, base_url: str) -> None:
-        self.page = page
-        self.base_url = base_url
-        self.problems = PageProblems(page)
-
-    def open(self, fragment: str = "#/") -> None:
-        self.page.goto(f"{self.base_url}/{fragment}")
-
-    def field_error(self, name: str) -> Any:
-        return self.page.locator(f'#start-form .field[data-field="{name}"] .field-error')
-
-    def fill_start_form(self, values: dict[str, Any]) -> None:
-        if self.page.locator("#advanced").get_attribute("open") is None:
-            self.page.locator("#advanced summary").click()
-        for name, value in values.items():
-            if name == "hyperparameters":
-                self.page.fill('textarea[name="hyperparameters"]', value)
-            elif name in ("algorithm", "maze_mode", "device"):
-                self.page.select_option(f'select[name="{name}"]', str(value))
-            else:
-                self.page.fill(f'input[name="{name}"]', str(value))
-
-    def run_id_from_url(self) -> str:
-        self.page.wait_for_url(RUN_URL)
-        match = RUN_URL.search(self.page.url)
-        assert match, self.page.url
-        return match.group(1)
-
-    def chart_points(self) -> dict[str, int]:
-        points: dict[str, int] = self.page.evaluate(
-            "() => Object.fromEntries([...document.querySelectorAll('figure.chart')]"
-            ".map((f) => [f.id.replace('chart-', ''), Number(f.dataset.points)]))"
-        )
-        return points
-
-    def ws_messages(self) -> int:
-        return int(self.page.locator("#view-detail").get_attribute("data-ws-messages") or 0)
-
-    def episode_shown(self) -> int:
-        match = re.search(r"Episode (\d+)", self.page.locator("#d-progress-text").inner_text())
-        return int(match.group(1)) if match else -1
-
-    def assert_no_page_errors(self) -> None:
-        assert self.problems.errors == [], self.problems.errors
-
-
 @pytest.fixture
 def dashboard(browser: Browser, service: LiveService, request: pytest.FixtureRequest) -> Iterator[Dashboard]:
     context = browser.new_context(viewport=DESKTOP)
@@ -127,16 +78,6 @@ def dashboard(browser: Browser, service: LiveService, request: pytest.FixtureReq
     finally:
         screenshot(page, f"{request.node.name}-last")
         context.close()
-
-
-def wait_until(predicate: Any, timeout_s: float, what: str, poll_s: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def api_error(api: httpx.Client, body: dict[str, Any], field: str) -> str:
@@ -295,6 +236,8 @@ def test_completed_run_shows_history_downloads_and_rollout_reaches_goal(
     replay = api.post(f"/experiments/{run_id}/rollout", json={}).raise_for_status().json()
     goal = ",".join(str(v) for v in replay["goal"])
     expect(canvas).to_have_attribute("data-agent", goal)
+    # The maze in words, for a screen reader.
+    expect(page.get_by_role("img", name=re.compile(r"Reached the goal in \d+ steps"))).to_be_visible()
     screenshot(page, "rollout-desktop")
 
     page.set_viewport_size(PHONE)

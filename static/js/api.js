@@ -1,4 +1,5 @@
 // JSON over fetch, with the API's error bodies kept for the caller.
+import { apiKey, keyProblem, reportUnauthorized } from "./apikey.js";
 
 export class ApiError extends Error {
   constructor(status, detail) {
@@ -24,36 +25,26 @@ function parseBody(text) {
   }
 }
 
-const API_KEY_STORAGE = "rlmaze.apiKey";
-
-/** The API key a user entered for a service started with API_KEY (kept in this browser only). */
-export function apiKey() {
-  return window.localStorage.getItem(API_KEY_STORAGE) || "";
-}
-
-function askForApiKey() {
-  const entered = window.prompt("This service needs an API key (X-API-Key):", apiKey());
-  if (entered === null) return false;
-  window.localStorage.setItem(API_KEY_STORAGE, entered.trim());
-  return true;
-}
-
 /** fetch a JSON endpoint; throws ApiError (HTTP error) or TypeError (network down). */
-export async function api(path, { method = "GET", body, signal } = {}, retried = false) {
+export async function api(path, { method = "GET", body, signal } = {}) {
   const init = { method, signal, headers: { Accept: "application/json", ...keyHeaders() } };
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
   const response = await fetch(path, init);
-  if (response.status === 401 && !retried && askForApiKey()) {
-    return api(path, { method, body, signal }, true);
-  }
+  if (response.status === 401) throw unauthorized();
   const data = parseBody(await response.text());
   if (!response.ok) {
     throw new ApiError(response.status, data && typeof data === "object" ? data.detail : data);
   }
   return data;
+}
+
+/** The server's 401 text tells an API client to send a header; a person needs to enter the key. */
+function unauthorized() {
+  reportUnauthorized();
+  return new ApiError(401, keyProblem());
 }
 
 function keyHeaders() {
@@ -70,8 +61,8 @@ function attachmentName(response, path) {
  * key and handed to the browser as a blob.
  */
 export async function downloadFile(path) {
-  let response = await fetch(path, { headers: keyHeaders() });
-  if (response.status === 401 && askForApiKey()) response = await fetch(path, { headers: keyHeaders() });
+  const response = await fetch(path, { headers: keyHeaders() });
+  if (response.status === 401) throw unauthorized();
   if (!response.ok) {
     const data = parseBody(await response.text());
     throw new ApiError(response.status, data && typeof data === "object" ? data.detail : data);
@@ -84,6 +75,10 @@ export async function downloadFile(path) {
   link.click();
   link.remove();
   setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}
+
+export function isUnauthorized(error) {
+  return error instanceof ApiError && error.status === 401;
 }
 
 /** A message for any error a call may throw. */

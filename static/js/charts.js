@@ -1,28 +1,66 @@
-// Live line charts (uPlot, vendored) of one metric against training timesteps.
+// Live line charts (uPlot, vendored) of one metric against training timesteps, with a hover
+// read-out (uPlot's live legend) and optional smoothing.
 import uPlot from "../vendor/uplot/uPlot.esm.js";
+import { el, formatNumber } from "./format.js";
 
 const CHART_HEIGHT = 180;
 
-export const CHARTS = [
-  { key: "reward", label: "reward", color: "#2563eb" },
-  { key: "success_rate", label: "success rate", color: "#16a34a", range: [0, 1] },
-  { key: "loss", label: "loss", color: "#dc2626" },
-];
+// One-argument formats: axis ticks call them through Array.map.
+const number = (value) => formatNumber(value);
+const percent = (value) => `${(value * 100).toFixed(0)}%`;
 
-function chartOptions(spec, width) {
+export const CHARTS = [
+  { key: "reward", label: "reward", axis: "reward per maze episode", color: "#2563eb", format: number },
+  {
+    key: "success_rate",
+    label: "success rate",
+    axis: "episodes solved",
+    color: "#16a34a",
+    range: [0, 1],
+    format: percent,
+  },
+  { key: "loss", label: "loss", axis: "loss", color: "#dc2626", format: number },
+];
+// The raw curve behind a smoothed one, as TensorBoard draws it.
+const FAINT = "55";
+
+function legendValue(format) {
+  return (u, value) => (value === null || value === undefined ? "—" : format(value));
+}
+
+function chartOptions(spec, width, chart) {
   const y = spec.range ? { range: spec.range } : { auto: true };
   return {
     width,
     height: CHART_HEIGHT,
-    legend: { show: false },
+    legend: { show: true, live: true },
     cursor: { drag: { x: false, y: false } },
     scales: { x: { time: false }, y },
     axes: [
-      { label: "timesteps", size: 40, labelSize: 16 },
-      { size: 56 },
+      { label: "timesteps (environment steps)", size: 40, labelSize: 16 },
+      { label: spec.axis, size: 56, labelSize: 16, values: (u, splits) => splits.map(spec.format) },
     ],
-    series: [{ label: "timesteps" }, { label: spec.label, stroke: spec.color, width: 2, points: { size: 5 } }],
+    series: [
+      { label: "step", value: legendValue((step) => step.toLocaleString()) },
+      {
+        label: spec.label,
+        stroke: () => (chart.weight > 0 ? spec.color + FAINT : spec.color),
+        width: 2,
+        points: { size: 5 },
+        value: legendValue(spec.format),
+      },
+      { label: `${spec.label}, smoothed`, stroke: spec.color, width: 2, points: { show: false }, show: false, value: legendValue(spec.format) },
+    ],
   };
+}
+
+/** TensorBoard's smoothing: an exponential moving average, debiased at the start. */
+export function smooth(values, weight) {
+  let average = 0;
+  return values.map((value, index) => {
+    average = average * weight + (1 - weight) * value;
+    return weight > 0 ? average / (1 - weight ** (index + 1)) : value;
+  });
 }
 
 function finite(value) {
@@ -42,7 +80,12 @@ export class MetricChart {
     this.figure = figure;
     this.xs = [];
     this.ys = [];
-    this.plot = new uPlot(chartOptions(spec, this.width()), [this.xs, this.ys], figure);
+    this.spec = spec;
+    this.weight = 0;
+    this.plot = new uPlot(chartOptions(spec, this.width(), this), [this.xs, this.ys, this.ys], figure);
+    // The canvas says nothing to a screen reader: the figure's text alternative is this line.
+    this.readout = el("p", { className: "chart-latest" });
+    figure.append(this.readout);
     this.observer = new ResizeObserver(() => this.resize());
     this.observer.observe(figure);
   }
@@ -86,15 +129,30 @@ export class MetricChart {
     this.render();
   }
 
+  /** 0 draws the values as logged; up to 0.99 smooths more (the raw curve stays, faint). */
+  setSmoothing(weight) {
+    this.weight = weight;
+    if (this.plot.series[2].show !== weight > 0) this.plot.setSeries(2, { show: weight > 0 });
+    this.render();
+  }
+
   render() {
-    this.plot.setData([this.xs, this.ys]);
+    const smoothed = smooth(this.ys, this.weight);
+    this.plot.setData([this.xs, this.ys, smoothed]);
     this.figure.dataset.points = String(this.xs.length);
+    const last = this.xs.length - 1;
+    const format = this.spec.format;
+    const value = this.weight > 0 ? `${format(this.ys[last])} (smoothed ${format(smoothed[last])})` : format(this.ys[last]);
+    this.readout.textContent = last < 0
+      ? "no data yet"
+      : `${this.spec.label}: latest ${value} at step ${this.xs[last].toLocaleString()} (${last + 1} points)`;
   }
 
   destroy() {
     this.observer.disconnect();
     this.plot.destroy();
     this.figure.dataset.points = "0";
+    this.readout.remove();
   }
 }
 

@@ -1,6 +1,6 @@
 // One run: progress, live charts (history from `GET /experiments/{id}`, then WebSocket messages),
 // stop button, downloads, error text, and the rollout player.
-import { api, ApiError, downloadFile, errorMessage, experimentPath } from "./api.js";
+import { api, ApiError, downloadFile, errorMessage, experimentPath, isUnauthorized } from "./api.js";
 import { createCharts } from "./charts.js";
 import { clearErrors, showFieldError, showMessage } from "./form.js";
 import {
@@ -11,13 +11,23 @@ import {
   formatPercent,
   formatTime,
   isFinal,
+  mlflowLocalHint,
   safeUrl,
 } from "./format.js";
 import { animateRollout } from "./maze.js";
 import { openRunSocket } from "./socket.js";
 
 const RELOAD_RETRY_MS = 3000;
+// While a live run has no MLflow run yet (queued, or MLflow still starting), look again this often.
+const MLFLOW_RECHECK_MS = 5000;
 const STOP_WAIT_S = 10;
+const SOCKET_TITLES = {
+  connecting: "Opening the WebSocket that streams this run's progress",
+  live: "WebSocket connected: progress arrives as the run trains",
+  reconnecting: "The progress WebSocket closed; opening it again",
+  waiting: "The progress WebSocket closed; it is opened again after a pause",
+  unknown: "The service does not know this run",
+};
 const SOCKET_LABELS = {
   connecting: "connecting…",
   live: "live",
@@ -53,6 +63,9 @@ function statItems(state) {
     ["Steps/s", formatNumber(state.fps)],
     ["Elapsed", formatDuration(state.elapsed_s)],
   ];
+  if (state.eval_success_rate !== null && state.eval_success_rate !== undefined) {
+    items.push(["Held-out success", formatPercent(state.eval_success_rate)]);
+  }
   if (state.eval_path_efficiency !== null && state.eval_path_efficiency !== undefined) {
     items.push(["Path efficiency", formatPercent(state.eval_path_efficiency)]);
   }
@@ -67,6 +80,7 @@ function summaryText(run) {
   if (training.device) parts.push(`device ${training.device}`);
   parts.push(`created ${formatTime(run.created_at)}`);
   if (run.finished_at) parts.push(`finished ${formatTime(run.finished_at)}`);
+  if (training.stop_reason) parts.push(`ended: ${training.stop_reason}`);
   return parts.join(" · ");
 }
 
@@ -132,17 +146,21 @@ function randomSeed() {
   return value[0] % 2 ** 31;
 }
 
-/** The detail view of `runId` inside `root`; returns {dispose()} to call when leaving it. */
-export function showDetail(root, runId) {
-  const view = new RunDetail(root, runId);
+/**
+ * The detail view of `runId` inside `root`; `mlflowStore()` is the MLflow store's location ("" when
+ * unknown). Returns {dispose()} to call when leaving it.
+ */
+export function showDetail(root, runId, mlflowStore) {
+  const view = new RunDetail(root, runId, mlflowStore);
   view.start();
   return view;
 }
 
 class RunDetail {
-  constructor(root, runId) {
+  constructor(root, runId, mlflowStore) {
     this.root = root;
     this.runId = runId;
+    this.mlflowStore = mlflowStore;
     this.state = {};
     this.run = null;
     this.socket = null;
@@ -152,11 +170,20 @@ class RunDetail {
     this.messages = 0;
     this.chartedEpisode = null;
     this.listeners = [];
+    this.loadedAt = 0;
+    this.stopping = false;
   }
 
   start() {
     this.resetView();
     this.charts = createCharts(this.root);
+    const smoothing = $(this.root, "#smoothing");
+    const applySmoothing = () => {
+      $(this.root, "#smoothing-value").textContent = smoothing.value;
+      for (const chart of Object.values(this.charts)) chart.setSmoothing(Number(smoothing.value));
+    };
+    applySmoothing();
+    this.on(smoothing, "input", applySmoothing);
     this.on($(this.root, "#d-stop"), "click", () => this.stop());
     this.on($(this.root, "#rollout-form"), "submit", (event) => {
       event.preventDefault();
@@ -192,6 +219,7 @@ class RunDetail {
   /** Fetch the run (summary, history, artifacts); retries while the service is unreachable. */
   async load() {
     window.clearTimeout(this.reloadTimer);
+    this.loadedAt = Date.now();
     let run;
     try {
       run = await api(experimentPath(this.runId));
@@ -199,6 +227,7 @@ class RunDetail {
       if (this.disposed) return;
       if (error instanceof ApiError && [404, 422].includes(error.status)) return this.showUnknown(error);
       showMessage($(this.root, "#d-message"), `Could not load the run: ${errorMessage(error)}`, "error");
+      if (isUnauthorized(error)) return; // a new key reloads the page's view (KEY_CHANGED)
       this.reloadTimer = window.setTimeout(() => this.load(), RELOAD_RETRY_MS);
       return;
     }
@@ -262,7 +291,17 @@ class RunDetail {
       for (const [key, chart] of Object.entries(this.charts)) chart.push(message.timesteps, message[key]);
     }
     this.renderState();
-    if (message.type === "final") this.load();
+    if (this.loadedOnceIsStale(message)) this.load();
+  }
+
+  /**
+   * Messages carry progress only: the summary, MLflow link and downloads come from `GET
+   * /experiments/{id}`, so fetch it again when the state moved on or the MLflow run may have appeared.
+   */
+  loadedOnceIsStale(message) {
+    if (!this.run) return false;
+    if (message.type === "final" || message.status !== this.run.status) return true;
+    return !this.run.mlflow_run_id && Date.now() - this.loadedAt >= MLFLOW_RECHECK_MS;
   }
 
   /**
@@ -279,10 +318,15 @@ class RunDetail {
     const pill = $(this.root, "#d-socket");
     pill.dataset.state = state;
     pill.textContent = state === "waiting" ? `disconnected, retrying in ${Math.ceil(delay / 1000)}s` : SOCKET_LABELS[state];
+    pill.title = SOCKET_TITLES[state] || "";
   }
 
   renderState() {
     const state = this.state;
+    if (this.stopping && isFinal(state.status)) {
+      this.stopping = false;
+      showMessage($(this.root, "#d-message"), `Run ${state.status}.`, "ok");
+    }
     const status = $(this.root, "#d-status");
     status.textContent = state.status;
     status.dataset.status = state.status;
@@ -313,6 +357,7 @@ class RunDetail {
     const links = [];
     const mlflow = safeUrl(run.mlflow_url);
     if (mlflow) links.push(el("a", { href: mlflow, target: "_blank", rel: "noopener" }, "Open in MLflow ↗"));
+    else if (run.mlflow_run_id) links.push(el("span", { className: "muted" }, mlflowLocalHint(run.mlflow_run_id, this.mlflowStore())));
     if (run.mlflow_error) links.push(el("span", { className: "muted" }, run.mlflow_error));
     $(this.root, "#d-links").replaceChildren(...links);
   }
@@ -327,15 +372,19 @@ class RunDetail {
     const button = $(this.root, "#d-stop");
     const message = $(this.root, "#d-message");
     button.disabled = true;
+    this.stopping = true;
     showMessage(message, "Stopping… the run saves its model first.");
     try {
       const path = `/training/stop/${encodeURIComponent(this.runId)}?wait_s=${STOP_WAIT_S}`;
       const response = await api(path, { method: "POST" });
+      // The socket may have announced the end first: never go back from it.
+      if (!isFinal(this.state.status)) this.state = { ...this.state, status: response.status };
+      this.stopping = false;
       showMessage(message, response.message, "ok");
-      this.state = { ...this.state, status: response.status };
       this.renderState();
       if (isFinal(response.status)) this.load();
     } catch (error) {
+      this.stopping = false;
       showMessage(message, `Could not stop the run: ${errorMessage(error)}`, "error");
     } finally {
       button.disabled = false;
@@ -369,7 +418,10 @@ class RunDetail {
     const result = $(this.root, "#rollout-result");
     const seed = rollout.maze_seed !== undefined ? ` on maze seed ${rollout.maze_seed}` : "";
     showMessage(result, `Playing ${rollout.maze_size}×${rollout.maze_size} maze${seed}…`);
-    this.cancelAnimation = animateRollout($(this.root, "#maze"), rollout, () => {
+    const canvas = $(this.root, "#maze");
+    canvas.setAttribute("aria-label", `Maze ${rollout.maze_size}×${rollout.maze_size}${seed}: the agent is moving`);
+    this.cancelAnimation = animateRollout(canvas, rollout, () => {
+      canvas.setAttribute("aria-label", `Maze ${rollout.maze_size}×${rollout.maze_size}${seed}: ${rolloutSummary(rollout)}`);
       result.dataset.success = String(rollout.success);
       showMessage(result, rolloutSummary(rollout), rollout.success ? "ok" : "error");
     });

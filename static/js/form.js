@@ -2,12 +2,14 @@
 import { api, ApiError, errorMessage } from "./api.js";
 
 const REQUIRED_NUMBERS = ["total_episodes", "timesteps_per_episode", "maze_size"];
-const OPTIONAL_NUMBERS = ["seed", "n_envs"];
+// Sent only when filled in: a service without early stopping rejects the field it does not know.
+const OPTIONAL_NUMBERS = ["seed", "n_envs", "target_success_rate"];
 
 /** Remove every field error and the form-level message. */
 export function clearErrors(form, messageNode) {
   for (const field of form.querySelectorAll(".field")) {
     field.classList.remove("invalid");
+    control(field).removeAttribute("aria-invalid");
     field.querySelector(".field-error").textContent = "";
   }
   if (messageNode) {
@@ -16,11 +18,19 @@ export function clearErrors(form, messageNode) {
   }
 }
 
-/** Show `message` under the field named `name`; false when the form has no such field. */
+function control(field) {
+  return field.querySelector("input, select, textarea");
+}
+
+/**
+ * Show `message` under the field named `name` (its input is described by it, see index.html);
+ * false when the form has no such field.
+ */
 export function showFieldError(form, name, message) {
   const field = form.querySelector(`.field[data-field="${CSS.escape(String(name))}"]`);
   if (!field) return false;
   field.classList.add("invalid");
+  control(field).setAttribute("aria-invalid", "true");
   const node = field.querySelector(".field-error");
   node.textContent = node.textContent ? `${node.textContent}; ${message}` : message;
   return true;

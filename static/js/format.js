@@ -70,6 +70,18 @@ export function safeUrl(url) {
   }
 }
 
+/**
+ * Where a run's MLflow data is when no MLflow UI address is known (the service's own local store),
+ * and how to browse it; `store` is the location /health reports ("" when not known yet).
+ */
+export function mlflowLocalHint(mlflowRunId, store) {
+  const uri = store || "<the service's MLFLOW_TRACKING_URI>";
+  return (
+    `MLflow run ${mlflowRunId} is in the service's local store. To browse it, run ` +
+    `"mlflow ui --backend-store-uri ${uri}" on the server (set MLFLOW_UI_URL to get links here).`
+  );
+}
+
 export function shortId(id) {
   return String(id).slice(0, 8);
 }

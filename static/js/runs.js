@@ -1,6 +1,6 @@
 // The runs table: polls `GET /experiments` every few seconds while the list is shown.
 import { api, errorMessage } from "./api.js";
-import { el, formatPercent, formatTime, isFinal, safeUrl, shortId } from "./format.js";
+import { el, formatPercent, formatTime, isFinal, mlflowLocalHint, safeUrl, shortId } from "./format.js";
 
 const POLL_MS = 3000;
 const PAGE_SIZE = 50;
@@ -32,16 +32,27 @@ function detailLink(run) {
   return el("a", { href, className: "run-link", title: `details of ${run.experiment_id}` }, shortId(run.experiment_id));
 }
 
-function mlflowLink(run) {
+function mlflowLink(run, store, openHints) {
   const url = safeUrl(run.mlflow_url);
-  return url ? el("a", { href: url, target: "_blank", rel: "noopener" }, "MLflow ↗") : "—";
+  if (url) return el("a", { href: url, target: "_blank", rel: "noopener" }, "MLflow ↗");
+  if (!run.mlflow_run_id) return "—";
+  const hint = mlflowLocalHint(run.mlflow_run_id, store);
+  // A disclosure rather than a tooltip: readable with the keyboard and a screen reader too.
+  const details = el("details", { className: "local-store", open: openHints.has(run.experiment_id) });
+  details.append(el("summary", {}, "local store"), el("p", {}, hint));
+  // Rows are rebuilt on every poll: keep what the person opened.
+  details.addEventListener("toggle", () => {
+    if (details.open) openHints.add(run.experiment_id);
+    else openHints.delete(run.experiment_id);
+  });
+  return details;
 }
 
 function cell(label, ...content) {
   return el("td", { dataset: { label } }, ...content);
 }
 
-function runRow(run) {
+function runRow(run, store, openHints) {
   const row = el(
     "tr",
     { dataset: { runId: run.experiment_id, status: run.status } },
@@ -53,7 +64,7 @@ function runRow(run) {
     cell("Success", successCell(run)),
     cell("Created", formatTime(run.created_at)),
     cell("Finished", run.finished_at ? formatTime(run.finished_at) : "—"),
-    cell("MLflow", mlflowLink(run)),
+    cell("MLflow", mlflowLink(run, store, openHints)),
   );
   return row;
 }
@@ -65,13 +76,15 @@ function query(filters) {
 }
 
 /**
- * Start polling into `table`'s body. `filters()` returns {status, algorithm}; `onHealth(ok)`
- * reports whether the service answered. Returns {stop(), refresh()}.
+ * Start polling into `table`'s body. `filters()` returns {status, algorithm}; `mlflowStore()` the
+ * MLflow store's location ("" when unknown); `onProblem(error)` gets the error of a failed poll, or
+ * null after a good one. Returns {stop(), refresh()}.
  */
-export function startRunsTable(table, messageNode, filters, onHealth) {
+export function startRunsTable(table, messageNode, { filters, mlflowStore, onProblem }) {
   const body = table.tBodies[0];
   let timer = null;
   let stopped = false;
+  const openHints = new Set();
 
   async function refresh() {
     window.clearTimeout(timer);
@@ -82,13 +95,13 @@ export function startRunsTable(table, messageNode, filters, onHealth) {
     try {
       const page = await api(query(filters()));
       if (stopped) return;
-      body.replaceChildren(...page.items.map(runRow));
+      body.replaceChildren(...page.items.map((run) => runRow(run, mlflowStore(), openHints)));
       const shown = page.items.length;
       messageNode.textContent = shown ? `${shown} of ${page.total} runs` : "No runs yet: start one above.";
-      onHealth(true);
+      onProblem(null);
     } catch (error) {
       messageNode.textContent = `Could not load runs: ${errorMessage(error)}`;
-      onHealth(false);
+      onProblem(error);
     }
     if (!stopped) timer = window.setTimeout(refresh, POLL_MS);
   }

@@ -1,6 +1,6 @@
 // A run's progress WebSocket that reconnects with exponential backoff (and jitter) until the run
-import { apiKey } from "./api.js";
 // ends: the server sends a "final" message and closes with 1000, or closes with 4404 (unknown run).
+import { apiKey } from "./apikey.js";
 
 const BASE_DELAY_MS = 500;
 const MAX_DELAY_MS = 15000;
