@@ -11,7 +11,7 @@ QUICK = [
     ["bench.bench_onnx", "--maze-sizes", "5", "10", "--repeats", "100"],
     ["bench.bench_service", "--quick"],
     ["bench.bench_ray", "--quick"],
-    ["bench.bench_throughput", "--steps", "6144", "--large-steps", "2048", "--profile-steps", "2048"],
+    ["bench.bench_throughput", "--steps", "2048", "--large-steps", "256", "--profile-steps", "2048"],
 ]
 FULL = [
     ["bench.bench_learning"],
