@@ -52,7 +52,7 @@ MAX_MAZE_SIZE: int = 30
 
 ACTIONS: tuple[str, ...] = ("up", "right", "down", "left")
 # Row/column step of each action, in cells (a cell move is two squares).
-_ACTION_DELTAS: tuple[tuple[int, int], ...] = ((-1, 0), (0, 1), (1, 0), (0, -1))
+ACTION_DELTAS: tuple[tuple[int, int], ...] = ((-1, 0), (0, 1), (1, 0), (0, -1))
 
 OBSERVATION_ENCODING: str = (
     "A uint8 array of shape (6, N, N) (channels first; N = maze_size in cells; values 0 or 1). Channel "
@@ -178,7 +178,7 @@ def bfs_distances(grid: np.ndarray, source: tuple[int, int]) -> np.ndarray:
     queue = deque([source])
     while queue:
         r, c = queue.popleft()
-        for dr, dc in _ACTION_DELTAS:
+        for dr, dc in ACTION_DELTAS:
             nr, nc = r + dr, c + dc
             if grid[nr, nc] == 0 and dist[nr, nc] < 0:
                 dist[nr, nc] = dist[r, c] + 1
@@ -198,7 +198,7 @@ def shortest_path(maze: Maze) -> list[tuple[int, int]]:
     r, c = maze.start
     # Walking downhill on the goal's distance field gives a shortest path without storing parents.
     while (r, c) != maze.goal:
-        for dr, dc in _ACTION_DELTAS:
+        for dr, dc in ACTION_DELTAS:
             nr, nc = r + dr, c + dc
             if dist[nr, nc] == dist[r, c] - 1 and maze.grid[nr, nc] == 0:
                 r, c = nr, nc
@@ -216,11 +216,30 @@ def shortest_path_moves(maze: Maze) -> int:
 
 
 def cell_distances_to_goal(maze: Maze) -> np.ndarray:
-    """BFS distance in cells from every cell to the goal, shape ``(N, N)``.
+    """BFS distance in cells from every cell to the goal, shape ``(N, N)`` int32 (-1 where unreachable).
+
+    Equal to ``bfs_distances(maze.grid, maze.goal)[1::2, 1::2] // 2``, computed over the cell graph with
+    plain lists: every reset of a random-mode env needs it, and numpy scalar indexing made it the
+    slowest part of a batched env's step.
 
     :param maze: the maze.
     """
-    return bfs_distances(maze.grid, maze.goal)[1::2, 1::2] // 2
+    size = maze.size
+    passages = open_directions(maze).reshape(4, -1).tolist()
+    offsets = [dr * size + dc for dr, dc in ACTION_DELTAS]  # outer walls are closed: no wrap-around
+    goal = square_to_cell(maze.goal)
+    dist = [-1] * (size * size)
+    dist[goal[0] * size + goal[1]] = 0
+    frontier = [goal[0] * size + goal[1]]
+    while frontier:
+        reached = []
+        for cell in frontier:
+            for direction, offset in enumerate(offsets):
+                if passages[direction][cell] and dist[cell + offset] < 0:
+                    dist[cell + offset] = dist[cell] + 1
+                    reached.append(cell + offset)
+        frontier = reached
+    return np.array(dist, dtype=np.int32).reshape(size, size)
 
 
 def open_directions(maze: Maze) -> np.ndarray:
@@ -381,7 +400,7 @@ class MazeEnv(gymnasium.Env[np.ndarray, np.int64]):
         cell = square_to_cell(self.agent_pos)
         new_cell = cell
         if self._walls[a][cell]:
-            new_cell = (cell[0] + _ACTION_DELTAS[a][0], cell[1] + _ACTION_DELTAS[a][1])
+            new_cell = (cell[0] + ACTION_DELTAS[a][0], cell[1] + ACTION_DELTAS[a][1])
         self.agent_pos = cell_to_square(new_cell)
         self._steps += 1
         terminated = new_cell == self._goal_cell

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import gymnasium
 from stable_baselines3 import DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.logger import Logger
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+from stable_baselines3.common.vec_env import VecEnv
 
 from agents.hyperparameters import check_algorithm, merged_hyperparameters
 from agents.planner import MazeDQNPolicy
-from maze_env import MazeEnv
+from agents.vec_maze import VecMazeEnv
 
 ALGORITHM_CLASSES: dict[str, type[PPO] | type[DQN]] = {"PPO": PPO, "DQN": DQN}
 
 
 def make_vec_env(maze_size: int, maze_mode: str, seed: int, n_envs: int) -> VecEnv:
-    """Build a ``DummyVecEnv`` of ``MazeEnv``.
+    """Build the batched maze env (``VecMazeEnv``: the same episodes as a ``DummyVecEnv`` of ``MazeEnv``).
 
     Sub-env ``k`` gets env seed ``seed + k`` (its own maze-seed stream in random mode); in fixed mode they
     all play the run's one maze, chosen by ``seed``.
@@ -30,14 +28,7 @@ def make_vec_env(maze_size: int, maze_mode: str, seed: int, n_envs: int) -> VecE
     :param seed: run seed.
     :param n_envs: number of sub-environments (>= 1).
     """
-    if n_envs < 1:
-        raise ValueError(f"n_envs must be >= 1, got {n_envs}")
-
-    def factory(rank: int) -> Callable[[], gymnasium.Env]:
-        env_seed = seed if maze_mode == "fixed" else seed + rank
-        return lambda: MazeEnv(maze_size=maze_size, maze_mode=maze_mode, seed=env_seed)
-
-    vec_env = DummyVecEnv([factory(k) for k in range(n_envs)])
+    vec_env = VecMazeEnv(maze_size, maze_mode, seed, n_envs)
     vec_env.seed(seed)
     return vec_env
 

@@ -87,12 +87,24 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
             last.weight.mul_(0.05)
             last.bias.zero_()
         self.requires_grad_(learn_planner)
-        # One fixed 3x3 kernel per direction picks that neighbour's value: the same as four shifted slices
-        # of a zero-padded map, but one ONNX node per sweep instead of a dozen (export was 5x slower).
+        # One fixed 3x3 kernel per direction picks that neighbour's value (zero outside the maze): used
+        # once per forward for the read-out at the agent.
         kernels = torch.zeros(4, 1, 3, 3)
         for channel, (row, col) in enumerate(((0, 1), (1, 2), (2, 1), (1, 0))):  # up, right, down, left
             kernels[channel, 0, row, col] = 1.0
         self.register_buffer("neighbour_kernels", kernels, persistent=False)
+        # Flat index of each cell's neighbour per direction (the cell itself off the board), and of the
+        # cell itself: a sweep gathers all four neighbour values in one op (see ``_move_index``).
+        cells = torch.arange(size * size).reshape(size, size)
+        padded = F.pad(cells, (1, 1, 1, 1), value=-1)
+        neighbours = torch.stack(
+            [padded[1 + dr : 1 + dr + size, 1 + dc : 1 + dc + size] for dr, dc in maze_env.ACTION_DELTAS]
+        ).reshape(4, size * size)
+        itself = cells.reshape(1, size * size)
+        self.register_buffer(
+            "neighbour_index", torch.where(neighbours < 0, itself, neighbours), persistent=False
+        )
+        self.register_buffer("self_index", itself, persistent=False)
 
     def reward_map(self, obs: torch.Tensor) -> torch.Tensor:
         """Per-cell reward in ``[-floor, 0]``: about 0 at goal-like cells, about ``-floor`` elsewhere.
@@ -108,11 +120,29 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
         kernels: torch.Tensor = self.neighbour_kernels  # type: ignore[assignment]
         return F.conv2d(values, kernels, padding=1)
 
-    def _sweep(self, values: torch.Tensor, reward: torch.Tensor, move_bias: torch.Tensor) -> torch.Tensor:
-        best = (self._neighbours(values) + move_bias).amax(dim=1, keepdim=True)
-        return torch.maximum(reward, best)
+    def _move_index(self, passages: torch.Tensor) -> torch.Tensor:
+        """Per sample, the flat cell each move reads from: the neighbour through an open passage, else
+        the cell itself. Shape ``(B, 4 * N * N)``.
 
-    def _settle(self, reward: torch.Tensor, move_bias: torch.Tensor, sweeps: int) -> torch.Tensor:
+        Reading the cell itself for a closed passage replaces the old "neighbour minus a wall penalty":
+        both candidates always lose the max (values only grow sweep to sweep, so ``v(s) - step_cost`` is
+        below ``v(s)``), so values and gradients are unchanged, and a sweep needs no penalty tensor.
+        """
+        neighbours: torch.Tensor = self.neighbour_index  # type: ignore[assignment]
+        itself: torch.Tensor = self.self_index  # type: ignore[assignment]
+        open_ = passages.flatten(2) > 0.5
+        return torch.where(open_, neighbours, itself).flatten(1)
+
+    def _sweep(
+        self, values: torch.Tensor, reward: torch.Tensor, move_index: torch.Tensor, step_cost: torch.Tensor
+    ) -> torch.Tensor:
+        # Flat (B, N*N) maps: one gather, one max over the 4 moves, the step cost, the reward floor.
+        moves = torch.gather(values, 1, move_index).unflatten(1, (4, -1))
+        return torch.maximum(reward, moves.amax(dim=1) - step_cost)
+
+    def _settle(
+        self, reward: torch.Tensor, move_index: torch.Tensor, step_cost: torch.Tensor, sweeps: int
+    ) -> torch.Tensor:
         """Up to ``sweeps`` sweeps without autograd, stopping early once the values reach their fixed point.
 
         Stopping early gives bit-identical values (further sweeps change nothing); the export path runs
@@ -121,7 +151,7 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
         values = reward
         snapshot = reward
         for sweep in range(1, sweeps + 1):
-            values = self._sweep(values, reward, move_bias)
+            values = self._sweep(values, reward, move_index, step_cost)
             if sweep % _CONVERGENCE_CHECK_EVERY == 0:
                 if torch.equal(values, snapshot):
                     break
@@ -136,19 +166,21 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
         passages = observations[:, :4]
         agent = observations[:, AGENT_CHANNEL : AGENT_CHANNEL + 1]
         step_cost = F.softplus(self.raw_step_cost) + 1e-3
-        reward = self.reward_map(observations)
-        # A closed passage costs far more than any path, so value never crosses a wall.
-        move_bias = -4.0 * self.floor * (1.0 - passages) - step_cost
+        reward_map = self.reward_map(observations)
+        reward = reward_map.flatten(1)
+        # Value never crosses a wall: a closed passage reads the cell itself (see _move_index).
+        move_index = self._move_index(passages)
         settle_sweeps = max(0, self.sweeps - GRAD_SWEEPS)
         if _exporting():
             values = reward
             for _ in range(settle_sweeps):
-                values = self._sweep(values, reward, move_bias)
+                values = self._sweep(values, reward, move_index, step_cost)
         else:
             with torch.no_grad():
-                values = self._settle(reward.detach(), move_bias.detach(), settle_sweeps)
+                values = self._settle(reward.detach(), move_index, step_cost.detach(), settle_sweeps)
         for _ in range(min(GRAD_SWEEPS, self.sweeps)):
-            values = self._sweep(values, reward, move_bias)
+            values = self._sweep(values, reward, move_index, step_cost)
+        values = values.view_as(reward_map)
         own = (values * agent).sum(dim=(2, 3))
         around = (self._neighbours(values) * agent).sum(dim=(2, 3))
         gated = around - 4.0 * self.floor * (1.0 - (passages * agent).sum(dim=(2, 3)))

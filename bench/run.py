@@ -11,8 +11,15 @@ QUICK = [
     ["bench.bench_onnx", "--maze-sizes", "5", "10", "--repeats", "100"],
     ["bench.bench_service", "--quick"],
     ["bench.bench_ray", "--quick"],
+    ["bench.bench_throughput", "--steps", "2048", "--large-steps", "256", "--profile-steps", "2048"],
 ]
-FULL = [["bench.bench_learning"], ["bench.bench_onnx"], ["bench.bench_service"], ["bench.bench_ray"]]
+FULL = [
+    ["bench.bench_learning"],
+    ["bench.bench_onnx"],
+    ["bench.bench_service"],
+    ["bench.bench_ray"],
+    ["bench.bench_throughput"],
+]
 
 
 def main() -> None:

@@ -89,12 +89,12 @@ def test_ppo_rollout_follows_the_iteration_unless_given() -> None:
 def test_make_vec_env_seed_streams() -> None:
     random_env = building.make_vec_env(6, "random", 11, 4)
     random_env.reset()
-    seeds = [env.maze.seed for env in random_env.envs]  # type: ignore[attr-defined]
+    seeds = [maze.seed for maze in random_env.get_attr("maze")]
     assert len(set(seeds)) == 4, "each sub-env draws its own training mazes"
     assert all(not maze_env.is_eval_seed(s) for s in seeds)
     fixed_env = building.make_vec_env(6, "fixed", 11, 4)
     fixed_env.reset()
-    assert {env.maze.seed for env in fixed_env.envs} == {11}  # type: ignore[attr-defined]
+    assert {maze.seed for maze in fixed_env.get_attr("maze")} == {11}
 
 
 def test_evaluate_with_oracle_and_stuck_policies() -> None:

@@ -1,0 +1,92 @@
+"""The gather-based planner sweep against the conv-based one it replaced: same features, same gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812 - the conventional alias
+from gymnasium import spaces
+
+import maze_env
+from agents.planner import GRAD_SWEEPS, MazePlannerExtractor
+
+
+class ConvSweepExtractor(MazePlannerExtractor):
+    """The planner's forward as it was before the gather sweep: conv neighbours plus a wall penalty."""
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        passages = observations[:, :4]
+        agent = observations[:, maze_env.AGENT_CHANNEL : maze_env.AGENT_CHANNEL + 1]
+        step_cost = F.softplus(self.raw_step_cost) + 1e-3
+        reward = self.reward_map(observations)
+        move_bias = -4.0 * self.floor * (1.0 - passages) - step_cost
+
+        def sweep(values: torch.Tensor) -> torch.Tensor:
+            return torch.maximum(reward, (self._neighbours(values) + move_bias).amax(dim=1, keepdim=True))
+
+        values = reward
+        with torch.no_grad():
+            for _ in range(max(0, self.sweeps - GRAD_SWEEPS)):
+                values = sweep(values)
+        values = values.detach()
+        for _ in range(min(GRAD_SWEEPS, self.sweeps)):
+            values = sweep(values)
+        own = (values * agent).sum(dim=(2, 3))
+        around = (self._neighbours(values) * agent).sum(dim=(2, 3))
+        gated = around - 4.0 * self.floor * (1.0 - (passages * agent).sum(dim=(2, 3)))
+        diffs = torch.clamp((gated - own) / step_cost, -3.0, 3.0)
+        open_here = (passages * agent).sum(dim=(2, 3))
+        return torch.cat((diffs, open_here, own / self.floor), dim=1)
+
+
+def maze_observations(maze_size: int, count: int, seed: int) -> torch.Tensor:
+    """Observations of random training mazes with the agent on a random cell."""
+    rng = np.random.default_rng(seed)
+    batch = []
+    for _ in range(count):
+        maze = maze_env.generate_maze(maze_size, int(rng.integers(0, maze_env.TRAIN_SEED_LIMIT)))
+        agent = (int(rng.integers(0, maze_size)), int(rng.integers(0, maze_size)))
+        goal = maze_env.square_to_cell(maze.goal)
+        batch.append(maze_env.encode_observation(maze_env.open_directions(maze), agent, goal))
+    return torch.as_tensor(np.stack(batch), dtype=torch.float32)
+
+
+def perturbed_pair(
+    maze_size: int, sweeps: int | None, seed: int
+) -> tuple[MazePlannerExtractor, ConvSweepExtractor]:
+    """The new extractor and the reference, with the same weights moved away from the prior."""
+    space = spaces.Box(0, 1, shape=(maze_env.N_OBS_CHANNELS, maze_size, maze_size), dtype=np.uint8)
+    torch.manual_seed(seed)
+    new = MazePlannerExtractor(space, sweeps=sweeps)
+    with torch.no_grad():
+        for parameter in new.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    reference = ConvSweepExtractor(space, sweeps=sweeps)
+    reference.load_state_dict(new.state_dict())
+    return new, reference
+
+
+@pytest.mark.parametrize(
+    ("maze_size", "sweeps"),
+    [(2, None), (5, None), (10, None), (10, 12), (10, 5), (20, None)],
+)
+def test_gather_sweeps_give_the_conv_sweeps_features_and_gradients(
+    maze_size: int, sweeps: int | None
+) -> None:
+    """Also with too few sweeps to converge (12 and 5 at 10x10), where early stopping cannot hide a change."""
+    new, reference = perturbed_pair(maze_size, sweeps, seed=maze_size)
+    observations = maze_observations(maze_size, 24, seed=maze_size)
+    features, expected = new(observations), reference(observations)
+    torch.testing.assert_close(features, expected, rtol=1e-5, atol=1e-5)
+    weights = torch.randn_like(expected)
+    (features * weights).sum().backward()
+    (expected * weights).sum().backward()
+    gradients = 0
+    for (name, mine), (_, theirs) in zip(new.named_parameters(), reference.named_parameters(), strict=True):
+        assert mine.grad is not None and theirs.grad is not None, name
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-5, msg=name)
+        gradients += int(theirs.grad.abs().sum() > 0)
+    # Through the last GRAD_SWEEPS sweeps the reward gets gradient only near the agent: at 20x20 the goal is
+    # mostly farther away, and only the step cost's gradient (every sweep) is left to compare.
+    assert gradients >= (3 if maze_size <= 10 else 1), "the comparison must cover gradients that flow"
