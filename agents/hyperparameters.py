@@ -84,7 +84,7 @@ def check_algorithm(algorithm: str) -> None:
 
 
 def default_n_envs(algorithm: str) -> int:
-    """Number of parallel (DummyVecEnv) environments we train with.
+    """Number of mazes stepped together (one ``VecMazeEnv``) we train with.
 
     :param algorithm: ``"PPO"`` or ``"DQN"``.
     """
