@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import stat
 import threading
 import time
@@ -13,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mlflow_client import Tracker
-from records.database import create_db_engine, make_session_factory, upgrade_schema
+from records.database import SQLITE_BUSY_TIMEOUT_MS, create_db_engine, make_session_factory, upgrade_schema
 from records.store import NewRun, RunStore
 from records.tables import TrainingRun
 from tests.conftest import LiveService, copy_mlflow_store, settings_for_tests
@@ -81,7 +82,7 @@ def test_health_reports_a_database_it_cannot_write(
 
 
 class JobInThread:
-    """A real TrainingJob of one run over a store in PostgreSQL, with a real MLflow store, on a thread."""
+    """A real TrainingJob of one run over a real database and a real MLflow store, on a thread."""
 
     def __init__(self, url: str, data_dir: Path, total_episodes: int) -> None:
         engine = create_db_engine(url)
@@ -135,20 +136,23 @@ def test_a_blip_as_a_run_starts_does_not_fail_it(
     assert_completed_and_exported(job)
 
 
-def test_a_blip_as_a_run_exports_leaves_it_completed_and_exported(
-    disposable_postgres_server: PostgresServer, tmp_path: Path
-) -> None:
-    server = disposable_postgres_server
-    job = JobInThread(server.url(server.create_database()), tmp_path, total_episodes=2)
+def test_a_blip_as_a_run_exports_leaves_it_completed_and_exported(tmp_path: Path) -> None:
+    database = tmp_path / "runs.db"
+    job = JobInThread(f"sqlite:///{database}", tmp_path, total_episodes=2)
     job.thread.start()
     deadline = time.monotonic() + 120
     while (record := job.record()).onnx_status != "pending":
         assert time.monotonic() < deadline and job.thread.is_alive(), record
         time.sleep(0.02)
 
-    # The final state is written; the export (a second or two) records its outcome into the outage.
-    server.stop(mode="fast")
-    time.sleep(5)
-    server.start()
+    # The final state is written; the export records its outcome while another connection holds the
+    # write lock for longer than SQLite's busy timeout, so the write fails rather than waits.
+    holder = sqlite3.connect(database, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        time.sleep(SQLITE_BUSY_TIMEOUT_MS / 1000 + 5)
+        holder.execute("ROLLBACK")
+    finally:
+        holder.close()
 
     assert_completed_and_exported(job)
