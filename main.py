@@ -14,8 +14,10 @@ from fastapi.middleware.cors import CORSMiddleware
 
 import websocket
 from api import experiments, health, training
+from api import metrics as metrics_routes
 from api.dashboard import install_dashboard
 from api.errors import install_error_handlers
+from api.metrics import MetricsSampler, RequestMetrics, use_metrics_directory
 from api.responses import UNAUTHORIZED
 from api.security import BodySizeLimit, require_api_key
 from core.logging_setup import configure_logging
@@ -41,6 +43,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_json)
+    # Always multiprocess: `uvicorn main:app --workers N` starts workers without telling them N.
+    use_metrics_directory(settings.data_dir)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -57,6 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         hub = ProgressHub(store, settings)
         hub.start()
         status_cache.start()
+        sampler = MetricsSampler(tracker, hub)
+        sampler.start()
         app.state.settings = settings
         app.state.run_store = store
         app.state.tracker = tracker
@@ -72,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             gc.unfreeze()  # objects frozen at start-up may be garbage now; let the collector see them
             log.info("service_stopping", worker=service.owner, runs=service.local_run_ids())
+            await sampler.stop()
             await hub.stop()
             await status_cache.stop()
             await run_in_threadpool(service.shutdown, SHUTDOWN_GRACE_S)
@@ -93,9 +100,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestMetrics)  # outermost: times and counts every answer, 413s included
     guarded = [Depends(require_api_key)]
     app.include_router(training.router, dependencies=guarded, responses=UNAUTHORIZED)
     app.include_router(experiments.router, dependencies=guarded, responses=UNAUTHORIZED)
+    app.include_router(metrics_routes.router, dependencies=guarded, responses=UNAUTHORIZED)
     app.include_router(websocket.router)
     app.include_router(health.router)
     install_dashboard(app)

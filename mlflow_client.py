@@ -244,6 +244,10 @@ class Tracker:
 
         self._enqueue(_Operation(mlflow_run_id, "close orphaned run", send))
 
+    def pending_operations(self) -> int:
+        """Operations queued (or being sent) and not yet done: the backlog while MLflow is slow or down."""
+        return self._queue.unfinished_tasks
+
     def flush(self, timeout_s: float) -> bool:
         """Wait until everything queued so far was sent (or `timeout_s` passed).
 
