@@ -13,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 
 import websocket
-from api import experiments, health, training
+from api import docs, experiments, health, training
 from api import metrics as metrics_routes
 from api.dashboard import install_dashboard
 from api.errors import install_error_handlers
@@ -43,12 +43,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_json)
-    # Always multiprocess: `uvicorn main:app --workers N` starts workers without telling them N.
-    use_metrics_directory(settings.data_dir)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        # Always multiprocess: `uvicorn main:app --workers N` starts workers without telling them N.
+        use_metrics_directory(settings.data_dir)
         engine = create_db_engine(settings.database_url)
         await run_in_threadpool(upgrade_schema, engine)
         session_factory = make_session_factory(engine)
@@ -90,6 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Train PPO and DQN agents (Stable-Baselines3) to solve mazes; watch, stop, export them.",
         lifespan=lifespan,
+        docs_url=None,  # served by api/docs.py from vendored files: FastAPI's pages load them from a CDN
+        redoc_url=None,
     )
     install_error_handlers(app)
     if settings.cors_origins:
@@ -107,6 +109,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics_routes.router, dependencies=guarded, responses=UNAUTHORIZED)
     app.include_router(websocket.router)
     app.include_router(health.router)
+    app.include_router(docs.router, dependencies=guarded)
+    docs.describe_validation_errors(app)
     install_dashboard(app)
     return app
 
