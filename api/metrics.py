@@ -74,28 +74,33 @@ class _ProcessMetrics:
 
 
 _process_metrics: _ProcessMetrics | None = None
+_directory: Path | None = None
 
 
 def use_metrics_directory(data_dir: Path) -> Path:
     """Record this process's metrics in multiprocess files, shared by every worker on this host.
 
-    The directory is `PROMETHEUS_MULTIPROC_DIR` when set, else `<data_dir>/metrics/<hostname>` (one per
-    host: a `DATA_DIR` shared between machines must not mix their processes). Files left by processes
-    that are gone (an earlier start) are removed, so their gauges and counts do not add up forever.
-    Called once per process, before the first metric is created; later calls change nothing.
+    The directory is `<data_dir>/metrics/<hostname>` (one per host: a `DATA_DIR` shared between
+    machines must not mix their processes), exported as `PROMETHEUS_MULTIPROC_DIR` for
+    prometheus-client. Files left by processes that are gone (an earlier start) are removed, so their
+    gauges and counts do not add up forever. The first call in a process decides; later calls (more
+    apps in one process, as in tests) keep its directory.
 
     :param data_dir: the service's `DATA_DIR`.
     """
-    global _process_metrics
-    directory = Path(os.environ.setdefault(MULTIPROC_ENV, str(data_dir / "metrics" / socket.gethostname())))
-    if _process_metrics is None:
+    global _process_metrics, _directory
+    if _directory is None:
+        # Overwritten, not kept, when inherited: a service started by another one has its own DATA_DIR.
+        directory = data_dir.resolve() / "metrics" / socket.gethostname()
         directory.mkdir(parents=True, exist_ok=True)
         _remove_dead_processes_files(directory)
+        os.environ[MULTIPROC_ENV] = str(directory)
         # prometheus-client chooses its value storage when it is imported, from the environment; the
-        # directory is known only now that settings are read, so choose it again (as its own tests do).
+        # directory is known only once settings are read, so choose it again (as its own tests do).
         prometheus_values.ValueClass = prometheus_values.MultiProcessValue()
         _process_metrics = _ProcessMetrics()
-    return directory
+        _directory = directory
+    return _directory
 
 
 def _metrics() -> _ProcessMetrics:
@@ -189,7 +194,7 @@ class RunsCollector(Collector):
 
 def _exposition(store: RunStore) -> bytes:
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=os.environ[MULTIPROC_ENV])
+    MultiProcessCollector(registry, path=str(_directory))
     registry.register(RunsCollector(store))
     return bytes(generate_latest(registry))
 
@@ -230,7 +235,7 @@ class MetricsSampler:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        mark_process_dead(os.getpid(), os.environ[MULTIPROC_ENV])
+        mark_process_dead(os.getpid(), str(_directory))
 
     async def _sample_loop(self) -> None:
         metrics = _metrics()
