@@ -14,9 +14,11 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 import websocket
-from api import experiments, health, training
+from api import docs, experiments, health, training
+from api import metrics as metrics_routes
 from api.dashboard import install_dashboard
 from api.errors import install_error_handlers
+from api.metrics import MetricsSampler, RequestMetrics, use_metrics_directory
 from api.responses import UNAUTHORIZED
 from api.security import API_KEY_SCHEME, ApiKeyGate, BodySizeLimit
 from core.logging_setup import configure_logging
@@ -46,6 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        # Always multiprocess: `uvicorn main:app --workers N` starts workers without telling them N.
+        use_metrics_directory(settings.data_dir)
         engine = create_db_engine(settings.database_url)
         await run_in_threadpool(upgrade_schema, engine)
         session_factory = make_session_factory(engine)
@@ -58,6 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         hub = ProgressHub(store, settings)
         hub.start()
         status_cache.start()
+        sampler = MetricsSampler(tracker, hub)
+        sampler.start()
         app.state.settings = settings
         app.state.run_store = store
         app.state.tracker = tracker
@@ -74,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             gc.unfreeze()  # objects frozen at start-up may be garbage now; let the collector see them
             log.info("service_stopping", worker=service.owner, runs=service.local_run_ids())
+            await sampler.stop()
             await hub.stop()
             experiments_service.close()
             await status_cache.stop()
@@ -86,11 +93,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Train PPO and DQN agents (Stable-Baselines3) to solve mazes; watch, stop, export them.",
         lifespan=lifespan,
+        docs_url=None,  # served by api/docs.py from vendored files: FastAPI's pages load them from a CDN
+        redoc_url=None,
     )
     install_error_handlers(app)
     # Before the CORS middleware, which must answer preflights (they carry no key) and mark 401s too.
     app.add_middleware(
-        ApiKeyGate, settings=settings, guarded_prefixes=(training.router.prefix, experiments.router.prefix)
+        ApiKeyGate,
+        settings=settings,
+        guarded_prefixes=(training.router.prefix, experiments.router.prefix, metrics_routes.METRICS_PATH),
     )
     if settings.cors_origins:
         app.add_middleware(
@@ -100,13 +111,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestMetrics)  # times and counts every answer, 413s and 401s included
     # Outermost: a request for a host name we do not serve (DNS rebinding) reaches nothing else.
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
     guarded = [API_KEY_SCHEME]
     app.include_router(training.router, dependencies=guarded, responses=UNAUTHORIZED)
     app.include_router(experiments.router, dependencies=guarded, responses=UNAUTHORIZED)
+    app.include_router(metrics_routes.router, dependencies=guarded, responses=UNAUTHORIZED)
     app.include_router(websocket.router)
     app.include_router(health.router)
+    app.include_router(docs.router)  # ApiKeyGate guards the docs unless DOCS_PUBLIC
+    docs.describe_validation_errors(app)
     install_dashboard(app)
     return app
 

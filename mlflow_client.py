@@ -16,9 +16,10 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+import numpy as np
 import structlog
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
@@ -26,6 +27,9 @@ from mlflow.tracking import MlflowClient
 
 from core.errors import describe
 from records.mlflow_runs import MlflowRuns, open_client
+
+if TYPE_CHECKING:
+    from mlflow.models import Model
 
 log = structlog.get_logger(__name__)
 
@@ -35,6 +39,12 @@ MAX_PARAM_LENGTH = 500
 PERMANENT_FAILURE_ATTEMPTS = 3
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 10.0
+ONNX_ARTIFACT_PATH = "onnx_model"  # the run's copy; records/files.py ARTIFACT_PATHS downloads from it
+LOGGED_MODEL_NAME = "maze_policy"
+RUN_TAG = "experiment_id"  # our run id, on the MLflow run and its logged model
+# Makes the MLflow 3 UI open the experiment in its classic (model training) view, not the GenAI one.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 # Our final states → MLflow's terminal run states.
 TERMINAL_STATUS = {
@@ -55,6 +65,40 @@ def _is_transient(error: Exception) -> bool:
     text = f"{type(error).__name__}: {error}"
     markers = ("Connection", "connect", "Timeout", "timed out", "Max retries", "API request", "locked", "503")
     return isinstance(error, OSError) or any(marker in text for marker in markers)
+
+
+def _save_onnx_model(onnx_path: Path, model_dir: Path, description: Model | None = None) -> Path:
+    """Save the ONNX policy as an MLflow `onnx` flavour model in `model_dir`, with its signature and an
+    input example (the start of two held-out mazes, as the environment observes them)."""
+    import mlflow.onnx
+    import onnx
+    import onnxruntime
+    from mlflow.models import infer_signature
+
+    import maze_env
+    from agents.onnx_policy import OnnxPolicy
+
+    model = onnx.load(str(onnx_path))
+    maze_size = model.graph.input[0].type.tensor_type.shape.dim[-1].dim_value
+    example = np.stack(
+        [
+            maze_env.MazeEnv(maze_size=maze_size, maze_mode="fixed", seed=seed).reset()[0]
+            for seed in maze_env.eval_maze_seeds(2)
+        ]
+    )
+    signature = infer_signature(example, OnnxPolicy(onnx_path).outputs(example))
+    # Explicit requirements: MLflow would otherwise infer them in a subprocess after every run.
+    requirements = [f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"]
+    mlflow.onnx.save_model(
+        model,
+        str(model_dir),
+        mlflow_model=description,
+        signature=signature,
+        input_example=example,
+        save_as_external_data=False,
+        pip_requirements=requirements,
+    )
+    return model_dir
 
 
 @dataclasses.dataclass
@@ -124,7 +168,11 @@ class Tracker:
         if self.runs.experiment_id() is None:
             location = self._artifact_dir.resolve().as_uri() if self._artifact_dir else None
             try:
-                self._mlflow().create_experiment(self.experiment_name, artifact_location=location)
+                self._mlflow().create_experiment(
+                    self.experiment_name,
+                    artifact_location=location,
+                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+                )
             except MlflowException:
                 if self.runs.experiment_id() is None:  # else another worker created it first
                     raise
@@ -136,8 +184,9 @@ class Tracker:
     def prepare(self) -> None:
         """Set up the store and experiment on the sender thread, ahead of the first run or request."""
 
-        def prepare(_client: MlflowClient) -> None:
-            self._experiment_id()
+        def prepare(client: MlflowClient) -> None:
+            # Also for an experiment created before the tag was set, or by another tool.
+            client.set_experiment_tag(self._experiment_id(), EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
         self._enqueue(_Operation("service", "prepare experiment", prepare))
 
@@ -149,7 +198,7 @@ class Tracker:
         def create(client: MlflowClient) -> None:
             experiment_id = self._experiment_id()
             existing = client.search_runs(
-                [experiment_id], filter_string=f"tags.experiment_id = '{run_key}'", max_results=1
+                [experiment_id], filter_string=f"tags.{RUN_TAG} = '{run_key}'", max_results=1
             )
             if existing:
                 run = existing[0]
@@ -209,26 +258,43 @@ class Tracker:
         self._enqueue(_Operation(tracked.run_key, f"upload {artifact_path}/", send))
 
     def log_onnx_model(self, tracked: TrackedRun, onnx_path: Path) -> None:
-        """Log the ONNX file as an MLflow `onnx` flavour model (artifact `onnx_model`), registrable as is."""
+        """Log the ONNX policy as an MLflow `onnx` flavour model with a signature and an input example:
+        as the run's artifact `onnx_model/` (what the service downloads) and as an MLflow 3 logged
+        model (`search_logged_models`, `models:/<model_id>`), linked to the run."""
 
-        def send(client: MlflowClient) -> None:
-            import mlflow.onnx
-            import onnx
-            import onnxruntime
-
-            # Explicit requirements: MLflow would otherwise infer them in a subprocess after every run.
-            requirements = [f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"]
+        def upload(client: MlflowClient) -> None:
             with tempfile.TemporaryDirectory() as scratch:
-                model_dir = Path(scratch) / "onnx_model"
-                mlflow.onnx.save_model(
-                    onnx.load(str(onnx_path)),
-                    str(model_dir),
-                    save_as_external_data=False,
-                    pip_requirements=requirements,
-                )
-                client.log_artifacts(self._run_id(tracked), str(model_dir), "onnx_model")
+                model_dir = _save_onnx_model(onnx_path, Path(scratch) / ONNX_ARTIFACT_PATH)
+                client.log_artifacts(self._run_id(tracked), str(model_dir), ONNX_ARTIFACT_PATH)
 
-        self._enqueue(_Operation(tracked.run_key, "upload onnx_model/", send))
+        self._enqueue(_Operation(tracked.run_key, f"upload {ONNX_ARTIFACT_PATH}/", upload))
+        model_id: str | None = None
+
+        def log_model(client: MlflowClient) -> None:
+            # As the flavour's `log_model` does, through the client with explicit ids: `log_model` reads
+            # the process-wide tracking URI and active run, which several trackers and runs would share.
+            from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+            from mlflow.models import Model
+
+            nonlocal model_id
+            run_id = self._run_id(tracked)
+            if model_id is None:  # not again when a retry follows a failed upload
+                experiment_id = tracked.experiment_id or self._experiment_id()
+                created = client.create_logged_model(
+                    experiment_id,
+                    name=LOGGED_MODEL_NAME,
+                    source_run_id=run_id,
+                    tags={RUN_TAG: tracked.run_key},
+                )
+                model_id = created.model_id
+            with tempfile.TemporaryDirectory() as scratch:
+                description = Model(artifact_path=LOGGED_MODEL_NAME, run_id=run_id, model_id=model_id)
+                model_dir = _save_onnx_model(onnx_path, Path(scratch) / LOGGED_MODEL_NAME, description)
+                client.log_model_artifacts(model_id, str(model_dir))
+            client.finalize_logged_model(model_id, LoggedModelStatus.READY)
+            client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
+
+        self._enqueue(_Operation(tracked.run_key, "log model", log_model))
 
     def end_run(self, tracked: TrackedRun, status: str) -> None:
         mlflow_status = TERMINAL_STATUS.get(status, "KILLED")
@@ -251,6 +317,10 @@ class Tracker:
                 client.set_terminated(mlflow_run_id, status=TERMINAL_STATUS.get(status, "KILLED"))
 
         self._enqueue(_Operation(mlflow_run_id, "close orphaned run", send))
+
+    def pending_operations(self) -> int:
+        """Operations queued (or being sent) and not yet done: the backlog while MLflow is slow or down."""
+        return self._queue.unfinished_tasks
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until everything queued so far was sent (or `timeout_s` passed).

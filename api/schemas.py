@@ -9,13 +9,18 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
     field_validator,
 )
 
-from agents.hyperparameters import HYPERPARAMETER_MODELS, MAX_TIMESTEPS_PER_EPISODE
+from agents.hyperparameters import (
+    HYPERPARAMETER_MODELS,
+    MAX_TIMESTEPS_PER_EPISODE,
+    default_hyperparameters,
+)
 from maze_env import MAX_MAZE_SIZE, MIN_MAZE_SIZE
 
 Algorithm = Literal["PPO", "DQN"]
@@ -30,11 +35,63 @@ MAX_TOTAL_EPISODES = 1_000_000
 MAX_N_ENVS = 64
 MAX_EVAL_EPISODES = 5000
 
+# Descriptions of fields that several models share.
+EXPERIMENT_ID = "The run's id (a UUID)."
+RUN_STATUS = "queued → running → completed | failed | stopped | interrupted."
+ALGORITHM = "Stable-Baselines3 algorithm the run trains."
+MAZE_SIZE = "Maze cells per side."
+MAZE_MODE = "'random': a new maze every episode; 'fixed': the run's one maze."
+EPISODE = "Training iterations done (each `timesteps_per_episode` steps)."
+TOTAL_EPISODES = "Training iterations in the budget."
+PROGRESS = "timesteps / total_timesteps, 0..1."
+SUCCESS_RATE = "Rolling training success rate; the held-out evaluation success rate once the run ends."
+CREATED_AT = "When the run was asked for."
+FINISHED_AT = "When the run ended (null until then)."
+MLFLOW_RUN_ID = "The run's MLflow run (null until MLflow has created it)."
+
 
 class _Strict(BaseModel):
     # strict: no `true` or "10" for an integer. No NaN or ±Infinity: Infinity passes a bound like `gt=0`,
     # and neither has a JSON form to echo back in a 422.
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+# The seed's request, and a DQN one with hyperparameters (shown and sent by /docs "Try it out").
+START_EXAMPLES: list[JsonValue] = [
+    {"algorithm": "PPO", "total_episodes": 1000, "timesteps_per_episode": 2048, "maze_size": 10},
+    {
+        "algorithm": "DQN",
+        "total_episodes": 50,
+        "timesteps_per_episode": 2000,
+        "maze_size": 8,
+        "seed": 42,
+        "maze_mode": "fixed",
+        "hyperparameters": {"learning_rate": 0.0005, "exploration_fraction": 0.3},
+    },
+]
+
+
+def _hyperparameters_schema(schema: dict[str, Any]) -> None:
+    """The `hyperparameters` field's JSON schema: one of the algorithms' override models, every key
+    described with its Stable-Baselines3 name and our default."""
+    options = []
+    for algorithm, model in HYPERPARAMETER_MODELS.items():
+        option = model.model_json_schema()
+        defaults = default_hyperparameters(algorithm, MIN_MAZE_SIZE)
+        for key, field_schema in option["properties"].items():
+            default = DERIVED_DEFAULTS.get((algorithm, key), defaults.get(key, "Stable-Baselines3's"))
+            field_schema["description"] = f"{algorithm}({key}=…); default here: {default}."
+        options.append(option)
+    schema.pop("additionalProperties", None)
+    schema.pop("type", None)
+    schema["anyOf"] = options
+
+
+# Defaults that are not constants (see agents/hyperparameters.py merged_hyperparameters).
+DERIVED_DEFAULTS = {
+    ("PPO", "n_steps"): "timesteps_per_episode // n_envs",
+    ("PPO", "batch_size"): "256, at most n_steps × n_envs",
+}
 
 
 def _describe_errors(error: ValidationError) -> str:
@@ -47,6 +104,8 @@ def _describe_errors(error: ValidationError) -> str:
 
 class StartTrainingRequest(_Strict):
     """Body of `POST /training/start`; only the first four fields are required."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": START_EXAMPLES})
 
     algorithm: Algorithm = Field(description="Stable-Baselines3 algorithm to train.")
     total_episodes: int = Field(
@@ -66,9 +125,13 @@ class StartTrainingRequest(_Strict):
         None, ge=1, le=MAX_N_ENVS, description="Parallel environments; per-algorithm default."
     )
     device: DeviceChoice = Field("auto", description="'auto' uses CUDA when the server has it.")
+    # Validated by `_check_hyperparameters` against the algorithm's model (its messages list the accepted
+    # keys); the schema shows every algorithm's keys.
     hyperparameters: dict[str, Any] = Field(
         default_factory=dict,
-        description="Per-algorithm overrides of Stable-Baselines3 constructor arguments.",
+        description="Per-algorithm overrides of Stable-Baselines3 constructor arguments: the keys of "
+        "PPOHyperparameters or DQNHyperparameters, matching `algorithm`.",
+        json_schema_extra=lambda schema: _hyperparameters_schema(schema),
     )
     target_success_rate: float | None = Field(
         None,
@@ -126,8 +189,10 @@ class StartTrainingRequest(_Strict):
 
 
 class StartTrainingResponse(BaseModel):
-    experiment_id: str
-    status: Literal["started"] = "started"
+    """Answer to `POST /training/start`."""
+
+    experiment_id: str = Field(description="The new run's id (a UUID); use it in every other call.")
+    status: Literal["started"] = Field("started", description="Always 'started': the run was accepted.")
     run_status: RunStatusName = Field(
         description="'running' at once, or 'queued' behind the concurrency cap."
     )
@@ -136,18 +201,18 @@ class StartTrainingResponse(BaseModel):
 class TrainingStatus(BaseModel):
     """A run's state and latest progress, as stored in the database."""
 
-    experiment_id: str
-    status: RunStatusName
-    algorithm: Algorithm
-    maze_size: int
-    maze_mode: MazeMode
-    seed: int
-    n_envs: int
+    experiment_id: str = Field(description=EXPERIMENT_ID)
+    status: RunStatusName = Field(description=RUN_STATUS)
+    algorithm: Algorithm = Field(description=ALGORITHM)
+    maze_size: int = Field(description=MAZE_SIZE)
+    maze_mode: MazeMode = Field(description=MAZE_MODE)
+    seed: int = Field(description="Seed of the run's mazes and training (the one given, or the one drawn).")
+    n_envs: int = Field(description="Parallel environments the run trains with.")
     device: str | None = Field(description="Device training runs on (None until it starts).")
     episode: int = Field(description="Training iterations done (each `timesteps_per_episode` steps).")
-    total_episodes: int
-    timesteps: int
-    total_timesteps: int
+    total_episodes: int = Field(description=TOTAL_EPISODES)
+    timesteps: int = Field(description="Environment steps trained so far.")
+    total_timesteps: int = Field(description="The step budget: total_episodes × timesteps_per_episode.")
     progress: float = Field(description="timesteps / total_timesteps, 0..1.")
     maze_episodes: int = Field(description="Maze episodes finished during training.")
     reward: float | None = Field(description="Mean reward of the last 100 maze episodes.")
@@ -167,81 +232,97 @@ class TrainingStatus(BaseModel):
     )
     best_eval_path_efficiency: float | None = Field(None, description="Path efficiency of that evaluation.")
     best_eval_timesteps: int | None = Field(None, description="Timestep of the best evaluation.")
-    target_success_rate: float | None = None
+    target_success_rate: float | None = Field(
+        None, description="The held-out success rate at which the run ends early (null: none)."
+    )
     stop_reason: StopReasonName | None = Field(None, description="Why the run ended (None until it does).")
-    loss: float | None = None
+    loss: float | None = Field(None, description="Latest training loss (PPO: total loss; DQN: TD loss).")
     fps: float | None = Field(description="Environment steps per second.")
-    elapsed_s: float | None = None
+    elapsed_s: float | None = Field(None, description="Seconds spent training so far.")
     eta_s: float | None = Field(description="Estimated seconds left, from the current fps.")
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: datetime = Field(description=CREATED_AT)
+    started_at: datetime | None = Field(description="When training began (null while queued).")
+    finished_at: datetime | None = Field(description=FINISHED_AT)
     updated_at: datetime | None = Field(description="When the latest progress snapshot was written.")
-    stop_requested: bool
-    error: str | None = None
+    stop_requested: bool = Field(description="A stop was asked for; the run saves its model and ends.")
+    error: str | None = Field(None, description="Why the run failed (null unless it failed).")
     model_available: bool = Field(description="A trained SB3 model has been saved for this run.")
-    mlflow_run_id: str | None = None
+    mlflow_run_id: str | None = Field(None, description=MLFLOW_RUN_ID)
     tracking_status: Literal["ok", "degraded"] | None = Field(
         None, description="'degraded' while MLflow is unreachable and logging is buffered for retry."
     )
-    tracking_error: str | None = None
+    tracking_error: str | None = Field(None, description="The MLflow error while tracking is degraded.")
     onnx: OnnxInfo | None = Field(None, description="ONNX export of the trained policy, once attempted.")
 
 
 class OnnxInfo(BaseModel):
-    status: Literal["pending", "exported", "failed"]
+    """The ONNX export of a run's trained policy."""
+
+    status: Literal["pending", "exported", "failed"] = Field(
+        description="'pending' until the run has ended and the export ran; then 'exported' or 'failed'."
+    )
     download_url: str | None = Field(description="GET it for the ONNX file (when exported).")
-    size_bytes: int | None = None
-    opset: int | None = None
+    size_bytes: int | None = Field(None, description="Size of the ONNX file.")
+    opset: int | None = Field(None, description="ONNX opset the model was exported with.")
     export_seconds: float | None = Field(None, description="Export plus verification time.")
     parity_passed: bool | None = Field(None, description="onnxruntime matched torch on ≥ 1,000 observations.")
-    error: str | None = None
+    error: str | None = Field(None, description="Why the export or its verification failed.")
 
 
 class ExperimentSummary(BaseModel):
-    experiment_id: str
-    status: RunStatusName
-    algorithm: Algorithm
-    maze_size: int
-    maze_mode: MazeMode
-    episode: int
-    total_episodes: int
-    progress: float
-    success_rate: float | None
-    stop_reason: StopReasonName | None
-    created_at: datetime
-    finished_at: datetime | None
-    mlflow_run_id: str | None
+    """One run in `GET /experiments`."""
+
+    experiment_id: str = Field(description=EXPERIMENT_ID)
+    status: RunStatusName = Field(description=RUN_STATUS)
+    algorithm: Algorithm = Field(description=ALGORITHM)
+    maze_size: int = Field(description=MAZE_SIZE)
+    maze_mode: MazeMode = Field(description=MAZE_MODE)
+    episode: int = Field(description=EPISODE)
+    total_episodes: int = Field(description=TOTAL_EPISODES)
+    progress: float = Field(description=PROGRESS)
+    success_rate: float | None = Field(description=SUCCESS_RATE)
+    stop_reason: StopReasonName | None = Field(description="Why the run ended (null until it does).")
+    created_at: datetime = Field(description=CREATED_AT)
+    finished_at: datetime | None = Field(description=FINISHED_AT)
+    mlflow_run_id: str | None = Field(description=MLFLOW_RUN_ID)
     mlflow_url: str | None = Field(description="The run in the MLflow UI, when a UI address is known.")
 
 
 class ExperimentList(BaseModel):
-    items: list[ExperimentSummary]
-    total: int
-    limit: int
-    offset: int
+    """A page of runs, newest first."""
+
+    items: list[ExperimentSummary] = Field(description="The runs on this page.")
+    total: int = Field(description="Runs matching the filters, over all pages.")
+    limit: int = Field(description="Page size asked for.")
+    offset: int = Field(description="Runs skipped before this page.")
 
 
 class MetricPoint(BaseModel):
+    """One logged value of an MLflow metric."""
+
     step: int = Field(description="Environment timesteps when the value was logged.")
-    value: float
+    value: float = Field(description="The metric's value at that step.")
 
 
 class ArtifactInfo(BaseModel):
+    """A file the run logged to MLflow."""
+
     name: str = Field(description="Path inside the MLflow run's artifacts.")
-    size_bytes: int | None
+    size_bytes: int | None = Field(description="File size, when MLflow reports it.")
     download_url: str | None = Field(description="Our download endpoint for it, when we serve it.")
 
 
 class ExperimentDetail(ExperimentSummary):
-    training: TrainingStatus
+    """Everything about one run: its record, MLflow parameters, metrics and files."""
+
+    training: TrainingStatus = Field(description="The run's state and progress, as `GET /training/status`.")
     params: dict[str, str] = Field(
         description="MLflow parameters: every hyperparameter used, maze, versions."
     )
     metrics: dict[str, float] = Field(description="Latest value of each MLflow metric.")
     history: dict[str, list[MetricPoint]] = Field(description="reward, success_rate and loss over timesteps.")
-    artifacts: list[ArtifactInfo]
-    onnx: OnnxInfo | None
+    artifacts: list[ArtifactInfo] = Field(description="Files logged to the run's MLflow run.")
+    onnx: OnnxInfo | None = Field(description="ONNX export of the trained policy, once attempted.")
     model_zip_url: str | None = Field(description="The kept model: the best held-out evaluation's.")
     last_model_zip_url: str | None = Field(
         None, description="The model at the run's last step, when it is not the kept one."
@@ -252,26 +333,32 @@ class ExperimentDetail(ExperimentSummary):
 class ErrorMessage(BaseModel):
     """Body of 4xx/5xx answers other than 422."""
 
-    detail: str
+    detail: str = Field(description="What went wrong, in one sentence.")
 
 
 class StopTrainingResponse(BaseModel):
-    experiment_id: str
-    status: RunStatusName
-    message: str
+    """Answer to `POST /training/stop` and `/training/resume`."""
+
+    experiment_id: str = Field(description=EXPERIMENT_ID)
+    status: RunStatusName = Field(description="The run's state when the answer was given.")
+    message: str = Field(description="What happened, in words.")
 
 
 class HealthComponent(BaseModel):
-    ok: bool
-    detail: str
+    """Whether one dependency is usable."""
+
+    ok: bool = Field(description="It answered.")
+    detail: str = Field(description="What was checked, or the error.")
 
 
 class HealthResponse(BaseModel):
-    status: Literal["ok", "degraded"]
-    database: HealthComponent
-    mlflow: HealthComponent
-    runs_training_here: int
-    worker: str
+    """Answer to `GET /health`."""
+
+    status: Literal["ok", "degraded"] = Field(description="'degraded' when a dependency is unreachable.")
+    database: HealthComponent = Field(description="The run database.")
+    mlflow: HealthComponent = Field(description="The MLflow tracking store.")
+    runs_training_here: int = Field(description="Runs this worker process trains (or watches) now.")
+    worker: str = Field(description="This worker's identity (host and process id).")
     mlflow_experiment_id: str | None = Field(
         None,
         description="The MLflow experiment this worker tracks runs in, once set up (in the background "
@@ -280,6 +367,8 @@ class HealthResponse(BaseModel):
 
 
 class RolloutRequest(_Strict):
+    """Body of `POST /experiments/{experiment_id}/rollout`."""
+
     maze_seed: int | None = Field(
         None,
         ge=0,
@@ -294,24 +383,30 @@ Square = Annotated[list[int], Field(min_length=2, max_length=2, description="[ro
 
 
 class RolloutResponse(BaseModel):
-    maze_size: int
-    maze_seed: int
+    """One maze played by the trained policy, for drawing."""
+
+    maze_size: int = Field(description=MAZE_SIZE)
+    maze_seed: int = Field(description="Seed of the maze played (replay it with the same seed).")
     grid: list[list[int]] = Field(description="(2N+1) × (2N+1) squares: 0 open, 1 wall.")
     start: Square
     goal: Square
     path: list[Square] = Field(description="Every square the agent occupied, from start.")
-    success: bool
+    success: bool = Field(description="The agent reached the goal within the time limit.")
     steps: int = Field(description="Actions taken (one action moves one cell, i.e. two squares).")
     shortest_path_steps: int = Field(description="Actions on a shortest path.")
 
 
 class EvaluateRequest(_Strict):
+    """Body of `POST /experiments/{experiment_id}/evaluate`."""
+
     episodes: int = Field(100, ge=1, le=MAX_EVAL_EPISODES, description="Held-out evaluation mazes to play.")
 
 
 class EvaluateResponse(BaseModel):
-    experiment_id: str
-    episodes: int
-    success_rate: float
+    """The trained policy's results on held-out mazes."""
+
+    experiment_id: str = Field(description=EXPERIMENT_ID)
+    episodes: int = Field(description="Mazes played.")
+    success_rate: float = Field(description="Share of mazes solved (0..1).")
     path_efficiency: float = Field(description="Mean of shortest-path steps / steps taken (0 for failures).")
-    mean_steps: float
+    mean_steps: float = Field(description="Mean actions per maze played.")

@@ -290,6 +290,12 @@ class RunStore:
             ).all()
         return rows, total
 
+    def count_by_status(self) -> dict[str, int]:
+        """How many runs are in each state (states with none are absent), in one query."""
+        with self._session_factory() as session:
+            rows = session.execute(select(TrainingRun.status, func.count()).group_by(TrainingRun.status))
+            return {status: count for status, count in rows}
+
     def claim_next_queued(self, owner: str, max_running: int) -> TrainingRun | None:
         """Atomically turn the oldest queued run into a running run owned by `owner`, within the cap.
 
