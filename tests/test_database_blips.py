@@ -150,7 +150,12 @@ def test_a_blip_as_a_run_exports_leaves_it_completed_and_exported(tmp_path: Path
     holder = sqlite3.connect(database, isolation_level=None)
     try:
         holder.execute("BEGIN IMMEDIATE")
-        time.sleep(SQLITE_BUSY_TIMEOUT_MS / 1000 + 5)
+        deadline = time.monotonic() + 180
+        while not job.onnx_path.exists():
+            assert time.monotonic() < deadline and job.thread.is_alive(), "no ONNX export"
+            time.sleep(0.05)
+        # The export verifies its file, then writes its outcome: that write waits out the busy timeout.
+        time.sleep(SQLITE_BUSY_TIMEOUT_MS / 1000 + 10)
         holder.execute("ROLLBACK")
     finally:
         holder.close()
