@@ -248,8 +248,10 @@ class LiveService:
         self.log_path = data_dir.parent / f"service-{self.port}.log"
 
     def start(self, timeout_s: float = 180.0) -> LiveService:
+        # Not an MLflow store another test left in this process's environment: the service's own.
+        inherited = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
         env = {
-            **os.environ,
+            **inherited,
             "DATA_DIR": str(self.data_dir),
             "PROGRESS_INTERVAL_S": "0.5",
             "HEARTBEAT_INTERVAL_S": "0.5",

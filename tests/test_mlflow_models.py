@@ -11,6 +11,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pytest
 from mlflow.tracking import MlflowClient
 
 import maze_env
@@ -32,7 +33,10 @@ np.save(sys.argv[3], np.asarray(outputs["action"]))
 
 
 def test_the_policy_is_a_logged_model_that_pyfunc_loads_and_that_acts_as_the_service(
-    live_service: Callable[..., LiveService], mlflow_server: MlflowServer, tmp_path: Path
+    live_service: Callable[..., LiveService],
+    mlflow_server: MlflowServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     service = live_service(MLFLOW_TRACKING_URI=mlflow_server.uri)
     experiment_id = service.wait_for_mlflow()
@@ -65,6 +69,9 @@ def test_the_policy_is_a_logged_model_that_pyfunc_loads_and_that_acts_as_the_ser
 
     uri = f"models:/{model.model_id}"
     previous_uri = mlflow.get_tracking_uri()
+    # set_tracking_uri also writes MLFLOW_TRACKING_URI into os.environ, where every service a later test
+    # starts would inherit it (and log there): monkeypatch puts the environment back after the test.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
     mlflow.set_tracking_uri(mlflow_server.uri)
     try:
         info = mlflow.models.get_model_info(uri)

@@ -17,6 +17,9 @@ from tests.conftest import FINAL_STATES, LONG_PPO, TINY_PPO, LiveService, wait_f
 MESSAGE_FIELDS = {
     "type", "experiment_id", "status", "episode", "total_episodes", "timesteps", "total_timesteps",
     "reward", "success_rate", "loss", "fps", "elapsed_s", "eta_s", "error", "tracking_status", "timestamp",
+    # The held-out evaluation and why a run ended (added with early stopping).
+    "eval_success_rate", "eval_path_efficiency", "best_eval_success_rate", "best_eval_timesteps",
+    "stop_reason",
 }  # fmt: skip
 
 
