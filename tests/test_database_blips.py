@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sqlite3
 import stat
@@ -17,7 +18,7 @@ from mlflow_client import Tracker
 from records.database import SQLITE_BUSY_TIMEOUT_MS, create_db_engine, make_session_factory, upgrade_schema
 from records.store import NewRun, RunStore
 from records.tables import TrainingRun
-from tests.conftest import LiveService, copy_mlflow_store, settings_for_tests
+from tests.conftest import SMALL_RUN, LiveService, copy_mlflow_store, settings_for_tests
 from tests.postgres_server import PostgresServer
 from training.job import JobControl, TrainingJob
 
@@ -27,16 +28,8 @@ WITHOUT_FILE_PRIVILEGES = ["setpriv", "--bounding-set=-dac_override,-dac_read_se
 
 
 def a_run(total_episodes: int) -> NewRun:
-    return NewRun(
-        algorithm="PPO",
-        total_episodes=total_episodes,
-        timesteps_per_episode=128,
-        maze_size=5,
-        maze_mode="random",
-        seed=3,
-        n_envs=4,
-        device_requested="cpu",
-        hyperparameters={},
+    return dataclasses.replace(
+        SMALL_RUN, total_episodes=total_episodes, timesteps_per_episode=128, seed=3, n_envs=4
     )
 
 
