@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-import maze_env
-from maze_env import Maze, MazeEnv
+from maze_env import MazeEnv
+from mazes.grid import Maze, shortest_path_moves
 
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
@@ -138,7 +138,7 @@ def evaluate_with(
         _check_stop(should_stop, len(maze_seeds))
         envs.append(MazeEnv(maze_size=maze_size, maze_mode="fixed", max_episode_steps=max_steps))
     episodes = play(predict, envs, maze_seeds, should_stop=should_stop)
-    optimal = np.array([maze_env.shortest_path_moves(e.maze) for e in episodes], dtype=np.float64)
+    optimal = np.array([shortest_path_moves(e.maze) for e in episodes], dtype=np.float64)
     steps = np.array([e.steps for e in episodes], dtype=np.int64)
     solved = np.array([e.success for e in episodes], dtype=bool)
     efficiency = np.where(solved, optimal / np.maximum(steps, 1), 0.0)

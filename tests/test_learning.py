@@ -14,6 +14,7 @@ from stable_baselines3 import DQN, PPO
 import maze_env
 from agents import building, evaluation, hyperparameters, planner
 from agents.rollouts import play_maze
+from mazes.grid import generate_maze, shortest_path, shortest_path_moves
 
 DELTAS = ((-1, 0), (0, 1), (1, 0), (0, -1))
 
@@ -102,7 +103,7 @@ def test_evaluate_with_oracle_and_stuck_policies() -> None:
     perfect = evaluation.evaluate_with(oracle_actions, 7, seeds)
     assert perfect.success_rate == 1.0 and perfect.path_efficiency == pytest.approx(1.0)
     assert perfect.episodes == 20
-    optimal = [maze_env.shortest_path_moves(maze_env.generate_maze(7, s)) for s in seeds]
+    optimal = [shortest_path_moves(generate_maze(7, s)) for s in seeds]
     assert perfect.mean_steps == pytest.approx(np.mean(optimal))
 
     calls: list[int] = []
@@ -119,10 +120,10 @@ def test_evaluate_with_oracle_and_stuck_policies() -> None:
 
 
 def test_play_maze_records_every_square_of_the_path() -> None:
-    maze = maze_env.generate_maze(7, 5)
+    maze = generate_maze(7, 5)
     solved = play_maze(oracle_actions, 7, 5)
-    assert solved.success and solved.path == maze_env.shortest_path(maze)
-    assert solved.steps == solved.shortest_path_steps == maze_env.shortest_path_moves(maze)
+    assert solved.success and solved.path == shortest_path(maze)
+    assert solved.steps == solved.shortest_path_steps == shortest_path_moves(maze)
 
     def stuck(batch: np.ndarray) -> np.ndarray:
         return np.zeros(len(batch), dtype=np.int64)  # "up" from the top-left start: into the outer wall

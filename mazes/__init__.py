@@ -1,0 +1,2 @@
+"""Maze grids apart from the environment that plays them: ``grid`` (generation, geometry, distances),
+``render`` (pictures)."""
