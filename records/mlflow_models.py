@@ -1,5 +1,7 @@
-"""The trained policy as an MLflow `onnx` flavour model: saved with a signature and an input example,
-uploaded as the run's artifact and logged as an MLflow 3 logged model linked to the run.
+"""The trained policy as an MLflow `onnx` flavour model: saved, uploaded, logged as a logged model.
+
+Saved with a signature and an input example; uploaded as the run's artifact and logged as an MLflow 3
+logged model linked to the run.
 
 Called on the tracker's sender thread (`mlflow_client.Tracker.log_onnx_model`), through the client
 with explicit ids: the flavour's `log_model` reads the process-wide tracking URI and active run, which
