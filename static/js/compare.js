@@ -81,7 +81,7 @@ export function compareTable(entries) {
     el("caption", { className: "visually-hidden" }, "Final figures and settings of the compared runs"),
     headRow(entries),
     el("tbody", {}, section("Final figures", count), ...results),
-    el("tbody", {}, section("Settings and hyperparameters", count), ...settings),
+    el("tbody", { className: "settings" }, section("Settings and hyperparameters", count), ...settings),
   ];
 }
 
@@ -100,6 +100,9 @@ class Comparison {
     this.charts = {};
     this.disposed = false;
     this.retryTimer = null;
+    this.onlyDifferences = () => {
+      this.$("#compare-table").classList.toggle("only-differences", this.$("#c-only-differences").checked);
+    };
   }
 
   $(selector) {
@@ -107,6 +110,8 @@ class Comparison {
   }
 
   async start() {
+    this.$("#c-only-differences").addEventListener("change", this.onlyDifferences);
+    this.onlyDifferences();
     this.$("#c-legend").replaceChildren();
     this.$("#compare-table").replaceChildren();
     showMessage(this.$("#c-message"), `Loading ${this.runIds.length} runs…`);
@@ -211,6 +216,7 @@ class Comparison {
   dispose() {
     this.disposed = true;
     window.clearTimeout(this.retryTimer);
+    this.$("#c-only-differences").removeEventListener("change", this.onlyDifferences);
     for (const entry of this.entries) if (entry.socket) entry.socket.close();
     for (const chart of Object.values(this.charts)) chart.destroy();
   }
