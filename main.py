@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         service = TrainingService(settings, store, tracker if settings.mlflow_enabled else None)
         await run_in_threadpool(service.start)
         tracker.prepare()  # in the background: a first request must not wait for MLflow's set-up
-        hub = ProgressHub(store, settings)
+        hub = ProgressHub(store, settings, tracker.runs.metric_history if settings.mlflow_enabled else None)
         hub.start()
         status_cache.start()
         sampler = MetricsSampler(tracker, hub)
