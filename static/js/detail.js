@@ -288,7 +288,11 @@ class RunDetail {
     this.root.dataset.wsMessages = String(this.messages);
     this.state = { ...this.state, ...message };
     if (this.isNewIteration(message)) {
-      for (const [key, chart] of Object.entries(this.charts)) chart.push(message.timesteps, message[key]);
+      for (const [key, chart] of Object.entries(this.charts)) {
+        // A final message's held-out figures are the best evaluation's, not a point of the curve.
+        if (chart.spec.stepKey && message.type === "final") continue;
+        chart.push(message[chart.spec.stepKey || "timesteps"], message[key]);
+      }
     }
     this.renderState();
     if (this.loadedOnceIsStale(message)) this.load();
