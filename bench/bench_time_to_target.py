@@ -41,6 +41,7 @@ from bench.bench_learning import machine_info
 from core.settings import Settings
 from records.database import create_db_engine, make_session_factory, upgrade_schema
 from records.store import EvaluationState, NewRun, RunStore
+from training import evaluation_callback
 from training.job import JobControl, TrainingJob
 
 HEADING = "## Time to target"
@@ -80,10 +81,19 @@ class JobResult:
     best_eval_success_rate: float | None
     evaluations: list[tuple[float, int, float]]  # (wall s since start, timestep, held-out success)
     capped: bool
+    eval_wall_s: float | None = None  # time inside held-out evaluations (None: not timed)
+    eval_cpu_s: float | None = None
+    fps: float | None = None  # the run's own steps/s as status reports it (learn() only, evaluations in)
 
     @property
     def training_steps_per_s(self) -> float:
         return self.timesteps / max(self.wall_s - self.onnx_s, 1e-9)
+
+    @property
+    def projection_steps_per_s(self) -> float:
+        """Steps/s to project a full budget from: the run's training rate, evaluations included, without
+        the fixed costs (building the model, exporting ONNX) that a short run is mostly made of."""
+        return self.fps or self.training_steps_per_s
 
 
 def run_job(
@@ -137,6 +147,20 @@ def run_job(
                 control.stop.set()
                 return
 
+    # Time the evaluations themselves (the real function, wrapped), to compare time in and out of them
+    # within the same run: load drift cannot bias that comparison.
+    in_evaluation = [0.0, 0.0]
+
+    def timed_evaluate(*args: Any, **kwargs: Any) -> Any:
+        began, cpu_began = time.perf_counter(), time.thread_time()
+        try:
+            return real_evaluate(*args, **kwargs)
+        finally:
+            in_evaluation[0] += time.perf_counter() - began
+            in_evaluation[1] += time.thread_time() - cpu_began
+
+    real_evaluate = evaluation_callback.evaluate
+    evaluation_callback.evaluate = timed_evaluate
     watcher = threading.Thread(target=watch, daemon=True)
     store.started, cpu_started = time.perf_counter(), time.process_time()
     watcher.start()
@@ -144,6 +168,7 @@ def run_job(
         TrainingJob(settings, store, None, run, control).execute()
     finally:
         done.set()
+        evaluation_callback.evaluate = real_evaluate
     wall, cpu = time.perf_counter() - store.started, time.process_time() - cpu_started
     watcher.join()
     record = store.get(run.id)
@@ -161,6 +186,9 @@ def run_job(
         best_eval_success_rate=record.best_eval_success_rate,
         evaluations=[(t, s.eval_timesteps, s.eval_success_rate) for t, s in store.evaluations],
         capped=capped.is_set(),
+        eval_wall_s=in_evaluation[0],
+        eval_cpu_s=in_evaluation[1],
+        fps=record.fps,
     )
 
 
@@ -168,6 +196,8 @@ def options(args: argparse.Namespace) -> str:
     """The command line's options as given (defaults included), for the record."""
     shown = []
     for key, value in vars(args).items():
+        if key in ("json", "no_write", "merge") or value == []:
+            continue
         if value is True:
             shown.append(f"--{key.replace('_', '-')}")
         elif value not in (False, "", None):
@@ -182,8 +212,8 @@ def minutes(seconds: float) -> str:
 
 def time_to_target_section(results: list[JobResult]) -> list[str]:
     lines = [
-        "| algo | seed | ended | stop_reason | env steps | wall | CPU | steps/s | evaluations (timestep: "
-        "held-out success) | full budget 2.048M steps, **projected** |",
+        "| algo | seed | ended | stop_reason | env steps | wall | CPU | steps/s (run's fps) | "
+        "evaluations (timestep: held-out success) | full budget 2.048M steps, **projected** |",
         "|---|---:|---|---|---:|---:|---:|---:|---|---:|",
     ]
     for r in results:
@@ -191,14 +221,14 @@ def time_to_target_section(results: list[JobResult]) -> list[str]:
         ended = r.status + (" (cap)" if r.capped else "")
         lines.append(
             f"| {r.algorithm} | {r.seed} | {ended} | {r.stop_reason} | {r.timesteps:,} | {r.wall_s:.0f} s | "
-            f"{r.cpu_s:.0f} s | {r.training_steps_per_s:,.0f} | {curve} | "
-            f"{minutes(BUDGET / r.training_steps_per_s)} |"
+            f"{r.cpu_s:.0f} s | {r.projection_steps_per_s:,.0f} | {curve} | "
+            f"{minutes(BUDGET / r.projection_steps_per_s)} |"
         )
     lines.append("")
     for algorithm in sorted({r.algorithm for r in results}):
         runs = [r for r in results if r.algorithm == algorithm]
         reached = [r for r in runs if r.stop_reason == "target_reached"]
-        projected = [BUDGET / r.training_steps_per_s for r in runs]
+        projected = [BUDGET / r.projection_steps_per_s for r in runs]
         if reached:
             walls = [r.wall_s for r in reached]
             steps = [r.timesteps for r in reached]
@@ -231,6 +261,15 @@ def overhead_section(results: list[JobResult]) -> list[str]:
             f"{len(r.evaluations)} |"
         )
     lines.append("")
+    for r in results:
+        if r.evaluation and r.eval_wall_s is not None:
+            training = r.wall_s - r.onnx_s
+            lines.append(
+                f"- Within run {results.index(r) + 1} ({r.algorithm}, seed {r.seed}): "
+                f"{len(r.evaluations)} evaluations took {r.eval_wall_s:.1f} s of its {training:.1f} s "
+                f"(wall, ONNX export excluded; {r.eval_cpu_s:.1f} s of CPU), so its steps/s with ÷ without "
+                f"the evaluations = {(training - r.eval_wall_s) / training:.2f}."
+            )
     for algorithm in sorted({r.algorithm for r in results}):
         ratios, cpu_ratios = [], []
         for seed in sorted({r.seed for r in results if r.algorithm == algorithm}):
@@ -336,7 +375,9 @@ def main() -> None:
             "overhead": [dataclasses.asdict(r) for r in overhead_results],
         }
         Path(args.json).write_text(json.dumps(raw, indent=1))
-    section = render(args, info, started, ended, load_start, load_end, target_results, overhead_results)
+    section = render(
+        args, info, started, ended, load_start, load_end, target_results, overhead_results, [options(args)]
+    )
     print(section)
     if not args.no_write:
         from bench.results_file import write_section
@@ -370,6 +411,7 @@ def merge(paths: list[str], no_write: bool) -> None:
         tuple(max(values) for values in zip(*(raw["load_end"] for raw in raws), strict=True)),
         results("target"),
         results("overhead"),
+        [options(argparse.Namespace(**raw["args"])) for raw in raws],
     )
     print(section)
     if not no_write:
@@ -387,6 +429,7 @@ def render(
     load_end: tuple[float, float, float],
     target_results: list[JobResult],
     overhead_results: list[JobResult],
+    commands: list[str],
 ) -> str:
     def load(values: tuple[float, float, float]) -> str:
         return " / ".join(f"{x:.1f}" for x in values)
@@ -394,8 +437,9 @@ def render(
     lines = [
         HEADING,
         "",
-        f"Measured {started:%Y-%m-%d %H:%M}–{ended:%H:%M} UTC with `python -m bench.bench_time_to_target` "
-        f"(options: {options(args)}).",
+        f"Measured {started:%Y-%m-%d %H:%M}–{ended:%H:%M} UTC with "
+        + (" and, at the same time, ".join(f"`python -m bench.bench_time_to_target {c}`" for c in commands))
+        + ".",
         f"Machine: {info['cpu']}, nproc {info['cores']}, no GPU; Python {info['python']}, torch "
         f"{info['torch']}, stable-baselines3 {info['stable_baselines3']}. Load average (1/5/15 min) at start "
         f"{load(load_start)}, at end {load(load_end)}; the machine is shared with other engineers' work, so "
@@ -413,8 +457,10 @@ def render(
             f"{TIMESTEPS_PER_EPISODE} = {BUDGET:,} steps",
             "",
             f"Caps: a run not ended after {args.cap_steps:,} steps or {args.cap_s:.0f} s is stopped. The "
-            "last column is **not measured**: it is the full budget ÷ the run's measured steps/s (evaluation "
-            "included), i.e. what the same request without a target would take at that throughput.",
+            "last column is **not measured**: it is a projection, the full budget ÷ the run's measured "
+            "steps/s (the `fps` its status reports: steps ÷ time in `learn()`, evaluations included, "
+            "model building and ONNX export not), i.e. what the same request without a target would "
+            "take at that throughput on the machine as loaded then.",
             "",
             *time_to_target_section(target_results),
             "",
