@@ -210,18 +210,26 @@ def minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
+def evaluating(r: JobResult) -> str:
+    """Time inside evaluations, and its share of the run without the ONNX export."""
+    if r.eval_wall_s is None:
+        return "not timed"
+    return f"{r.eval_wall_s:.0f} s ({r.eval_wall_s / max(r.wall_s - r.onnx_s, 1e-9):.0%})"
+
+
 def time_to_target_section(results: list[JobResult]) -> list[str]:
     lines = [
-        "| algo | seed | ended | stop_reason | env steps | wall | CPU | steps/s (run's fps) | "
-        "evaluations (timestep: held-out success) | full budget 2.048M steps, **projected** |",
-        "|---|---:|---|---|---:|---:|---:|---:|---|---:|",
+        "| algo | seed | ended | stop_reason | env steps | wall | CPU | of which evaluating (wall) | "
+        "steps/s (run's fps) | evaluations (timestep: held-out success) | "
+        "full budget 2.048M steps, **projected** |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in results:
         curve = ", ".join(f"{step:,}: {rate:.0%}" for _, step, rate in r.evaluations)
         ended = r.status + (" (cap)" if r.capped else "")
         lines.append(
             f"| {r.algorithm} | {r.seed} | {ended} | {r.stop_reason} | {r.timesteps:,} | {r.wall_s:.0f} s | "
-            f"{r.cpu_s:.0f} s | {r.projection_steps_per_s:,.0f} | {curve} | "
+            f"{r.cpu_s:.0f} s | {evaluating(r)} | {r.projection_steps_per_s:,.0f} | {curve} | "
             f"{minutes(BUDGET / r.projection_steps_per_s)} |"
         )
     lines.append("")
