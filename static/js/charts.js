@@ -19,6 +19,16 @@ export const CHARTS = [
     range: [0, 1],
     format: percent,
   },
+  // One point per held-out evaluation, at the timestep it evaluated (`stepKey` in progress messages).
+  {
+    key: "eval_success_rate",
+    stepKey: "eval_timesteps",
+    label: "held-out success",
+    axis: "held-out mazes solved",
+    color: "#7c3aed",
+    range: [0, 1],
+    format: percent,
+  },
   { key: "loss", label: "loss", axis: "loss", color: "#dc2626", format: number },
 ];
 // The raw curve behind a smoothed one, as TensorBoard draws it.

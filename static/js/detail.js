@@ -311,7 +311,11 @@ class RunDetail {
     }
     const usesPoints = this.run && this.run.mlflow_run_id;
     if (!usesPoints && this.isNewIteration(message)) {
-      for (const [key, chart] of Object.entries(this.charts)) chart.push(message.timesteps, message[key]);
+      for (const [key, chart] of Object.entries(this.charts)) {
+        // A final message's held-out figures are the best evaluation's, not a point of the curve.
+        if (chart.spec.stepKey && message.type === "final") continue;
+        chart.push(message[chart.spec.stepKey || "timesteps"], message[key]);
+      }
     }
     return false;
   }
