@@ -130,8 +130,8 @@ def run(variant: str, seed: int, steps: int, eval_every: int, eval_mazes: int, o
         train_wall += time.perf_counter() - started
 
 
-def report(paths: list[Path]) -> str:
-    """A markdown section from JSON-lines files written by ``run``."""
+def report(paths: list[Path], notes: str = "") -> str:
+    """A markdown section from JSON-lines files written by ``run``, with ``notes`` (findings) on top."""
     points = [json.loads(line) for path in paths for line in path.read_text().splitlines() if line.strip()]
     runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for point in points:
@@ -144,6 +144,7 @@ def report(paths: list[Path]) -> str:
         "the first 200 evaluation mazes; `agree` = share of held-out (maze, cell) pairs where the planner "
         "features' best neighbour is a shortest-path move; 1 torch thread).",
         "",
+        *([notes.strip(), ""] if notes.strip() else []),
         "| variant | seed | steps | success | path eff. | agree | goal weight | step cost | entropy loss "
         "| approx KL | train wall (s) | load (1 min) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -169,11 +170,12 @@ def main() -> None:
     parser.add_argument("--eval-mazes", type=int, default=200)
     parser.add_argument("--out", type=Path, default=Path("planner_stability.jsonl"))
     parser.add_argument("--report", type=Path, nargs="*", help="render these JSON-lines files instead")
+    parser.add_argument("--notes", type=Path, help="with --report: a markdown file of findings to include")
     parser.add_argument("--write", action="store_true", help="with --report: write bench/RESULTS.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.report:
-        section = report(args.report)
+        section = report(args.report, args.notes.read_text() if args.notes else "")
         print(section)
         if args.write:
             write_section(HEADING, section)

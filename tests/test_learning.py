@@ -190,3 +190,21 @@ def test_dqn_learns_fixed_small_maze() -> None:
     model.learn(4000)
     result = evaluation.evaluate(model, 5, [3])
     assert result.success_rate == 1.0 and result.path_efficiency == 1.0
+
+
+@pytest.mark.learning
+def test_planner_learned_learns_to_plan_from_reward_alone() -> None:
+    """No hand-set prior: the untrained planner solves none of the unseen 5x5 mazes; PPO must learn it.
+
+    Measured (seed 0): 0% untrained, 21% after 4k steps, 25% after 8k; the bound leaves a margin.
+    """
+    torch.set_num_threads(1)
+    seeds = maze_env.eval_maze_seeds(100)
+    env = building.make_vec_env(5, "random", 0, hyperparameters.default_n_envs("PPO"))
+    model = building.build_model(
+        "PPO", env, {}, seed=0, device="cpu", timesteps_per_episode=1024, policy="planner_learned"
+    )
+    before = evaluation.evaluate(model, 5, seeds)
+    model.learn(8192)
+    after = evaluation.evaluate(model, 5, seeds)
+    assert after.success_rate >= before.success_rate + 0.15, (before, after)
