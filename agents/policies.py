@@ -1,9 +1,8 @@
 """The policy networks a run can choose (its ``policy``): what each is given, what it learns, its SB3 kwargs.
 
 - ``planner`` (default): ``MazePlannerExtractor`` with the hand-set prior (the goal cell is the value
-  source, step cost 1): its value-iteration features already point along shortest paths in an untrained
-  model; RL learns the small heads that turn them into moves (PPO also fine-tunes the prior, DQN keeps
-  it frozen).
+  source, step cost 1) kept frozen: its value-iteration features already point along shortest paths in
+  an untrained model; RL learns only the small heads that turn them into moves (and PPO's value head).
 - ``planner_learned``: the same network with a random reward map and step cost, all of it trained (PPO and
   DQN): planning learned from reward alone.
 - ``cnn``: ``MazeCNN``, a small convolutional extractor in the style of SB3's ``NatureCNN`` but sized for
@@ -81,8 +80,9 @@ def policy_kwargs(policy: str, algorithm: str) -> dict[str, Any]:
         learned = policy == "planner_learned"
         return {
             "features_extractor_class": MazePlannerExtractor,
-            # PPO fine-tunes the prior; DQN's TD loss pulled it off the goal (see agents.hyperparameters).
-            "features_extractor_kwargs": {"prior": not learned, "learn_planner": learned or ppo},
+            # The prior stays as set, for PPO as for DQN: trained, it drifted off the goal (DQN: see
+            # agents.hyperparameters; PPO: issue 18 and bench/RESULTS.md "Planner stability").
+            "features_extractor_kwargs": {"prior": not learned, "learn_planner": learned},
             # DQN's head is ActionSharedQHead (MazeDQNPolicy), which ignores net_arch.
             "net_arch": {"pi": [32], "vf": [64]} if ppo else [],
         }
