@@ -205,6 +205,7 @@ class TrainingService:
             eval_episodes=eval_episodes,
             patience=request.patience,
             max_evals_without_improvement=request.max_evals_without_improvement,
+            policy=request.policy,
         )
 
     # --- scheduling --------------------------------------------------------------------------------

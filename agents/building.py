@@ -12,6 +12,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from agents.hyperparameters import check_algorithm, merged_hyperparameters
 from agents.planner import MazeDQNPolicy
+from agents.policies import DEFAULT_POLICY
 from agents.vec_maze import VecMazeEnv
 
 ALGORITHM_CLASSES: dict[str, type[PPO] | type[DQN]] = {"PPO": PPO, "DQN": DQN}
@@ -40,6 +41,7 @@ def build_model(
     seed: int,
     device: str,
     timesteps_per_episode: int,
+    policy: str = DEFAULT_POLICY,
 ) -> BaseAlgorithm:
     """Create an SB3 model with our defaults merged with user ``hyperparameters`` (user values win).
 
@@ -52,12 +54,13 @@ def build_model(
     :param seed: SB3 seed.
     :param device: torch device, e.g. ``"cpu"``.
     :param timesteps_per_episode: env steps per training iteration.
+    :param policy: the network, one of ``agents.policies.POLICIES`` (see there).
     """
     check_algorithm(algorithm)
     shape = env.observation_space.shape
     assert shape is not None
     params = merged_hyperparameters(
-        algorithm, int(shape[1]), env.num_envs, hyperparameters, timesteps_per_episode
+        algorithm, int(shape[1]), env.num_envs, hyperparameters, timesteps_per_episode, policy
     )
     model: BaseAlgorithm
     if algorithm == "PPO":

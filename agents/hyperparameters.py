@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 import maze_env
-from agents.planner import MazePlannerExtractor
+from agents.policies import DEFAULT_POLICY, policy_kwargs
 from mazes.grid import check_maze_size
 
 if TYPE_CHECKING:
@@ -93,15 +93,19 @@ def default_n_envs(algorithm: str) -> int:
     return 16
 
 
-def default_hyperparameters(algorithm: str, maze_size: int) -> dict[str, Any]:
+def default_hyperparameters(algorithm: str, maze_size: int, policy: str = DEFAULT_POLICY) -> dict[str, Any]:
     """SB3 constructor kwargs we use by default (``merged_hyperparameters`` puts user overrides on top).
+
+    The training hyperparameters are the same for every policy choice, so that a comparison of policies
+    compares networks; ``policy_kwargs`` come from ``agents.policies.policy_kwargs``.
 
     :param algorithm: ``"PPO"`` or ``"DQN"``.
     :param maze_size: cells per side.
+    :param policy: one of ``agents.policies.POLICIES``.
     """
     check_algorithm(algorithm)
     check_maze_size(maze_size)
-    extractor = {"features_extractor_class": MazePlannerExtractor, "features_extractor_kwargs": {}}
+    network = policy_kwargs(policy, algorithm)
     if algorithm == "PPO":
         return {
             "learning_rate": 1e-3,
@@ -114,7 +118,7 @@ def default_hyperparameters(algorithm: str, maze_size: int) -> dict[str, Any]:
             "ent_coef": 0.01,
             "vf_coef": 0.5,
             "max_grad_norm": 0.5,
-            "policy_kwargs": {**extractor, "net_arch": {"pi": [32], "vf": [64]}},
+            "policy_kwargs": network,
         }
     return {
         "learning_rate": 1e-3,
@@ -131,11 +135,7 @@ def default_hyperparameters(algorithm: str, maze_size: int) -> dict[str, Any]:
         # The TD loss, unlike PPO's, pulled the planner's reward map off the goal now and then: greedy
         # success on a fixed 5x5 maze fell from 100% to 0% and back between checkpoints (measured twice).
         # With the planner prior frozen DQN trains only the Q-head, and stayed at 100% at every checkpoint.
-        "policy_kwargs": {
-            "features_extractor_class": MazePlannerExtractor,
-            "features_extractor_kwargs": {"learn_planner": False},
-            "net_arch": [],
-        },
+        "policy_kwargs": network,
     }
 
 
@@ -155,21 +155,34 @@ def ppo_n_steps(overrides: Mapping[str, Any], n_envs: int, timesteps_per_episode
 
 
 def merged_hyperparameters(
-    algorithm: str, maze_size: int, n_envs: int, overrides: Mapping[str, Any], timesteps_per_episode: int
+    algorithm: str,
+    maze_size: int,
+    n_envs: int,
+    overrides: Mapping[str, Any],
+    timesteps_per_episode: int,
+    policy: str = DEFAULT_POLICY,
 ) -> dict[str, Any]:
     """Defaults with ``overrides`` on top; for PPO ``n_steps`` from ``ppo_n_steps``.
 
     :param algorithm: ``"PPO"`` or ``"DQN"``.
     :param maze_size: cells per side.
     :param n_envs: number of parallel envs.
-    :param overrides: user hyperparameters (win over defaults; ``policy_kwargs`` merged key by key).
+    :param overrides: user hyperparameters (win over defaults; ``policy_kwargs`` merged key by key, and
+        ``features_extractor_kwargs`` inside them too).
     :param timesteps_per_episode: env steps per training iteration, over all envs.
+    :param policy: one of ``agents.policies.POLICIES``.
     """
-    params = default_hyperparameters(algorithm, maze_size)
+    params = default_hyperparameters(algorithm, maze_size, policy)
     user = dict(overrides)
-    user_policy_kwargs = user.pop("policy_kwargs", None) or {}
+    user_policy_kwargs = dict(user.pop("policy_kwargs", None) or {})
     params.update(user)
+    extractor_kwargs = {
+        **params["policy_kwargs"].get("features_extractor_kwargs", {}),
+        **user_policy_kwargs.pop("features_extractor_kwargs", {}),
+    }
     params["policy_kwargs"] = {**params["policy_kwargs"], **user_policy_kwargs}
+    if extractor_kwargs:
+        params["policy_kwargs"]["features_extractor_kwargs"] = extractor_kwargs
     if algorithm == "PPO":
         params["n_steps"] = ppo_n_steps(user, n_envs, timesteps_per_episode)
         rollout = params["n_steps"] * n_envs

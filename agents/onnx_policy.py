@@ -27,6 +27,7 @@ import onnxruntime as ort
 ACTION_OUTPUT = "action"
 # Keys the service passes in `metadata`; agents.replay reads the maze ones to rebuild the maze.
 METADATA_ALGORITHM = "algorithm"
+METADATA_POLICY = "policy"  # the run's network: "planner", "planner_learned", "cnn" or "mlp"
 METADATA_MAZE_SIZE = "maze_size"  # cells per side, e.g. "10"
 METADATA_MAZE_MODE = "maze_mode"  # "fixed" or "random"
 METADATA_MAZE_SEED = "maze_seed"  # the fixed maze's seed; absent for random mode (replay needs --maze-seed)

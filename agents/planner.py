@@ -7,9 +7,10 @@ turns the observation into a reward map, then a fixed number ``K`` of max-plus v
 propagate value through open passages (the passage bits of the observation gate each move), and the
 values around the agent are read out for small policy / value (or Q) heads. Only the observation (walls,
 agent, goal) is used; the sweeps are ordinary tensor ops with a fixed trip count, so the policy exports to
-ONNX. The reward map is initialised to mark the goal cell as the value source and the step cost to one,
-a prior that PPO fine-tunes (DQN keeps it frozen, see ``agents.hyperparameters``); the heads that turn
-the value read-out into actions start from scratch, and an untrained model solves ~0% of mazes.
+ONNX. With ``prior`` (the ``planner`` policy) the reward map is initialised to mark the goal cell as the
+value source and the step cost to one, so that the features of an untrained model already point along
+shortest paths and RL only has to learn the heads that turn them into moves; without it (the
+``planner_learned`` policy) both start random and are learned from reward alone (see ``agents.policies``).
 """
 
 from __future__ import annotations
@@ -62,13 +63,17 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
         sweeps: int | None = None,
         hidden: int = 16,
         learn_planner: bool = True,
+        prior: bool = True,
     ) -> None:
         """Build the extractor.
 
         :param observation_space: the env's observation space, shape ``(6, N, N)``.
         :param sweeps: value-iteration sweeps ``K`` (default ``planning_sweeps(N)``).
         :param hidden: channels of the reward-map conv layer.
-        :param learn_planner: also train the reward map and step cost (False: keep the prior, train heads).
+        :param learn_planner: also train the reward map and step cost (False: keep them as initialised and
+            train only the heads; only sensible with ``prior``).
+        :param prior: start from the hand-set prior (goal cell = value source, step cost 1); False: a
+            random initialisation of the reward map and step cost (drawn from torch's RNG, which SB3 seeds).
         """
         super().__init__(observation_space, PLANNER_FEATURES)
         size = int(observation_space.shape[1])
@@ -82,10 +87,17 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
         self.goal_bias = nn.Parameter(torch.tensor(-_GOAL_PRIOR_WEIGHT / 2))
         self.raw_step_cost = nn.Parameter(torch.tensor(math.log(math.e - 1.0)))  # softplus(x) == 1
         with torch.no_grad():
-            last = self.reward_conv[2]
-            assert isinstance(last, nn.Conv2d) and last.bias is not None
-            last.weight.mul_(0.05)
-            last.bias.zero_()
+            if prior:
+                last = self.reward_conv[2]
+                assert isinstance(last, nn.Conv2d) and last.bias is not None
+                last.weight.mul_(0.05)
+                last.bias.zero_()
+            else:
+                # No hint where value comes from: the goal weight and bias as small as the conv's own
+                # output, the step cost anywhere in about [0.3, 1.0]; the conv keeps torch's default init.
+                self.goal_weight.normal_(0.0, 0.5)
+                self.goal_bias.normal_(0.0, 0.5)
+                self.raw_step_cost.uniform_(-1.0, 0.5)
         self.requires_grad_(learn_planner)
         # One fixed 3x3 kernel per direction picks that neighbour's value (zero outside the maze): used
         # once per forward for the read-out at the agent.

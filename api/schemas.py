@@ -21,6 +21,7 @@ from agents.hyperparameters import (
     MAX_TIMESTEPS_PER_EPISODE,
     default_hyperparameters,
 )
+from agents.policies import DEFAULT_POLICY, PolicyName
 from maze_env import MAX_MAZE_SIZE, MIN_MAZE_SIZE
 
 Algorithm = Literal["PPO", "DQN"]
@@ -125,6 +126,12 @@ class StartTrainingRequest(_Strict):
         None, ge=1, le=MAX_N_ENVS, description="Parallel environments; per-algorithm default."
     )
     device: DeviceChoice = Field("auto", description="'auto' uses CUDA when the server has it.")
+    policy: PolicyName = Field(
+        DEFAULT_POLICY,
+        description="The network: 'planner' (value iteration with a hand-set goal prior, frozen; RL learns "
+        "the heads), 'planner_learned' (the same network, randomly initialised and all trained), 'cnn' "
+        "(a small NatureCNN-style convolutional net), 'mlp' (SB3's default MLP). See the README.",
+    )
     # Validated by `_check_hyperparameters` against the algorithm's model (its messages list the accepted
     # keys); the schema shows every algorithm's keys.
     hyperparameters: dict[str, Any] = Field(
@@ -207,6 +214,7 @@ class TrainingStatus(BaseModel):
     maze_size: int = Field(description=MAZE_SIZE)
     maze_mode: MazeMode = Field(description=MAZE_MODE)
     seed: int = Field(description="Seed of the run's mazes and training (the one given, or the one drawn).")
+    policy: PolicyName = Field(DEFAULT_POLICY, description="The network the run trains (see the request).")
     n_envs: int = Field(description="Parallel environments the run trains with.")
     device: str | None = Field(description="Device training runs on (None until it starts).")
     episode: int = Field(description="Training iterations done (each `timesteps_per_episode` steps).")

@@ -39,8 +39,9 @@ import torch
 from agents.hyperparameters import default_n_envs
 from bench.bench_learning import machine_info
 from core.settings import Settings
+from records.admission import NewRun
 from records.database import create_db_engine, make_session_factory, upgrade_schema
-from records.store import EvaluationState, NewRun, RunStore
+from records.store import EvaluationState, RunStore
 from training import evaluation_callback
 from training.job import JobControl, TrainingJob
 

@@ -35,6 +35,7 @@ class NewRun:
     eval_episodes: int | None = None
     patience: int | None = None
     max_evals_without_improvement: int | None = None
+    policy: str = "planner"
 
 
 @dataclasses.dataclass(frozen=True)

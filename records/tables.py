@@ -78,6 +78,8 @@ class TrainingRun(Base):
     maze_size: Mapped[int] = mapped_column(Integer)
     maze_mode: Mapped[str] = mapped_column(String(8))
     seed: Mapped[int] = mapped_column(Integer)
+    # The network (agents.policies.POLICIES); None for runs recorded before the choice existed: "planner".
+    policy: Mapped[str | None] = mapped_column(String(24), nullable=True)
     n_envs: Mapped[int] = mapped_column(Integer)
     device_requested: Mapped[str] = mapped_column(String(8))
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -146,3 +148,8 @@ class TrainingRun(Base):
     onnx_opset: Mapped[int | None] = mapped_column(Integer, nullable=True)
     onnx_export_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     onnx_parity_passed: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+
+
+def run_policy(run: TrainingRun) -> str:
+    """The run's network choice; runs recorded before the choice existed trained the `planner`."""
+    return run.policy or "planner"

@@ -10,7 +10,7 @@ from core.settings import Settings
 from records.files import model_available
 from records.mlflow_runs import ui_url
 from records.store import elapsed_seconds
-from records.tables import RunStatus, StopReason, TrainingRun
+from records.tables import RunStatus, StopReason, TrainingRun, run_policy
 
 # A final run whose job did not record why it ended (finished elsewhere, or before stop reasons existed).
 STOP_REASON_OF_STATUS = {
@@ -34,6 +34,7 @@ def training_status(run: TrainingRun, settings: Settings) -> TrainingStatus:
         maze_size=run.maze_size,
         maze_mode=run.maze_mode,
         seed=run.seed,
+        policy=run_policy(run),
         n_envs=run.n_envs,
         device=run.device,
         episode=min(run.episode, run.total_episodes),

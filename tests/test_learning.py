@@ -147,7 +147,7 @@ def test_a_looping_policy_is_scored_as_if_it_played_to_its_time_limit() -> None:
     assert 0 < sum(solved) < len(seeds), "some mazes solved, some not: both cases are scored"
     assert cut.success_rate == pytest.approx(np.mean(solved))
     assert cut.mean_steps == pytest.approx(np.mean([e.steps for e in full]))
-    optimal = [maze_env.shortest_path_moves(e.maze) for e in full]
+    optimal = [shortest_path_moves(e.maze) for e in full]
     efficiency = [o / e.steps if e.success else 0.0 for o, e in zip(optimal, full, strict=True)]
     assert cut.path_efficiency == pytest.approx(np.mean(efficiency))
     assert cut_calls < len(calls) / 2, (cut_calls, len(calls))
@@ -225,3 +225,21 @@ def test_dqn_learns_fixed_small_maze() -> None:
     model.learn(4000)
     result = evaluation.evaluate(model, 5, [3])
     assert result.success_rate == 1.0 and result.path_efficiency == 1.0
+
+
+@pytest.mark.learning
+def test_planner_learned_learns_to_plan_from_reward_alone() -> None:
+    """No hand-set prior: the untrained planner solves none of the unseen 5x5 mazes; PPO must learn it.
+
+    Measured (seed 0): 0% untrained, 21% after 4k steps, 25% after 8k; the bound leaves a margin.
+    """
+    torch.set_num_threads(1)
+    seeds = maze_env.eval_maze_seeds(100)
+    env = building.make_vec_env(5, "random", 0, hyperparameters.default_n_envs("PPO"))
+    model = building.build_model(
+        "PPO", env, {}, seed=0, device="cpu", timesteps_per_episode=1024, policy="planner_learned"
+    )
+    before = evaluation.evaluate(model, 5, seeds)
+    model.learn(8192)
+    after = evaluation.evaluate(model, 5, seeds)
+    assert after.success_rate >= before.success_rate + 0.15, (before, after)

@@ -45,6 +45,8 @@ def field_errors(response: Any) -> dict[str, str]:
         ({"maze_size": 7.5}, "maze_size", "valid integer"),
         ({"maze_mode": "spiral"}, "maze_mode", "'random' or 'fixed'"),
         ({"device": "tpu"}, "device", "'auto', 'cpu' or 'cuda'"),
+        ({"policy": "transformer"}, "policy", "'planner', 'planner_learned', 'cnn' or 'mlp'"),
+        ({"policy": None}, "policy", "'planner', 'planner_learned', 'cnn' or 'mlp'"),
         ({"n_envs": 0}, "n_envs", "greater than or equal to 1"),
         ({"seed": -1}, "seed", "greater than or equal to 0"),
         ({"colour": "red"}, "colour", "Extra inputs are not permitted"),

@@ -41,7 +41,7 @@ from records.files import (
     latest_checkpoint,
 )
 from records.store import EvaluationState, ProgressSnapshot, RunStore
-from records.tables import RunStatus, StopReason, TrainingRun
+from records.tables import RunStatus, StopReason, TrainingRun, run_policy
 from training.callbacks import final_progress, run_callbacks
 from training.evaluation_callback import EvaluationCallback
 from training.run_metadata import fixed_maze_seed, onnx_metadata, run_parameters
@@ -118,7 +118,13 @@ class TrainingJob:
             checkpoint = self._resume_checkpoint()
             if checkpoint is None:
                 model = build_model(
-                    run.algorithm, env, dict(run.hyperparameters), run.seed, device, run.timesteps_per_episode
+                    run.algorithm,
+                    env,
+                    dict(run.hyperparameters),
+                    run.seed,
+                    device,
+                    run.timesteps_per_episode,
+                    policy=run_policy(run),
                 )
             else:
                 model = load_model(run.algorithm, checkpoint, env, device)

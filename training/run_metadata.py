@@ -10,7 +10,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 import maze_env
 from agents import onnx_policy
-from records.tables import TrainingRun
+from records.tables import TrainingRun, run_policy
 
 
 def fixed_maze_seed(env: VecEnv) -> int:
@@ -19,9 +19,14 @@ def fixed_maze_seed(env: VecEnv) -> int:
 
 
 def run_parameters(run: TrainingRun, device: str, used: dict[str, Any]) -> dict[str, Any]:
-    """Everything that defines a run, for MLflow's parameters."""
+    """Everything that defines a run, for MLflow's parameters.
+
+    ``policy`` is the run's network choice; SB3's policy class (``used["policy"]``) is ``policy_class``.
+    """
     return {
         **used,
+        "policy": run_policy(run),
+        "policy_class": used.get("policy"),
         "algorithm": run.algorithm,
         "total_episodes": run.total_episodes,
         "timesteps_per_episode": run.timesteps_per_episode,
@@ -50,6 +55,7 @@ def onnx_metadata(run: TrainingRun, env: VecEnv) -> dict[str, str]:
     """What a client needs to run the exported model without asking the service anything else."""
     metadata = {
         onnx_policy.METADATA_ALGORITHM: run.algorithm,
+        onnx_policy.METADATA_POLICY: run_policy(run),
         onnx_policy.METADATA_MAZE_SIZE: str(run.maze_size),
         onnx_policy.METADATA_MAZE_MODE: run.maze_mode,
         onnx_policy.METADATA_OBSERVATION_ENCODING: maze_env.OBSERVATION_ENCODING,

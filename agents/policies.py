@@ -1,0 +1,91 @@
+"""The policy networks a run can choose (its ``policy``): what each is given, what it learns, its SB3 kwargs.
+
+- ``planner`` (default): ``MazePlannerExtractor`` with the hand-set prior (the goal cell is the value
+  source, step cost 1) kept frozen: its value-iteration features already point along shortest paths in
+  an untrained model; RL learns only the small heads that turn them into moves (and PPO's value head).
+- ``planner_learned``: the same network with a random reward map and step cost, all of it trained (PPO and
+  DQN): planning learned from reward alone.
+- ``cnn``: ``MazeCNN``, a small convolutional extractor in the style of SB3's ``NatureCNN`` but sized for
+  grids of 2-30 cells (3x3 convolutions at full resolution instead of 8x8/4x4 strides), then SB3's heads.
+- ``mlp``: SB3's default MLP over the flattened observation (the baseline).
+
+Every choice sees the same observation (the ``(6, N, N)`` passage bits, agent and goal) and nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, get_args
+
+import gymnasium
+import torch
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from torch import nn
+
+from agents.planner import MazePlannerExtractor
+
+PolicyName = Literal["planner", "planner_learned", "cnn", "mlp"]
+POLICIES: tuple[str, ...] = get_args(PolicyName)
+DEFAULT_POLICY: PolicyName = "planner"
+
+
+class MazeCNN(BaseFeaturesExtractor):
+    """NatureCNN-style extractor for small grids: three 3x3 convolutions (32, 64, 64 channels, padding 1,
+    so a 2x2 maze works too), flattened, one linear layer to ``features_dim``."""
+
+    def __init__(self, observation_space: gymnasium.spaces.Box, features_dim: int = 256) -> None:
+        """Build the extractor.
+
+        :param observation_space: the env's observation space, shape ``(C, N, N)``.
+        :param features_dim: size of the output features.
+        """
+        super().__init__(observation_space, features_dim)
+        channels, height, width = (int(d) for d in observation_space.shape)
+        self.cnn = nn.Sequential(
+            nn.Conv2d(channels, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        self.linear = nn.Sequential(nn.Linear(64 * height * width, features_dim), nn.ReLU())
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        """Features ``(B, features_dim)`` from float observations ``(B, C, N, N)``.
+
+        :param observations: observations as SB3 preprocesses them (cast to float).
+        """
+        return self.linear(self.cnn(observations))
+
+
+def check_policy(policy: str) -> None:
+    """Raise ``ValueError`` unless ``policy`` is one of ``POLICIES``.
+
+    :param policy: the policy's name.
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+
+
+def policy_kwargs(policy: str, algorithm: str) -> dict[str, Any]:
+    """SB3 ``policy_kwargs`` (feature extractor and head sizes) for a policy choice and algorithm.
+
+    :param policy: one of ``POLICIES``.
+    :param algorithm: ``"PPO"`` or ``"DQN"``.
+    """
+    check_policy(policy)
+    ppo = algorithm == "PPO"
+    if policy in ("planner", "planner_learned"):
+        learned = policy == "planner_learned"
+        return {
+            "features_extractor_class": MazePlannerExtractor,
+            # The prior stays as set, for PPO as for DQN: trained, it drifted off the goal (DQN: see
+            # agents.hyperparameters; PPO: issue 18 and bench/RESULTS.md "Planner stability").
+            "features_extractor_kwargs": {"prior": not learned, "learn_planner": learned},
+            # DQN's head is ActionSharedQHead (MazeDQNPolicy), which ignores net_arch.
+            "net_arch": {"pi": [32], "vf": [64]} if ppo else [],
+        }
+    if policy == "cnn":
+        return {"features_extractor_class": MazeCNN, "net_arch": {"pi": [64], "vf": [64]} if ppo else [64]}
+    return {}  # mlp: SB3's FlattenExtractor and default net_arch (64, 64)
