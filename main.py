@@ -68,7 +68,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.run_store = store
         app.state.tracker = tracker
         app.state.mlflow_runs = tracker.runs
-        experiments_service = Experiments(settings, store, tracker.runs)
+        experiments_service = Experiments(
+            settings, store, tracker.runs, tracker if settings.mlflow_enabled else None
+        )
         app.state.experiments = experiments_service
         app.state.training_service = service
         app.state.progress_hub = hub

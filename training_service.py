@@ -203,6 +203,11 @@ class TrainingService:
             eval_episodes=eval_episodes,
             patience=request.patience,
             max_evals_without_improvement=request.max_evals_without_improvement,
+            name=request.name,
+            tags=request.tags,
+            notes=request.notes,
+            notify_url=request.notify_url,
+            notify_state="pending" if request.notify_url else None,
         )
 
     # --- scheduling --------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
 
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 HEALTH_TIMEOUT_S = 2.0
@@ -140,6 +141,21 @@ class MlflowRuns:
     def download_artifact(self, mlflow_run_id: str, artifact_path: str, directory: Path) -> Path:
         """Download one artifact into `directory`; its local path."""
         return Path(self._mlflow().download_artifacts(mlflow_run_id, artifact_path, str(directory)))
+
+    def delete_run(self, mlflow_run_id: str) -> bool:
+        """MLflow's soft delete (the run moves to the experiment's "deleted" list until garbage-collected);
+        False when MLflow has no such run."""
+        try:
+            self._mlflow().delete_run(mlflow_run_id)
+        except MlflowException as error:
+            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return False
+            raise
+        return True
+
+    def restore_run(self, mlflow_run_id: str) -> None:
+        """Undo `delete_run`."""
+        self._mlflow().restore_run(mlflow_run_id)
 
     def _walk_artifacts(self, run_id: str, path: str | None, depth: int = 0) -> Iterator[Any]:
         for info in self._mlflow().list_artifacts(run_id, path):

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import false, func, select, text, update
+from sqlalchemy import ColumnElement, delete, false, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.errors import RunNotFound
@@ -42,6 +42,11 @@ class NewRun:
     eval_episodes: int | None = None
     patience: int | None = None
     max_evals_without_improvement: int | None = None
+    name: str | None = None
+    tags: dict[str, str] | None = None
+    notes: str | None = None
+    notify_url: str | None = None
+    notify_state: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,9 +281,10 @@ class RunStore:
         algorithm: str | None = None,
         limit: int = 50,
         offset: int = 0,
+        where: Sequence[ColumnElement[bool]] = (),
     ) -> tuple[Sequence[TrainingRun], int]:
-        """Newest first, with the total count matching the filters."""
-        query = select(TrainingRun)
+        """Newest first, with the total count matching the filters (`where`: more of them, e.g. labels)."""
+        query = select(TrainingRun).where(*where)
         if status:
             query = query.where(TrainingRun.status == status)
         if algorithm:
@@ -448,6 +454,30 @@ class RunStore:
                     stop_reason=None,
                     progress_version=TrainingRun.progress_version + 1,
                 )
+            )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def update_labels(self, run_id: str, change: Callable[[TrainingRun], dict[str, Any]]) -> TrainingRun:
+        """Write the labels (`name`, `tags`, `notes`) that `change` computes from the run as it is, in one
+        transaction with that read (locked on PostgreSQL), so that two changes at once both count."""
+        with self._writing([run_id]) as (session, _):
+            run = session.get(TrainingRun, run_id, with_for_update=True)
+            if run is None:
+                raise RunNotFound(run_id)
+            values = change(run)
+            unknown = set(values) - {"name", "tags", "notes"}
+            if unknown:
+                raise ValueError(f"not labels: {sorted(unknown)}")
+            session.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(**values))
+        return self.get(run_id)
+
+    def delete_final(self, run_id: str) -> bool:
+        """Delete a run's record if it is in a final state, in one statement (a run resumed meanwhile is
+        kept); False when no final run has this id."""
+        finals = [status.value for status in RunStatus if status.is_final]
+        with self._writing([run_id]) as (session, _):
+            result = session.execute(
+                delete(TrainingRun).where(TrainingRun.id == run_id).where(TrainingRun.status.in_(finals))
             )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 

@@ -40,6 +40,7 @@ from records.files import (
     keep_best_model,
     latest_checkpoint,
 )
+from records.labels import mlflow_run_labels
 from records.store import EvaluationState, ProgressSnapshot, RunStore
 from records.tables import RunStatus, StopReason, TrainingRun
 from training.callbacks import final_progress, run_callbacks
@@ -252,8 +253,9 @@ class TrainingJob:
         if self.tracker is None:
             return None
         run = self.run
-        tags = {"experiment_id": run.id, "algorithm": run.algorithm, "maze_size": str(run.maze_size)}
-        return self.tracker.start_run(run.id, f"{run.algorithm}-maze{run.maze_size}-{run.id[:8]}", tags)
+        name, tags = mlflow_run_labels(run)
+        tags.update(experiment_id=run.id, algorithm=run.algorithm, maze_size=str(run.maze_size))
+        return self.tracker.start_run(run.id, name, tags)
 
     def _log_outcome(self, tracked: TrackedRun | None, model_path: Path, stop_reason: StopReason) -> None:
         if tracked is None or self.tracker is None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.schemas.common import (
     ALGORITHM,
@@ -44,6 +45,9 @@ class ExperimentSummary(BaseModel):
     finished_at: datetime | None = Field(description=FINISHED_AT)
     mlflow_run_id: str | None = Field(description=MLFLOW_RUN_ID)
     mlflow_url: str | None = Field(description="The run in the MLflow UI, when a UI address is known.")
+    name: str | None = Field(None, description="The run's name (null: none given).")
+    tags: dict[str, str] = Field(default_factory=dict, description="The run's tags.")
+    notes: str | None = Field(None, description="The run's notes.")
 
 
 class ExperimentList(BaseModel):
@@ -86,3 +90,27 @@ class ExperimentDetail(ExperimentSummary):
         None, description="The model at the run's last step, when it is not the kept one."
     )
     mlflow_error: str | None = Field(None, description="Why MLflow data is missing, if it is.")
+    notify_url: str | None = Field(None, description="Where the final status is POSTed (null: nowhere).")
+    notify_state: Literal["pending", "sending", "sent", "failed"] | None = Field(
+        None,
+        description="The end-of-run notification: 'pending' until the run ends, then 'sending', and "
+        "'sent' or 'failed' (every retry failed); null without a notify_url.",
+    )
+
+
+class LogRecord(BaseModel):
+    """One structured log record the service wrote about a run."""
+
+    model_config = ConfigDict(extra="allow")
+
+    timestamp: str | None = Field(None, description="When (ISO 8601, UTC).")
+    level: str | None = Field(None, description="debug, info, warning, error or critical.")
+    event: str = Field(description="What happened, as a snake_case name; other keys give details.")
+
+
+class RunLogs(BaseModel):
+    """A run's log records, oldest first (the newest last)."""
+
+    experiment_id: str = Field(description=EXPERIMENT_ID)
+    records: list[LogRecord] = Field(description="The last `limit` records, in the order written.")
+    truncated: bool = Field(description="Older records exist beyond `limit`.")

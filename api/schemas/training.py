@@ -42,6 +42,16 @@ from api.schemas.common import (
     StopReasonName,
     Strict,
 )
+from api.schemas.labels import (
+    MAX_TAGS,
+    TAGS_DESCRIPTION,
+    Notes,
+    RunName,
+    TagKey,
+    TagValue,
+    check_notify_url,
+    check_tag_keys,
+)
 from maze_env import MAX_MAZE_SIZE, MIN_MAZE_SIZE
 
 # The seed's request, and a DQN one with hyperparameters (shown and sent by /docs "Try it out").
@@ -151,6 +161,28 @@ class StartTrainingRequest(Strict):
         description="End the run `completed` (stop_reason `no_improvement`) after this many "
         "evaluations in a row without a new best; omitted: never.",
     )
+    name: RunName | None = None
+    tags: dict[TagKey, TagValue] = Field(
+        default_factory=dict, max_length=MAX_TAGS, description=TAGS_DESCRIPTION
+    )
+    notes: Notes | None = None
+    notify_url: str | None = Field(
+        None,
+        description="An http(s) URL that receives one POST (JSON: the run's final status, as "
+        "`GET /training/status`) when the run ends; retried with back-off on failure.",
+        examples=["https://hooks.example.com/maze-runs"],
+    )
+
+    @field_validator("tags")
+    @classmethod
+    def _no_reserved_tags(cls, value: dict[str, str]) -> dict[str, str]:
+        check_tag_keys(list(value))
+        return value
+
+    @field_validator("notify_url")
+    @classmethod
+    def _check_notify_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_notify_url(value)
 
     @field_validator("algorithm", mode="before")
     @classmethod
