@@ -22,9 +22,11 @@ from api.schemas import (
     ExperimentDetail,
     ExperimentList,
     ExperimentSummary,
+    LogRecord,
     MetricPoint,
     RolloutRequest,
     RolloutResponse,
+    RunLogs,
     RunStatusName,
 )
 from api.schemas.labels import MAX_NAME_LENGTH, MAX_TAGS, TAG_FILTER_PATTERN, LabelsUpdate
@@ -38,6 +40,7 @@ router = APIRouter(prefix="/experiments", tags=["experiments"])
 SERVED_ARTIFACTS = {path: filename for filename, path in ARTIFACT_PATHS.items()}
 # Far beyond any run count; the databases' OFFSET overflows past 2**63 - 1 (a 500, not an empty page).
 MAX_OFFSET = 2**31 - 1
+MAX_LOG_RECORDS = 1000
 TagFilter = Annotated[str, StringConstraints(min_length=1, max_length=400, pattern=TAG_FILTER_PATTERN)]
 
 
@@ -155,6 +158,29 @@ async def delete_experiment(experiment_id: uuid.UUID, experiments: ExperimentsDe
     gone"."""
     await run_in_threadpool(experiments.delete, str(experiment_id))
     return Response(status_code=204)
+
+
+@router.get(
+    "/{experiment_id}/logs",
+    response_model=RunLogs,
+    summary="The service's log records about a run, newest last",
+    responses={**NOT_FOUND, **DATABASE_DOWN},
+)
+async def run_logs(
+    experiment_id: uuid.UUID,
+    experiments: ExperimentsDep,
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_LOG_RECORDS, description="How many of the latest records.")
+    ] = 100,
+) -> RunLogs:
+    """Structured records (`event`, `level`, `timestamp` and the event's own fields) that any worker
+    process of this service wrote about the run: submitted, started, evaluations, errors, the end, the
+    notification. Written whatever `LOG_LEVEL` (info and above). A run trained on a Ray worker on
+    another machine has only the records of this machine."""
+    run, records, truncated = await run_in_threadpool(experiments.logs, str(experiment_id), limit)
+    return RunLogs(
+        experiment_id=run.id, records=[LogRecord.model_validate(r) for r in records], truncated=truncated
+    )
 
 
 def _artifact(run: TrainingRun, name: str, size: int | None) -> ArtifactInfo:

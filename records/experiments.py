@@ -34,6 +34,7 @@ from core.errors import (
     TrackingUnavailable,
     describe,
 )
+from core.run_logs import read_run_log
 from core.settings import Settings
 from mlflow_client import TrackedRun, Tracker
 from records.files import check_model_file, model_file, remove_run_files
@@ -147,6 +148,12 @@ class Experiments:
             if changes[0].mlflow_removed:
                 self._tracker.delete_tags(tracked, changes[0].mlflow_removed)
         return run
+
+    def logs(self, run_id: str, limit: int) -> tuple[TrainingRun, list[dict[str, Any]], bool]:
+        """The run's last `limit` log records (oldest first) and whether older ones exist."""
+        run = self._store.get(run_id)
+        records, truncated = read_run_log(self._settings.run_dir(run.id), limit)
+        return run, records, truncated
 
     def delete(self, run_id: str) -> None:
         """Delete a finished run: its MLflow run (soft delete), its record, and its files here.

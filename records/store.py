@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, false, func, select, text, update
+from sqlalchemy import ColumnElement, case, delete, false, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.errors import RunNotFound
@@ -452,6 +452,8 @@ class RunStore:
                     onnx_status=None,
                     onnx_error=None,
                     stop_reason=None,
+                    # A resumed run ends again: its notify_url hears of that end too.
+                    notify_state=case((TrainingRun.notify_url.is_not(None), "pending"), else_=None),
                     progress_version=TrainingRun.progress_version + 1,
                 )
             )

@@ -16,7 +16,9 @@ from api.schemas.experiments import (
     ExperimentDetail,
     ExperimentList,
     ExperimentSummary,
+    LogRecord,
     MetricPoint,
+    RunLogs,
 )
 from api.schemas.health import HealthComponent, HealthResponse
 from api.schemas.players import EvaluateRequest, EvaluateResponse, RolloutRequest, RolloutResponse
@@ -42,11 +44,13 @@ __all__ = [
     "ExperimentSummary",
     "HealthComponent",
     "HealthResponse",
+    "LogRecord",
     "MazeMode",
     "MetricPoint",
     "OnnxInfo",
     "RolloutRequest",
     "RolloutResponse",
+    "RunLogs",
     "RunStatusName",
     "StartTrainingRequest",
     "StartTrainingResponse",
