@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 import maze_env
-from agents.planner import MazePlannerExtractor
+from rl_maze.planner import MazePlannerExtractor
 
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm

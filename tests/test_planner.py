@@ -9,7 +9,7 @@ import torch.nn.functional as F  # noqa: N812 - the conventional alias
 from gymnasium import spaces
 
 import maze_env
-from agents.planner import GRAD_SWEEPS, MazePlannerExtractor
+from rl_maze.planner import GRAD_SWEEPS, MazePlannerExtractor
 
 
 class ConvSweepExtractor(MazePlannerExtractor):
