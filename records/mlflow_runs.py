@@ -26,6 +26,8 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from records.metric_names import MLFLOW_NAME, api_name
+
 HEALTH_TIMEOUT_S = 2.0
 HISTORY_KEYS = ("reward", "success_rate", "loss")
 MAX_ARTIFACT_DEPTH = 3
@@ -124,8 +126,13 @@ class MlflowRuns:
             experiment_id=run.info.experiment_id,
             status=run.info.status,
             params=dict(run.data.params),
-            metrics=dict(run.data.metrics),
-            history={key: self.metric_history(mlflow_run_id, key) for key in HISTORY_KEYS},
+            metrics={api_name(key): value for key, value in run.data.metrics.items()},
+            # Runs logged before metrics were grouped have the plain names.
+            history={
+                key: self.metric_history(mlflow_run_id, MLFLOW_NAME[key])
+                or self.metric_history(mlflow_run_id, key)
+                for key in HISTORY_KEYS
+            },
             artifacts=[(a.path, a.file_size) for a in self._walk_artifacts(mlflow_run_id, None)],
             artifact_uri=run.info.artifact_uri,
         )
