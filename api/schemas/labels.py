@@ -26,20 +26,16 @@ ONE_LINE_PATTERN = r"^[^\x00-\x1f\x7f]*$"
 NOTES_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
 
 RunName = Annotated[
-    str,
-    StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH, pattern=ONE_LINE_PATTERN),
-    Field(description="A name for people, e.g. 'ppo-baseline'; searched by `GET /experiments?q=`."),
+    str, StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH, pattern=ONE_LINE_PATTERN)
 ]
+NAME_DESCRIPTION = "A name for people, e.g. 'ppo-baseline'; searched by `GET /experiments?q=`."
 TagKey = Annotated[
     str,
     StringConstraints(min_length=1, max_length=MAX_TAG_KEY_LENGTH, pattern=TAG_KEY_PATTERN),
 ]
 TagValue = Annotated[str, StringConstraints(max_length=MAX_TAG_VALUE_LENGTH, pattern=ONE_LINE_PATTERN)]
-Notes = Annotated[
-    str,
-    StringConstraints(max_length=MAX_NOTES_LENGTH, pattern=NOTES_PATTERN),
-    Field(description="Free text about the run (shown as the MLflow run's description)."),
-]
+Notes = Annotated[str, StringConstraints(max_length=MAX_NOTES_LENGTH, pattern=NOTES_PATTERN)]
+NOTES_DESCRIPTION = "Free text about the run (shown as the MLflow run's description)."
 
 TAGS_DESCRIPTION = (
     f'String labels, e.g. {{"team": "maze", "goal": "baseline"}}: at most {MAX_TAGS}; keys '
@@ -70,11 +66,11 @@ class LabelsUpdate(Strict):
         }
     )
 
-    name: RunName | None = None
+    name: RunName | None = Field(None, description=NAME_DESCRIPTION + " null: no name.")
     tags: dict[TagKey, TagValue | None] | None = Field(
         None, description="Tags to set (string) or remove (null); the others are kept. " + TAGS_DESCRIPTION
     )
-    notes: Notes | None = None
+    notes: Notes | None = Field(None, description=NOTES_DESCRIPTION + " null: none.")
 
     @field_validator("tags")
     @classmethod

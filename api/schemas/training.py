@@ -44,6 +44,8 @@ from api.schemas.common import (
 )
 from api.schemas.labels import (
     MAX_TAGS,
+    NAME_DESCRIPTION,
+    NOTES_DESCRIPTION,
     TAGS_DESCRIPTION,
     Notes,
     RunName,
@@ -161,11 +163,11 @@ class StartTrainingRequest(Strict):
         description="End the run `completed` (stop_reason `no_improvement`) after this many "
         "evaluations in a row without a new best; omitted: never.",
     )
-    name: RunName | None = None
+    name: RunName | None = Field(None, description=NAME_DESCRIPTION)
     tags: dict[TagKey, TagValue] = Field(
         default_factory=dict, max_length=MAX_TAGS, description=TAGS_DESCRIPTION
     )
-    notes: Notes | None = None
+    notes: Notes | None = Field(None, description=NOTES_DESCRIPTION)
     notify_url: str | None = Field(
         None,
         description="An http(s) URL that receives one POST (JSON: the run's final status, as "
