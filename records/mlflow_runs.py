@@ -127,18 +127,19 @@ class MlflowRuns:
             status=run.info.status,
             params=dict(run.data.params),
             metrics={api_name(key): value for key, value in run.data.metrics.items()},
-            # Runs logged before metrics were grouped have the plain names.
-            history={
-                key: self.metric_history(mlflow_run_id, MLFLOW_NAME[key])
-                or self.metric_history(mlflow_run_id, key)
-                for key in HISTORY_KEYS
-            },
+            history={key: self.metric_history(mlflow_run_id, key) for key in HISTORY_KEYS},
             artifacts=[(a.path, a.file_size) for a in self._walk_artifacts(mlflow_run_id, None)],
             artifact_uri=run.info.artifact_uri,
         )
 
     def metric_history(self, mlflow_run_id: str, key: str) -> list[tuple[int, float]]:
-        """(step, value) of every logged point of one metric."""
+        """(step, value) of every logged point of one metric, by its plain name (`reward`): logged under
+        its group (`rollout/reward`), or under the plain name by runs logged before the groups existed."""
+        grouped = MLFLOW_NAME.get(key)
+        if grouped is not None:
+            points = self._mlflow().get_metric_history(mlflow_run_id, grouped)
+            if points:
+                return [(m.step, m.value) for m in points]
         return [(m.step, m.value) for m in self._mlflow().get_metric_history(mlflow_run_id, key)]
 
     def artifact_paths(self, mlflow_run_id: str, folder: str) -> set[str]:
