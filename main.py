@@ -28,6 +28,7 @@ from records.experiments import Experiments
 from records.status_cache import StatusCache
 from records.store import RunStore
 from training.executors.worker import make_tracker, tracker_artifact_dir
+from training.notifications import Notifier
 from training_service import TrainingService
 from websocket import ProgressHub
 
@@ -43,7 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     :param settings: explicit settings (tests); default: environment and `.env`.
     """
     settings = settings or get_settings()
-    configure_logging(settings.log_level, settings.log_json)
+    configure_logging(settings.log_level, settings.log_json, settings.models_dir)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -59,6 +60,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         service = TrainingService(settings, store, tracker if settings.mlflow_enabled else None)
         await run_in_threadpool(service.start)
         tracker.prepare()  # in the background: a first request must not wait for MLflow's set-up
+        notifier = Notifier(settings, session_factory)
+        notifier.start()
         hub = ProgressHub(store, settings, tracker.runs.metric_history if settings.mlflow_enabled else None)
         hub.start()
         status_cache.start()
@@ -68,7 +71,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.run_store = store
         app.state.tracker = tracker
         app.state.mlflow_runs = tracker.runs
-        experiments_service = Experiments(settings, store, tracker.runs)
+        experiments_service = Experiments(
+            settings, store, tracker.runs, tracker if settings.mlflow_enabled else None
+        )
         app.state.experiments = experiments_service
         app.state.training_service = service
         app.state.progress_hub = hub
@@ -80,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             gc.unfreeze()  # objects frozen at start-up may be garbage now; let the collector see them
             log.info("service_stopping", worker=service.owner, runs=service.local_run_ids())
+            await run_in_threadpool(notifier.stop)
             await sampler.stop()
             await hub.stop()
             experiments_service.close()

@@ -43,8 +43,6 @@ from gymnasium import spaces
 from mazes.grid import (
     DIRECTION_DELTAS,
     DIRECTIONS,
-    MAX_MAZE_SIZE,  # noqa: F401  (api/schemas.py reads the size bounds from here)
-    MIN_MAZE_SIZE,  # noqa: F401
     Maze,
     cell_distances_to_goal,
     cell_to_square,

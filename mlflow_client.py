@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -159,6 +159,17 @@ class Tracker:
             client.log_batch(self._run_id(tracked), tags=items)
 
         self._sender.enqueue(Operation(tracked.run_key, "set tags", send))
+
+    def delete_tags(self, tracked: TrackedRun, keys: Sequence[str]) -> None:
+        """Remove tags (a run's labels changed); a tag already gone is not an error."""
+
+        def send(client: MlflowClient) -> None:
+            existing = client.get_run(self._run_id(tracked)).data.tags
+            for key in keys:
+                if key in existing:
+                    client.delete_tag(self._run_id(tracked), key)
+
+        self._sender.enqueue(Operation(tracked.run_key, "delete tags", send))
 
     def log_metrics(self, tracked: TrackedRun, metrics: Mapping[str, float], step: int) -> None:
         timestamp = int(time.time() * 1000)

@@ -113,7 +113,16 @@ class TrainingService:
                     f"this key already started run {run.id} with another body; use a new key for a new run",
                 )
             return self._as_now(run)
-        log.info("run_submitted", experiment_id=run.id, algorithm=run.algorithm, maze_size=run.maze_size)
+        # The run's directory exists from now on: its log (core/run_logs.py) is written there.
+        self.settings.run_dir(run.id).mkdir(parents=True, exist_ok=True)
+        log.info(
+            "run_submitted",
+            experiment_id=run.id,
+            name=run.name,
+            tags=run.tags,
+            algorithm=run.algorithm,
+            maze_size=run.maze_size,
+        )
         self._claim_and_start()
         return self._as_now(run)
 
@@ -206,6 +215,11 @@ class TrainingService:
             patience=request.patience,
             max_evals_without_improvement=request.max_evals_without_improvement,
             policy=request.policy,
+            name=request.name,
+            tags=request.tags,
+            notes=request.notes,
+            notify_url=request.notify_url,
+            notify_state="pending" if request.notify_url else None,
         )
 
     # --- scheduling --------------------------------------------------------------------------------

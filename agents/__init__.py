@@ -16,14 +16,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from agents.planner import ActionSharedQHead, MazeDQNPolicy, MazePlannerExtractor
+    from rl_maze.planner import ActionSharedQHead, MazeDQNPolicy, MazePlannerExtractor
 
 __all__ = ["ActionSharedQHead", "MazeDQNPolicy", "MazePlannerExtractor"]
 
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from agents import planner
+        from rl_maze import planner
 
         return getattr(planner, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,9 +11,9 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecEnv
 
 from agents.hyperparameters import check_algorithm, merged_hyperparameters
-from agents.planner import MazeDQNPolicy
 from agents.policies import DEFAULT_POLICY
 from agents.vec_maze import VecMazeEnv
+from rl_maze.planner import MazeDQNPolicy
 
 ALGORITHM_CLASSES: dict[str, type[PPO] | type[DQN]] = {"PPO": PPO, "DQN": DQN}
 

@@ -23,8 +23,10 @@ from core.errors import (
     PolicyNotExported,
     PolicyPlayersBusy,
     RunNotFound,
+    RunStillActive,
     ServiceBusy,
     ServiceError,
+    TrackingUnavailable,
     describe,
 )
 
@@ -36,12 +38,14 @@ STATUS_CODES: dict[type[ServiceError], int] = {
     ModelNotAvailable: 404,
     NotResumable: 409,
     PolicyNotExported: 409,
+    RunStillActive: 409,
     ModelFileCorrupt: 409,
     InvalidRequest: 422,
     ServiceBusy: 429,
     PolicyPlayersBusy: 429,
     ArtifactStoreUnavailable: 503,
     ModelFileUnreadable: 503,
+    TrackingUnavailable: 503,
 }
 
 

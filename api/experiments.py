@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from functools import partial
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
+from pydantic import StringConstraints
 
 from api.deps import ExperimentsDep, SettingsDep
 from api.responses import BAD_BODY, DATABASE_DOWN, MODEL_FILE_FAULTS, NOT_FOUND, PLAYERS_BUSY
@@ -19,11 +21,15 @@ from api.schemas import (
     EvaluateResponse,
     ExperimentDetail,
     ExperimentList,
+    ExperimentSummary,
+    LogRecord,
     MetricPoint,
     RolloutRequest,
     RolloutResponse,
+    RunLogs,
     RunStatusName,
 )
+from api.schemas.labels import MAX_NAME_LENGTH, MAX_TAGS, TAG_FILTER_PATTERN, LabelsUpdate
 from records.files import ARTIFACT_PATHS, LAST_MODEL_FILE, model_available, saved_file
 from records.tables import TrainingRun
 from records.views import experiment_summary, onnx_info, training_status
@@ -34,6 +40,8 @@ router = APIRouter(prefix="/experiments", tags=["experiments"])
 SERVED_ARTIFACTS = {path: filename for filename, path in ARTIFACT_PATHS.items()}
 # Far beyond any run count; the databases' OFFSET overflows past 2**63 - 1 (a 500, not an empty page).
 MAX_OFFSET = 2**31 - 1
+MAX_LOG_RECORDS = 1000
+TagFilter = Annotated[str, StringConstraints(min_length=1, max_length=400, pattern=TAG_FILTER_PATTERN)]
 
 
 @router.get(
@@ -49,9 +57,33 @@ async def list_experiments(
     algorithm: Annotated[Algorithm | None, Query(description="Only runs of this algorithm.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    q: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=MAX_NAME_LENGTH,
+            description="Only runs whose name contains this (any case).",
+        ),
+    ] = None,
+    tag: Annotated[
+        list[TagFilter] | None,
+        Query(
+            max_length=MAX_TAGS,
+            description="Only runs with this tag: `key:value` (that value) or `key` (any value). Repeat it "
+            "to require several (`?tag=team:maze&tag=goal:baseline`).",
+        ),
+    ] = None,
 ) -> ExperimentList:
     page = await run_in_threadpool(
-        experiments.list_runs, status=status, algorithm=algorithm, limit=limit, offset=offset
+        partial(
+            experiments.list_runs,
+            status=status,
+            algorithm=algorithm,
+            limit=limit,
+            offset=offset,
+            name_query=q,
+            tags=tag or [],
+        )
     )
     items = [experiment_summary(run, settings, page.mlflow_experiment_id) for run in page.runs]
     return ExperimentList(items=items, total=page.total, limit=limit, offset=offset)
@@ -87,6 +119,67 @@ async def get_experiment(
             f"/experiments/{run.id}/{LAST_MODEL_FILE}" if saved_file(settings, run, LAST_MODEL_FILE) else None
         ),
         mlflow_error=record.mlflow_error,
+        notify_url=run.notify_url,
+        notify_state=run.notify_state,
+    )
+
+
+@router.patch(
+    "/{experiment_id}",
+    response_model=ExperimentSummary,
+    summary="Change a run's name, tags or notes",
+    responses={**BAD_BODY, **NOT_FOUND, **DATABASE_DOWN},
+)
+async def update_labels(
+    experiment_id: uuid.UUID, body: LabelsUpdate, experiments: ExperimentsDep, settings: SettingsDep
+) -> ExperimentSummary:
+    """A JSON merge patch of the labels (see the body's schema), in any state of the run. The MLflow run's
+    name, tags and description follow (retried in the background while MLflow is unreachable)."""
+    run = await run_in_threadpool(experiments.update_labels, str(experiment_id), body)
+    return experiment_summary(run, settings, None)
+
+
+@router.delete(
+    "/{experiment_id}",
+    status_code=204,
+    response_class=Response,
+    summary="Delete a finished run: its record, its files and its MLflow run",
+    responses={
+        204: {"description": "Deleted"},
+        404: {"model": ErrorMessage, "description": "No run has this id (also: it was already deleted)"},
+        409: {"model": ErrorMessage, "description": "The run is queued or running: stop it first"},
+        503: {"model": ErrorMessage, "description": "The database or MLflow is unavailable; nothing deleted"},
+    },
+)
+async def delete_experiment(experiment_id: uuid.UUID, experiments: ExperimentsDep) -> Response:
+    """Deletes the run's record, everything the service keeps of it on disk (models, checkpoints, ONNX
+    file, log) and its MLflow run (MLflow's soft delete: restorable until MLflow's `gc`). Deleting is
+    idempotent in effect: a second DELETE of the same id answers 404, which clients treat as "already
+    gone"."""
+    await run_in_threadpool(experiments.delete, str(experiment_id))
+    return Response(status_code=204)
+
+
+@router.get(
+    "/{experiment_id}/logs",
+    response_model=RunLogs,
+    summary="The service's log records about a run, newest last",
+    responses={**NOT_FOUND, **DATABASE_DOWN},
+)
+async def run_logs(
+    experiment_id: uuid.UUID,
+    experiments: ExperimentsDep,
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_LOG_RECORDS, description="How many of the latest records.")
+    ] = 100,
+) -> RunLogs:
+    """Structured records (`event`, `level`, `timestamp` and the event's own fields) that any worker
+    process of this service wrote about the run: submitted, started, evaluations, errors, the end, the
+    notification. Written whatever `LOG_LEVEL` (info and above). A run trained on a Ray worker on
+    another machine has only the records of this machine."""
+    run, records, truncated = await run_in_threadpool(experiments.logs, str(experiment_id), limit)
+    return RunLogs(
+        experiment_id=run.id, records=[LogRecord.model_validate(r) for r in records], truncated=truncated
     )
 
 

@@ -42,9 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import maze_env
 from agents import building, evaluation, hyperparameters
-from agents.planner import MazePlannerExtractor
 from bench.results_file import write_section
 from mazes import grid
+from rl_maze.planner import MazePlannerExtractor
 
 HEADING = "## Planner stability (issue 18)"
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {

@@ -91,3 +91,11 @@ class ModelFileCorrupt(ServiceError):
 class ModelFileUnreadable(ServiceError):
     """The run's saved file exists but this service cannot read it (permissions, an I/O error): an
     operator's problem, maybe a passing one."""
+
+
+class RunStillActive(ServiceError):
+    """The run is queued or running, so it cannot be deleted (stop it first)."""
+
+
+class TrackingUnavailable(ServiceError):
+    """MLflow could not be reached for a change that must reach it (nothing was changed)."""

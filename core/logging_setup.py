@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import structlog
+
+from core.run_logs import RunLogWriter
 
 _SHARED_PROCESSORS: list[structlog.types.Processor] = [
     structlog.contextvars.merge_contextvars,
@@ -17,17 +20,19 @@ _SHARED_PROCESSORS: list[structlog.types.Processor] = [
 ]
 
 
-def configure_logging(level: str = "INFO", json_logs: bool = True) -> None:
+def configure_logging(level: str = "INFO", json_logs: bool = True, runs_dir: Path | None = None) -> None:
     """Route structlog and stdlib logging (uvicorn included) through one JSON renderer on stderr.
 
     :param level: minimum level name, e.g. "INFO".
     :param json_logs: JSON lines when true, coloured console output when false.
+    :param runs_dir: where runs' directories are: records about a run also go to its own log there.
     """
+    run_logs: list[structlog.types.Processor] = [RunLogWriter(runs_dir)] if runs_dir is not None else []
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer()
     )
     structlog.configure(
-        processors=[*_SHARED_PROCESSORS, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[*_SHARED_PROCESSORS, *run_logs, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,

@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     )
     torch_threads: int = Field(1, ge=1, le=64, description="torch intra-op threads (process-wide).")
     heartbeat_interval_s: float = Field(2.0, gt=0, description="How often a worker proves its runs live.")
+    notify_attempts: int = Field(
+        6, ge=1, le=20, description="Tries of a run's end-of-run POST to its notify_url before giving up."
+    )
+    notify_backoff_s: float = Field(
+        2.0, gt=0, le=600, description="Wait before the second try; doubled before each later one."
+    )
+    notify_timeout_s: float = Field(10.0, gt=0, le=120, description="Time limit of one notify POST.")
     heartbeat_timeout_s: float = Field(
         30.0, gt=0, description="A running run whose heartbeat is older than this is marked interrupted."
     )

@@ -36,6 +36,11 @@ class NewRun:
     patience: int | None = None
     max_evals_without_improvement: int | None = None
     policy: str = "planner"
+    name: str | None = None
+    tags: dict[str, str] | None = None
+    notes: str | None = None
+    notify_url: str | None = None
+    notify_state: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

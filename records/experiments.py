@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
@@ -24,19 +24,25 @@ import maze_env
 from agents.evaluation import EvalResult, evaluate_with
 from agents.onnx_policy import OnnxPolicy
 from agents.rollouts import Rollout, play_maze
+from api.schemas.labels import LabelsUpdate
 from core.errors import (
     ArtifactStoreUnavailable,
     ModelFileCorrupt,
     ModelNotAvailable,
     PolicyNotExported,
     PolicyPlayersBusy,
+    RunStillActive,
+    TrackingUnavailable,
     describe,
 )
+from core.run_logs import read_run_log
 from core.settings import Settings
-from records.files import check_model_file, model_file
+from mlflow_client import TrackedRun, Tracker
+from records.files import check_model_file, model_file, remove_run_files
+from records.labels import LabelChange, label_filters, merge_labels
 from records.mlflow_runs import MlflowRuns, RunDetails
 from records.store import RunStore
-from records.tables import TrainingRun
+from records.tables import RunStatus, TrainingRun
 
 log = structlog.get_logger(__name__)
 
@@ -82,12 +88,16 @@ class Experiments:
     :param settings: where this machine keeps run files.
     :param store: run records.
     :param mlflow_runs: runs in MLflow: their details, and the files of runs trained elsewhere.
+    :param tracker: MLflow logging, for label changes (None: MLflow is not told).
     """
 
-    def __init__(self, settings: Settings, store: RunStore, mlflow_runs: MlflowRuns) -> None:
+    def __init__(
+        self, settings: Settings, store: RunStore, mlflow_runs: MlflowRuns, tracker: Tracker | None = None
+    ) -> None:
         self._settings = settings
         self._store = store
         self._mlflow_runs = mlflow_runs
+        self._tracker = tracker
         slots = settings.max_concurrent_evaluations
         self._players = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="policy-player")
         # Taken without waiting, given back when the work ends (not when a client gives up on it): at
@@ -98,10 +108,80 @@ class Experiments:
         """Refuse new rollouts and evaluations; those under way finish on their threads."""
         self._players.shutdown(wait=False, cancel_futures=True)
 
-    def list_runs(self, *, status: str | None, algorithm: str | None, limit: int, offset: int) -> RunPage:
-        """Newest first; the MLflow experiment id only if already known (no wait on MLflow)."""
-        runs, total = self._store.list_runs(status=status, algorithm=algorithm, limit=limit, offset=offset)
+    def list_runs(
+        self,
+        *,
+        status: str | None,
+        algorithm: str | None,
+        limit: int,
+        offset: int,
+        name_query: str | None = None,
+        tags: Sequence[str] = (),
+    ) -> RunPage:
+        """Newest first; the MLflow experiment id only if already known (no wait on MLflow).
+
+        :param name_query: only runs whose name contains this (any case).
+        :param tags: only runs with each tag, as `key:value` or a bare `key`.
+        """
+        runs, total = self._store.list_runs(
+            status=status,
+            algorithm=algorithm,
+            limit=limit,
+            offset=offset,
+            where=label_filters(name_query, tags),
+        )
         return RunPage(runs, total, self._mlflow_runs.cached_experiment_id())
+
+    def update_labels(self, run_id: str, update: LabelsUpdate) -> TrainingRun:
+        """Change the run's name, tags or notes; its MLflow run follows (through the tracker's retries)."""
+        changes: list[LabelChange] = []
+
+        def change(run: TrainingRun) -> dict[str, Any]:
+            changes[:] = [merge_labels(run, update)]
+            return changes[0].values
+
+        run = self._store.update_labels(run_id, change)
+        log.info("run_labels_changed", experiment_id=run.id, fields=sorted(update.model_fields_set))
+        if self._tracker is not None and run.mlflow_run_id and changes:
+            tracked = TrackedRun(run.id, run.mlflow_run_id)
+            if changes[0].mlflow_tags:
+                self._tracker.set_tags(tracked, changes[0].mlflow_tags)
+            if changes[0].mlflow_removed:
+                self._tracker.delete_tags(tracked, changes[0].mlflow_removed)
+        return run
+
+    def logs(self, run_id: str, limit: int) -> tuple[TrainingRun, list[dict[str, Any]], bool]:
+        """The run's last `limit` log records (oldest first) and whether older ones exist."""
+        run = self._store.get(run_id)
+        records, truncated = read_run_log(self._settings.run_dir(run.id), limit)
+        return run, records, truncated
+
+    def delete(self, run_id: str) -> None:
+        """Delete a finished run: its MLflow run (soft delete), its record, and its files here.
+
+        `RunNotFound` for an unknown (or already deleted) run; `RunStillActive` for a queued or running
+        one; `TrackingUnavailable` (nothing deleted) when MLflow cannot be reached.
+        """
+        run = self._store.get(run_id)
+        if not RunStatus(run.status).is_final:
+            raise RunStillActive(f"run {run.id} is {run.status}; stop it before deleting it")
+        mlflow_deleted = False
+        if run.mlflow_run_id and self._settings.mlflow_enabled:
+            try:
+                mlflow_deleted = self._mlflow_runs.delete_run(run.mlflow_run_id)
+            except Exception as error:
+                log.warning("run_delete_mlflow_failed", experiment_id=run.id, error=describe(error))
+                raise TrackingUnavailable(
+                    f"MLflow could not be reached to delete run {run.id}'s MLflow run; nothing was deleted"
+                ) from error
+        if not self._store.delete_final(run.id):
+            # Resumed (or deleted by another worker) since it was read: put MLflow back as it was.
+            if mlflow_deleted and run.mlflow_run_id:
+                self._mlflow_runs.restore_run(run.mlflow_run_id)
+            current = self._store.get(run.id)  # RunNotFound when another delete won
+            raise RunStillActive(f"run {current.id} is {current.status}; stop it before deleting it")
+        remove_run_files(self._settings, run.id)
+        log.info("run_deleted", experiment_id=run.id, mlflow_run_id=run.mlflow_run_id)
 
     def get(self, run_id: str) -> RunRecord:
         """The run with its MLflow data; when MLflow cannot be reached, the run's own record still."""

@@ -147,3 +147,10 @@ def keep_best_model(run_dir: Path, last_is_best: bool) -> Path:
         best.replace(model)
     # Otherwise `model.zip` is the best already: found before the run was stopped and resumed.
     return model
+
+
+def remove_run_files(settings: Settings, run_id: str) -> None:
+    """Delete everything this machine keeps of a run: its directory (models, checkpoints, ONNX file,
+    log) and its cached artifact downloads."""
+    for directory in (settings.run_dir(run_id), settings.data_dir / CACHE_DIR / run_id):
+        shutil.rmtree(directory, ignore_errors=True)

@@ -23,7 +23,10 @@ from urllib.parse import urlparse
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
 
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from records.metric_names import MLFLOW_NAME, api_name
 
 HEALTH_TIMEOUT_S = 2.0
 HISTORY_KEYS = ("reward", "success_rate", "eval_success_rate", "loss")
@@ -123,14 +126,20 @@ class MlflowRuns:
             experiment_id=run.info.experiment_id,
             status=run.info.status,
             params=dict(run.data.params),
-            metrics=dict(run.data.metrics),
+            metrics={api_name(key): value for key, value in run.data.metrics.items()},
             history={key: self.metric_history(mlflow_run_id, key) for key in HISTORY_KEYS},
             artifacts=[(a.path, a.file_size) for a in self._walk_artifacts(mlflow_run_id, None)],
             artifact_uri=run.info.artifact_uri,
         )
 
     def metric_history(self, mlflow_run_id: str, key: str) -> list[tuple[int, float]]:
-        """(step, value) of every logged point of one metric."""
+        """(step, value) of every logged point of one metric, by its plain name (`reward`): logged under
+        its group (`rollout/reward`), or under the plain name by runs logged before the groups existed."""
+        grouped = MLFLOW_NAME.get(key)
+        if grouped is not None:
+            points = self._mlflow().get_metric_history(mlflow_run_id, grouped)
+            if points:
+                return [(m.step, m.value) for m in points]
         return [(m.step, m.value) for m in self._mlflow().get_metric_history(mlflow_run_id, key)]
 
     def artifact_paths(self, mlflow_run_id: str, folder: str) -> set[str]:
@@ -140,6 +149,21 @@ class MlflowRuns:
     def download_artifact(self, mlflow_run_id: str, artifact_path: str, directory: Path) -> Path:
         """Download one artifact into `directory`; its local path."""
         return Path(self._mlflow().download_artifacts(mlflow_run_id, artifact_path, str(directory)))
+
+    def delete_run(self, mlflow_run_id: str) -> bool:
+        """MLflow's soft delete (the run moves to the experiment's "deleted" list until garbage-collected);
+        False when MLflow has no such run."""
+        try:
+            self._mlflow().delete_run(mlflow_run_id)
+        except MlflowException as error:
+            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return False
+            raise
+        return True
+
+    def restore_run(self, mlflow_run_id: str) -> None:
+        """Undo `delete_run`."""
+        self._mlflow().restore_run(mlflow_run_id)
 
     def _walk_artifacts(self, run_id: str, path: str | None, depth: int = 0) -> Iterator[Any]:
         for info in self._mlflow().list_artifacts(run_id, path):

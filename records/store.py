@@ -9,12 +9,13 @@ and whether that worker is alive) is a column, never process memory.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, case, delete, func, select, update
 
+from core.errors import RunNotFound
 from records.admission import RunAdmission
 from records.liveness import RunLiveness
 from records.tables import RunStatus, TrainingRun, utcnow
@@ -82,9 +83,10 @@ class RunStore(RunAdmission, RunLiveness):
         algorithm: str | None = None,
         limit: int = 50,
         offset: int = 0,
+        where: Sequence[ColumnElement[bool]] = (),
     ) -> tuple[Sequence[TrainingRun], int]:
-        """Newest first, with the total count matching the filters."""
-        query = select(TrainingRun)
+        """Newest first, with the total count matching the filters (`where`: more of them, e.g. labels)."""
+        query = select(TrainingRun).where(*where)
         if status:
             query = query.where(TrainingRun.status == status)
         if algorithm:
@@ -217,8 +219,34 @@ class RunStore(RunAdmission, RunLiveness):
                     onnx_status=None,
                     onnx_error=None,
                     stop_reason=None,
+                    # A resumed run ends again: its notify_url hears of that end too.
+                    notify_state=case((TrainingRun.notify_url.is_not(None), "pending"), else_=None),
                     progress_version=TrainingRun.progress_version + 1,
                 )
+            )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def update_labels(self, run_id: str, change: Callable[[TrainingRun], dict[str, Any]]) -> TrainingRun:
+        """Write the labels (`name`, `tags`, `notes`) that `change` computes from the run as it is, in one
+        transaction with that read (locked on PostgreSQL), so that two changes at once both count."""
+        with self._writing([run_id]) as (session, _):
+            run = session.get(TrainingRun, run_id, with_for_update=True)
+            if run is None:
+                raise RunNotFound(run_id)
+            values = change(run)
+            unknown = set(values) - {"name", "tags", "notes"}
+            if unknown:
+                raise ValueError(f"not labels: {sorted(unknown)}")
+            session.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(**values))
+        return self.get(run_id)
+
+    def delete_final(self, run_id: str) -> bool:
+        """Delete a run's record if it is in a final state, in one statement (a run resumed meanwhile is
+        kept); False when no final run has this id."""
+        finals = [status.value for status in RunStatus if status.is_final]
+        with self._writing([run_id]) as (session, _):
+            result = session.execute(
+                delete(TrainingRun).where(TrainingRun.id == run_id).where(TrainingRun.status.in_(finals))
             )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 

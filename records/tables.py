@@ -87,6 +87,14 @@ class TrainingRun(Base):
     # body: a repeat with the same key answers this run, a repeat with another body is refused.
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True, unique=True, index=True)
     request_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Labels (records/labels.py): a name to search by, tags to filter by, free-text notes. Changeable.
+    name: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+    tags: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
+    notes: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Where to POST the final status once the run ends, and how far that got (training/notifications.py):
+    # "pending" → "sending" → "sent" | "failed"; None without a notify_url.
+    notify_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    notify_state: Mapped[str | None] = mapped_column(String(16), nullable=True, index=True)
     # When to evaluate and when to end early (see training/evaluation_callback.py); None: the default.
     target_success_rate: Mapped[float | None] = mapped_column(Float, nullable=True)
     eval_every_episodes: Mapped[int | None] = mapped_column(Integer, nullable=True)

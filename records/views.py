@@ -93,12 +93,18 @@ def onnx_info(run: TrainingRun) -> OnnxInfo | None:
     )
 
 
+LABELS = ("name", "tags", "notes")
+
+
 def experiment_summary(
     run: TrainingRun, settings: Settings, mlflow_experiment_id: str | None
 ) -> ExperimentSummary:
     status = training_status(run, settings)
     return ExperimentSummary(
-        **status.model_dump(include=set(ExperimentSummary.model_fields) - {"mlflow_url"}),
+        **status.model_dump(include=set(ExperimentSummary.model_fields) - {"mlflow_url", *LABELS}),
+        name=run.name,
+        tags=run.tags or {},
+        notes=run.notes,
         mlflow_url=ui_url(
             settings.mlflow_tracking_uri,
             settings.mlflow_ui_url or None,

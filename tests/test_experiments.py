@@ -270,7 +270,7 @@ def test_an_mlflow_outage_neither_stops_training_nor_loses_metrics(
     expected = list(range(1, body["total_episodes"] + 1))
     deadline = time.monotonic() + 60
     while True:
-        history = MlflowClient(server.uri).get_metric_history(final["mlflow_run_id"], "episode")
+        history = MlflowClient(server.uri).get_metric_history(final["mlflow_run_id"], "rollout/episode")
         logged = sorted({int(point.value) for point in history})
         if logged == expected or time.monotonic() > deadline:
             break

@@ -13,9 +13,10 @@ from gymnasium import spaces
 from stable_baselines3 import DQN, PPO
 
 import maze_env
-from agents import building, evaluation, hyperparameters, planner
+from agents import building, evaluation, hyperparameters
 from agents.rollouts import play_maze
 from mazes.grid import generate_maze, shortest_path, shortest_path_moves
+from rl_maze import planner
 
 DELTAS = ((-1, 0), (0, 1), (1, 0), (0, -1))
 

@@ -12,7 +12,8 @@ import pytest
 from stable_baselines3 import DQN, PPO
 
 import agents
-from agents import building, evaluation, planner
+from agents import building, evaluation
+from rl_maze import planner
 
 DATA = Path(__file__).parent / "data"
 # How tests/data/README.md says the files were made.

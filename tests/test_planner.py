@@ -9,8 +9,8 @@ import torch.nn.functional as F  # noqa: N812 - the conventional alias
 from gymnasium import spaces
 
 import maze_env
-from agents.planner import GRAD_SWEEPS, MazePlannerExtractor
 from mazes.grid import generate_maze, open_directions, square_to_cell
+from rl_maze.planner import GRAD_SWEEPS, MazePlannerExtractor
 
 
 class ConvSweepExtractor(MazePlannerExtractor):

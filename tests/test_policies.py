@@ -16,13 +16,13 @@ from stable_baselines3.common.torch_layers import FlattenExtractor
 
 from agents import building, policies
 from agents.onnx_policy import OnnxPolicy
-from agents.planner import MazePlannerExtractor
 from core.settings import Settings
 from onnx_export import collect_observations, export_policy
 from records.database import alembic_config, create_db_engine, make_session_factory, upgrade_schema
 from records.store import RunStore
 from records.tables import run_policy
 from records.views import training_status
+from rl_maze.planner import MazePlannerExtractor
 from tests.conftest import SMALL_RUN, settings_for_tests
 from training.job import JobControl, TrainingJob
 from training.run_metadata import onnx_metadata, run_parameters

@@ -116,7 +116,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_with_a_continuous_step_count(
         assert http.post(f"/training/resume/{run_id}").status_code == 409  # still running
     tracking_uri = f"sqlite:///{service.data_dir.resolve() / 'mlflow.db'}"
     deadline = time.monotonic() + 60
-    while not MlflowClient(tracking_uri).get_metric_history(before["mlflow_run_id"], "episode"):
+    while not MlflowClient(tracking_uri).get_metric_history(before["mlflow_run_id"], "rollout/episode"):
         assert time.monotonic() < deadline, "no metrics reached MLflow before the kill"
         time.sleep(0.2)
 
@@ -144,7 +144,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_with_a_continuous_step_count(
 
         assert ended_mlflow_run(tracking_uri, done["mlflow_run_id"], 120).info.status == "FINISHED"
 
-    history = MlflowClient(tracking_uri).get_metric_history(done["mlflow_run_id"], "episode")
+    history = MlflowClient(tracking_uri).get_metric_history(done["mlflow_run_id"], "rollout/episode")
     episodes = sorted({point.step // body["timesteps_per_episode"] for point in history})
     # Metric points still buffered in memory at the SIGKILL are lost (documented); what was sent before
     # it stays, and from the checkpoint the run resumed at, every iteration is logged to the end.

@@ -40,6 +40,8 @@ from records.files import (
     keep_best_model,
     latest_checkpoint,
 )
+from records.labels import mlflow_run_labels
+from records.metric_names import mlflow_metrics
 from records.store import EvaluationState, ProgressSnapshot, RunStore
 from records.tables import RunStatus, StopReason, TrainingRun, run_policy
 from training.callbacks import final_progress, run_callbacks
@@ -146,7 +148,7 @@ class TrainingJob:
             )
             tracker, log_metrics = self.tracker, None
             if tracked is not None and tracker is not None:
-                log_metrics = partial(tracker.log_metrics, tracked)
+                log_metrics = partial(_log_grouped, tracker, tracked)
             callbacks = run_callbacks(run, self.settings, self._publish, log_metrics, evaluation, signal)
             self._train(model, callbacks, remaining, checkpoint is None, evaluation)
             final_status = self._conclude(model, env, tracked, final_progress(callbacks), evaluation)
@@ -252,14 +254,15 @@ class TrainingJob:
                 "eval_success_rate": state.eval_success_rate,
                 "eval_path_efficiency": state.eval_path_efficiency,
             }
-            self.tracker.log_metrics(tracked, metrics, state.eval_timesteps)
+            self.tracker.log_metrics(tracked, mlflow_metrics(metrics), state.eval_timesteps)
 
     def _start_tracking(self) -> TrackedRun | None:
         if self.tracker is None:
             return None
         run = self.run
-        tags = {"experiment_id": run.id, "algorithm": run.algorithm, "maze_size": str(run.maze_size)}
-        return self.tracker.start_run(run.id, f"{run.algorithm}-maze{run.maze_size}-{run.id[:8]}", tags)
+        name, tags = mlflow_run_labels(run)
+        tags.update(experiment_id=run.id, algorithm=run.algorithm, maze_size=str(run.maze_size))
+        return self.tracker.start_run(run.id, name, tags)
 
     def _log_outcome(self, tracked: TrackedRun | None, model_path: Path, stop_reason: StopReason) -> None:
         if tracked is None or self.tracker is None:
@@ -301,10 +304,12 @@ class TrainingJob:
             self.tracker.log_onnx_model(tracked, out_path)
             self.tracker.log_metrics(
                 tracked,
-                {
-                    "onnx_export_seconds": report.export_seconds,
-                    "onnx_action_agreement": report.parity.action_agreement,
-                },
+                mlflow_metrics(
+                    {
+                        "onnx_export_seconds": report.export_seconds,
+                        "onnx_action_agreement": report.parity.action_agreement,
+                    }
+                ),
                 model.num_timesteps,
             )
             self._wait_for_uploads()
@@ -393,3 +398,7 @@ def describe_error(error: BaseException) -> str:
             'or train on the CPU with "device": "cpu".'
         )
     return f"{type(error).__name__}: {error}"
+
+
+def _log_grouped(tracker: Tracker, tracked: TrackedRun, metrics: dict[str, float], step: int) -> None:
+    tracker.log_metrics(tracked, mlflow_metrics(metrics), step)

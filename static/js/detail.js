@@ -75,12 +75,16 @@ function statItems(state) {
 function summaryText(run) {
   const training = run.training || {};
   const parts = [run.algorithm, `${run.maze_size}×${run.maze_size} ${run.maze_mode} maze`];
+  if (run.name) parts.unshift(`“${run.name}”`);
+  const tags = Object.entries(run.tags || {}).map(([key, value]) => `${key}=${value}`);
+  if (tags.length) parts.push(`tags ${tags.join(", ")}`);
   if (training.seed !== undefined) parts.push(`seed ${training.seed}`);
   if (training.n_envs) parts.push(`${training.n_envs} envs`);
   if (training.device) parts.push(`device ${training.device}`);
   parts.push(`created ${formatTime(run.created_at)}`);
   if (run.finished_at) parts.push(`finished ${formatTime(run.finished_at)}`);
   if (training.stop_reason) parts.push(`ended: ${training.stop_reason}`);
+  if (run.notes) parts.push(`notes: ${run.notes}`);
   return parts.join(" · ");
 }
 

@@ -29,7 +29,11 @@ function successCell(run) {
 
 function detailLink(run) {
   const href = `#/runs/${encodeURIComponent(run.experiment_id)}`;
-  return el("a", { href, className: "run-link", title: `details of ${run.experiment_id}` }, shortId(run.experiment_id));
+  const label = run.name ? `${run.name} (${shortId(run.experiment_id)})` : shortId(run.experiment_id);
+  const link = el("a", { href, className: "run-link", title: `details of ${run.experiment_id}` }, label);
+  const tags = Object.entries(run.tags || {}).map(([key, value]) => `${key}=${value}`);
+  if (!tags.length) return [link];
+  return [link, el("br", {}), el("span", { className: "muted run-tags" }, tags.join(" · "))];
 }
 
 function mlflowLink(run, store, openHints) {
@@ -57,7 +61,7 @@ function runRow(run, store, openHints, selection) {
     "tr",
     { dataset: { runId: run.experiment_id, status: run.status } },
     selection ? selection.cell(run) : null,
-    cell("Run", detailLink(run)),
+    cell("Run", ...detailLink(run)),
     cell("State", statusBadge(run.status)),
     cell("Algorithm", run.algorithm),
     cell("Maze", `${run.maze_size}×${run.maze_size} ${run.maze_mode}`),

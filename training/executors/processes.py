@@ -155,7 +155,7 @@ def describe_exit(exitcode: int) -> str:
 
 def child_main(settings: Settings, run_id: str, lifeline: Connection) -> None:
     """The child's whole life: train the run, then flush MLflow and exit."""
-    configure_logging(settings.log_level, settings.log_json)
+    configure_logging(settings.log_level, settings.log_json, settings.models_dir)
     with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, 0, TRAINING_PROCESS_NICENESS)
     control, closing = JobControl(), threading.Event()

@@ -1,9 +1,10 @@
-"""Pydantic models for every request and response of the HTTP API."""
+"""Models of `/training/*`: the start request (with its examples and hyperparameter schema), status
+and the answers to start, stop and resume."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -22,40 +23,39 @@ from agents.hyperparameters import (
     default_hyperparameters,
 )
 from agents.policies import DEFAULT_POLICY, PolicyName
-from maze_env import MAX_MAZE_SIZE, MIN_MAZE_SIZE
-
-Algorithm = Literal["PPO", "DQN"]
-MazeMode = Literal["random", "fixed"]
-DeviceChoice = Literal["auto", "cpu", "cuda"]
-RunStatusName = Literal["queued", "running", "completed", "failed", "stopped", "interrupted"]
-StopReasonName = Literal[
-    "target_reached", "budget_exhausted", "no_improvement", "stopped", "interrupted", "failed"
-]
-
-MAX_TOTAL_EPISODES = 1_000_000
-MAX_N_ENVS = 64
-MAX_EVAL_EPISODES = 5000
-
-# Descriptions of fields that several models share.
-EXPERIMENT_ID = "The run's id (a UUID)."
-RUN_STATUS = "queued → running → completed | failed | stopped | interrupted."
-ALGORITHM = "Stable-Baselines3 algorithm the run trains."
-MAZE_SIZE = "Maze cells per side."
-MAZE_MODE = "'random': a new maze every episode; 'fixed': the run's one maze."
-EPISODE = "Training iterations done (each `timesteps_per_episode` steps)."
-TOTAL_EPISODES = "Training iterations in the budget."
-PROGRESS = "timesteps / total_timesteps, 0..1."
-SUCCESS_RATE = "Rolling training success rate; the held-out evaluation success rate once the run ends."
-CREATED_AT = "When the run was asked for."
-FINISHED_AT = "When the run ended (null until then)."
-MLFLOW_RUN_ID = "The run's MLflow run (null until MLflow has created it)."
-
-
-class _Strict(BaseModel):
-    # strict: no `true` or "10" for an integer. No NaN or ±Infinity: Infinity passes a bound like `gt=0`,
-    # and neither has a JSON form to echo back in a 422.
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-
+from api.schemas.common import (
+    ALGORITHM,
+    CREATED_AT,
+    EXPERIMENT_ID,
+    FINISHED_AT,
+    MAX_EVAL_EPISODES,
+    MAX_N_ENVS,
+    MAX_TOTAL_EPISODES,
+    MAZE_MODE,
+    MAZE_SIZE,
+    MLFLOW_RUN_ID,
+    RUN_STATUS,
+    TOTAL_EPISODES,
+    Algorithm,
+    DeviceChoice,
+    MazeMode,
+    RunStatusName,
+    StopReasonName,
+    Strict,
+)
+from api.schemas.labels import (
+    MAX_TAGS,
+    NAME_DESCRIPTION,
+    NOTES_DESCRIPTION,
+    TAGS_DESCRIPTION,
+    Notes,
+    RunName,
+    TagKey,
+    TagValue,
+    check_notify_url,
+    check_tag_keys,
+)
+from mazes.grid import MAX_MAZE_SIZE, MIN_MAZE_SIZE
 
 # The seed's request, and a DQN one with hyperparameters (shown and sent by /docs "Try it out").
 START_EXAMPLES: list[JsonValue] = [
@@ -103,7 +103,7 @@ def _describe_errors(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-class StartTrainingRequest(_Strict):
+class StartTrainingRequest(Strict):
     """Body of `POST /training/start`; only the first four fields are required."""
 
     model_config = ConfigDict(json_schema_extra={"examples": START_EXAMPLES})
@@ -170,6 +170,28 @@ class StartTrainingRequest(_Strict):
         description="End the run `completed` (stop_reason `no_improvement`) after this many "
         "evaluations in a row without a new best; omitted: never.",
     )
+    name: RunName | None = Field(None, description=NAME_DESCRIPTION)
+    tags: dict[TagKey, TagValue] = Field(
+        default_factory=dict, max_length=MAX_TAGS, description=TAGS_DESCRIPTION
+    )
+    notes: Notes | None = Field(None, description=NOTES_DESCRIPTION)
+    notify_url: str | None = Field(
+        None,
+        description="An http(s) URL that receives one POST (JSON: the run's final status, as "
+        "`GET /training/status`) when the run ends; retried with back-off on failure.",
+        examples=["https://hooks.example.com/maze-runs"],
+    )
+
+    @field_validator("tags")
+    @classmethod
+    def _no_reserved_tags(cls, value: dict[str, str]) -> dict[str, str]:
+        check_tag_keys(list(value))
+        return value
+
+    @field_validator("notify_url")
+    @classmethod
+    def _check_notify_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_notify_url(value)
 
     @field_validator("algorithm", mode="before")
     @classmethod
@@ -277,144 +299,9 @@ class OnnxInfo(BaseModel):
     error: str | None = Field(None, description="Why the export or its verification failed.")
 
 
-class ExperimentSummary(BaseModel):
-    """One run in `GET /experiments`."""
-
-    experiment_id: str = Field(description=EXPERIMENT_ID)
-    status: RunStatusName = Field(description=RUN_STATUS)
-    algorithm: Algorithm = Field(description=ALGORITHM)
-    maze_size: int = Field(description=MAZE_SIZE)
-    maze_mode: MazeMode = Field(description=MAZE_MODE)
-    episode: int = Field(description=EPISODE)
-    total_episodes: int = Field(description=TOTAL_EPISODES)
-    progress: float = Field(description=PROGRESS)
-    success_rate: float | None = Field(description=SUCCESS_RATE)
-    stop_reason: StopReasonName | None = Field(description="Why the run ended (null until it does).")
-    created_at: datetime = Field(description=CREATED_AT)
-    finished_at: datetime | None = Field(description=FINISHED_AT)
-    mlflow_run_id: str | None = Field(description=MLFLOW_RUN_ID)
-    mlflow_url: str | None = Field(description="The run in the MLflow UI, when a UI address is known.")
-
-
-class ExperimentList(BaseModel):
-    """A page of runs, newest first."""
-
-    items: list[ExperimentSummary] = Field(description="The runs on this page.")
-    total: int = Field(description="Runs matching the filters, over all pages.")
-    limit: int = Field(description="Page size asked for.")
-    offset: int = Field(description="Runs skipped before this page.")
-
-
-class MetricPoint(BaseModel):
-    """One logged value of an MLflow metric."""
-
-    step: int = Field(description="Environment timesteps when the value was logged.")
-    value: float = Field(description="The metric's value at that step.")
-
-
-class ArtifactInfo(BaseModel):
-    """A file the run logged to MLflow."""
-
-    name: str = Field(description="Path inside the MLflow run's artifacts.")
-    size_bytes: int | None = Field(description="File size, when MLflow reports it.")
-    download_url: str | None = Field(description="Our download endpoint for it, when we serve it.")
-
-
-class ExperimentDetail(ExperimentSummary):
-    """Everything about one run: its record, MLflow parameters, metrics and files."""
-
-    training: TrainingStatus = Field(description="The run's state and progress, as `GET /training/status`.")
-    params: dict[str, str] = Field(
-        description="MLflow parameters: every hyperparameter used, maze, versions."
-    )
-    metrics: dict[str, float] = Field(description="Latest value of each MLflow metric.")
-    history: dict[str, list[MetricPoint]] = Field(description="reward, success_rate and loss over timesteps.")
-    artifacts: list[ArtifactInfo] = Field(description="Files logged to the run's MLflow run.")
-    onnx: OnnxInfo | None = Field(description="ONNX export of the trained policy, once attempted.")
-    model_zip_url: str | None = Field(description="The kept model: the best held-out evaluation's.")
-    last_model_zip_url: str | None = Field(
-        None, description="The model at the run's last step, when it is not the kept one."
-    )
-    mlflow_error: str | None = Field(None, description="Why MLflow data is missing, if it is.")
-
-
-class ErrorMessage(BaseModel):
-    """Body of 4xx/5xx answers other than 422."""
-
-    detail: str = Field(description="What went wrong, in one sentence.")
-
-
 class StopTrainingResponse(BaseModel):
     """Answer to `POST /training/stop` and `/training/resume`."""
 
     experiment_id: str = Field(description=EXPERIMENT_ID)
     status: RunStatusName = Field(description="The run's state when the answer was given.")
     message: str = Field(description="What happened, in words.")
-
-
-class HealthComponent(BaseModel):
-    """Whether one dependency is usable."""
-
-    ok: bool = Field(description="It answered.")
-    detail: str = Field(description="What was checked, or the error.")
-
-
-class HealthResponse(BaseModel):
-    """Answer to `GET /health`."""
-
-    status: Literal["ok", "degraded"] = Field(description="'degraded' when a dependency is unreachable.")
-    database: HealthComponent = Field(description="The run database.")
-    mlflow: HealthComponent = Field(description="The MLflow tracking store.")
-    runs_training_here: int = Field(description="Runs this worker process trains (or watches) now.")
-    worker: str = Field(description="This worker's identity (host and process id).")
-    mlflow_experiment_id: str | None = Field(
-        None,
-        description="The MLflow experiment this worker tracks runs in, once set up (in the background "
-        "after start-up); null until then. A run started before has its MLflow run created when it is.",
-    )
-
-
-class RolloutRequest(_Strict):
-    """Body of `POST /experiments/{experiment_id}/rollout`."""
-
-    maze_seed: int | None = Field(
-        None,
-        ge=0,
-        le=2**31 - 1,
-        description="Maze to play; default: a fixed-mode run's own maze, else random.",
-    )
-
-
-# A square as [row, col]. A 2-item list rather than a tuple: a tuple becomes `prefixItems` in OpenAPI 3.1,
-# which many client generators and fuzzers mishandle.
-Square = Annotated[list[int], Field(min_length=2, max_length=2, description="[row, col]")]
-
-
-class RolloutResponse(BaseModel):
-    """One maze played by the trained policy, for drawing."""
-
-    maze_size: int = Field(description=MAZE_SIZE)
-    maze_seed: int = Field(description="Seed of the maze played (replay it with the same seed).")
-    grid: list[list[int]] = Field(description="(2N+1) × (2N+1) squares: 0 open, 1 wall.")
-    start: Square
-    goal: Square
-    path: list[Square] = Field(description="Every square the agent occupied, from start.")
-    success: bool = Field(description="The agent reached the goal within the time limit.")
-    steps: int = Field(description="Actions taken (one action moves one cell, i.e. two squares).")
-    shortest_path_steps: int = Field(description="Actions on a shortest path.")
-
-
-class EvaluateRequest(_Strict):
-    """Body of `POST /experiments/{experiment_id}/evaluate`."""
-
-    episodes: int = Field(100, ge=1, le=MAX_EVAL_EPISODES, description="Held-out evaluation mazes to play.")
-
-
-class EvaluateResponse(BaseModel):
-    """The trained policy's results on held-out mazes."""
-
-    experiment_id: str = Field(description=EXPERIMENT_ID)
-    episodes: int = Field(description="Mazes played.")
-    success_rate: float = Field(description="Share of mazes solved (0..1).")
-    path_efficiency: float = Field(description="Mean of shortest-path steps / steps taken (0 for failures).")
-    mean_steps: float = Field(description="Mean actions per maze played.")

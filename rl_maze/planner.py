@@ -1,0 +1,240 @@
+"""The planner networks of our SB3 agents: a value-iteration feature extractor, DQN's Q-head and policy.
+
+Why a planner: a policy that only reacts to the full maze picture (an MLP over the grid) cannot find a path
+in a maze it has never seen; measured on this project, naive PPO reaches 0% on even one fixed 10x10 maze.
+``MazePlannerExtractor`` is a value-iteration-network style extractor (Tamar et al. 2016): a small conv net
+turns the observation into a reward map, then a fixed number ``K`` of max-plus value-iteration sweeps
+propagate value through open passages (the passage bits of the observation gate each move), and the
+values around the agent are read out for small policy / value (or Q) heads. Only the observation (walls,
+agent, goal) is used; the sweeps are ordinary tensor ops with a fixed trip count, so the policy exports to
+ONNX. With ``prior`` (the ``planner`` policy) the reward map is initialised to mark the goal cell as the
+value source and the step cost to one, so that the features of an untrained model already point along
+shortest paths and RL only has to learn the heads that turn them into moves; without it (the
+``planner_learned`` policy) both start random and are learned from reward alone (see ``agents.policies``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium
+import torch
+import torch.nn.functional as F  # noqa: N812 - the conventional alias
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.dqn.policies import DQNPolicy, QNetwork
+from torch import nn
+
+from rl_maze.observation import ACTION_DELTAS, AGENT_CHANNEL, GOAL_CHANNEL, N_OBS_CHANNELS
+
+# Read-out features: 4 neighbour value differences, 4 passage bits, 1 own value.
+PLANNER_FEATURES: int = 9
+# Gradients flow through only the last sweeps; earlier sweeps run without autograd, which keeps PPO/DQN
+# updates cheap. The fixed point does not depend on where the gradient window starts.
+GRAD_SWEEPS: int = 8
+_GOAL_PRIOR_WEIGHT: float = 8.0
+_DIFF_CLIP: float = 3.0
+_CONVERGENCE_CHECK_EVERY: int = 8
+
+
+def _exporting() -> bool:
+    """Whether the model is being traced or compiled (ONNX export), where control flow must be fixed."""
+    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling())
+
+
+def planning_sweeps(maze_size: int) -> int:
+    """Number of value-iteration sweeps ``K`` for a maze size.
+
+    Value reaches a cell after as many sweeps as its distance to the goal. Over Kruskal mazes the largest
+    goal distance grows like ``N**1.5`` (measured maxima: 48 cells at N=10, 77 at 15, 99 at 20, 164 at 30);
+    ``K = 1.6 * N**1.5 + 8`` leaves a margin, and never exceeds ``N*N`` (the exact worst case).
+
+    :param maze_size: cells per side.
+    """
+    return min(maze_size * maze_size, math.ceil(1.6 * maze_size**1.5) + 8)
+
+
+class MazePlannerExtractor(BaseFeaturesExtractor):
+    """Value-iteration feature extractor for ``(6, N, N)`` maze observations (see module docstring)."""
+
+    def __init__(
+        self,
+        observation_space: gymnasium.spaces.Box,
+        sweeps: int | None = None,
+        hidden: int = 16,
+        learn_planner: bool = True,
+        prior: bool = True,
+    ) -> None:
+        """Build the extractor.
+
+        :param observation_space: the env's observation space, shape ``(6, N, N)``.
+        :param sweeps: value-iteration sweeps ``K`` (default ``planning_sweeps(N)``).
+        :param hidden: channels of the reward-map conv layer.
+        :param learn_planner: also train the reward map and step cost (False: keep them as initialised and
+            train only the heads; only sensible with ``prior``).
+        :param prior: start from the hand-set prior (goal cell = value source, step cost 1); False: a
+            random initialisation of the reward map and step cost (drawn from torch's RNG, which SB3 seeds).
+        """
+        super().__init__(observation_space, PLANNER_FEATURES)
+        size = int(observation_space.shape[1])
+        self.sweeps = sweeps if sweeps is not None else planning_sweeps(size)
+        # Cells out of reach sit at -floor; reached cells stay above it (at most N*N-1 steps of cost ~1).
+        self.floor = float(2 * size * size)
+        self.reward_conv = nn.Sequential(
+            nn.Conv2d(N_OBS_CHANNELS, hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(hidden, 1, 1)
+        )
+        self.goal_weight = nn.Parameter(torch.tensor(_GOAL_PRIOR_WEIGHT))
+        self.goal_bias = nn.Parameter(torch.tensor(-_GOAL_PRIOR_WEIGHT / 2))
+        self.raw_step_cost = nn.Parameter(torch.tensor(math.log(math.e - 1.0)))  # softplus(x) == 1
+        with torch.no_grad():
+            if prior:
+                last = self.reward_conv[2]
+                assert isinstance(last, nn.Conv2d) and last.bias is not None
+                last.weight.mul_(0.05)
+                last.bias.zero_()
+            else:
+                # No hint where value comes from: the goal weight and bias as small as the conv's own
+                # output, the step cost anywhere in about [0.3, 1.0]; the conv keeps torch's default init.
+                self.goal_weight.normal_(0.0, 0.5)
+                self.goal_bias.normal_(0.0, 0.5)
+                self.raw_step_cost.uniform_(-1.0, 0.5)
+        self.requires_grad_(learn_planner)
+        # One fixed 3x3 kernel per direction picks that neighbour's value (zero outside the maze): used
+        # once per forward for the read-out at the agent.
+        kernels = torch.zeros(4, 1, 3, 3)
+        for channel, (row, col) in enumerate(((0, 1), (1, 2), (2, 1), (1, 0))):  # up, right, down, left
+            kernels[channel, 0, row, col] = 1.0
+        self.register_buffer("neighbour_kernels", kernels, persistent=False)
+        # Flat index of each cell's neighbour per direction (the cell itself off the board), and of the
+        # cell itself: a sweep gathers all four neighbour values in one op (see ``_move_index``).
+        cells = torch.arange(size * size).reshape(size, size)
+        padded = F.pad(cells, (1, 1, 1, 1), value=-1)
+        neighbours = torch.stack(
+            [padded[1 + dr : 1 + dr + size, 1 + dc : 1 + dc + size] for dr, dc in ACTION_DELTAS]
+        ).reshape(4, size * size)
+        itself = cells.reshape(1, size * size)
+        self.register_buffer(
+            "neighbour_index", torch.where(neighbours < 0, itself, neighbours), persistent=False
+        )
+        self.register_buffer("self_index", itself, persistent=False)
+
+    def reward_map(self, obs: torch.Tensor) -> torch.Tensor:
+        """Per-cell reward in ``[-floor, 0]``: about 0 at goal-like cells, about ``-floor`` elsewhere.
+
+        :param obs: float observations ``(B, 6, N, N)``.
+        """
+        goal = obs[:, GOAL_CHANNEL : GOAL_CHANNEL + 1]
+        logits = self.goal_weight * goal + self.goal_bias + self.reward_conv(obs)
+        return -self.floor * (1.0 - torch.sigmoid(logits))
+
+    def _neighbours(self, values: torch.Tensor) -> torch.Tensor:
+        # Channel order follows rl_maze.observation.ACTIONS: up, right, down, left; zero outside the maze.
+        kernels: torch.Tensor = self.neighbour_kernels  # type: ignore[assignment]
+        return F.conv2d(values, kernels, padding=1)
+
+    def _move_index(self, passages: torch.Tensor) -> torch.Tensor:
+        """Per sample, the flat cell each move reads from: the neighbour through an open passage, else
+        the cell itself. Shape ``(B, 4 * N * N)``.
+
+        Reading the cell itself for a closed passage replaces the old "neighbour minus a wall penalty":
+        both candidates always lose the max (values only grow sweep to sweep, so ``v(s) - step_cost`` is
+        below ``v(s)``), so values and gradients are unchanged, and a sweep needs no penalty tensor.
+        """
+        neighbours: torch.Tensor = self.neighbour_index  # type: ignore[assignment]
+        itself: torch.Tensor = self.self_index  # type: ignore[assignment]
+        open_ = passages.flatten(2) > 0.5
+        return torch.where(open_, neighbours, itself).flatten(1)
+
+    def _sweep(
+        self, values: torch.Tensor, reward: torch.Tensor, move_index: torch.Tensor, step_cost: torch.Tensor
+    ) -> torch.Tensor:
+        # Flat (B, N*N) maps: one gather, one max over the 4 moves, the step cost, the reward floor.
+        moves = torch.gather(values, 1, move_index).unflatten(1, (4, -1))
+        return torch.maximum(reward, moves.amax(dim=1) - step_cost)
+
+    def _settle(
+        self, reward: torch.Tensor, move_index: torch.Tensor, step_cost: torch.Tensor, sweeps: int
+    ) -> torch.Tensor:
+        """Up to ``sweeps`` sweeps without autograd, stopping early once the values reach their fixed point.
+
+        Stopping early gives bit-identical values (further sweeps change nothing); the export path runs
+        all sweeps instead, since ONNX needs a fixed trip count.
+        """
+        values = reward
+        snapshot = reward
+        for sweep in range(1, sweeps + 1):
+            values = self._sweep(values, reward, move_index, step_cost)
+            if sweep % _CONVERGENCE_CHECK_EVERY == 0:
+                if torch.equal(values, snapshot):
+                    break
+                snapshot = values
+        return values
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        """Plan and read out features at the agent.
+
+        :param observations: float observations ``(B, 6, N, N)`` with 0/1 entries.
+        """
+        passages = observations[:, :4]
+        agent = observations[:, AGENT_CHANNEL : AGENT_CHANNEL + 1]
+        step_cost = F.softplus(self.raw_step_cost) + 1e-3
+        reward_map = self.reward_map(observations)
+        reward = reward_map.flatten(1)
+        # Value never crosses a wall: a closed passage reads the cell itself (see _move_index).
+        move_index = self._move_index(passages)
+        settle_sweeps = max(0, self.sweeps - GRAD_SWEEPS)
+        if _exporting():
+            values = reward
+            for _ in range(settle_sweeps):
+                values = self._sweep(values, reward, move_index, step_cost)
+        else:
+            with torch.no_grad():
+                values = self._settle(reward.detach(), move_index, step_cost.detach(), settle_sweeps)
+        for _ in range(min(GRAD_SWEEPS, self.sweeps)):
+            values = self._sweep(values, reward, move_index, step_cost)
+        values = values.view_as(reward_map)
+        own = (values * agent).sum(dim=(2, 3))
+        around = (self._neighbours(values) * agent).sum(dim=(2, 3))
+        gated = around - 4.0 * self.floor * (1.0 - (passages * agent).sum(dim=(2, 3)))
+        diffs = torch.clamp((gated - own) / step_cost, -_DIFF_CLIP, _DIFF_CLIP)
+        open_here = (passages * agent).sum(dim=(2, 3))
+        return torch.cat((diffs, open_here, own / self.floor), dim=1)
+
+
+class ActionSharedQHead(nn.Module):
+    """Q-value head that scores every action with one shared MLP over that action's planner features.
+
+    An ordinary head has to learn the same rule ("prefer the direction whose value is higher") once per
+    action and per neighbourhood pattern; DQN with such a head got stuck at junctions it had seen rarely
+    (measured). Sharing the rule across the four directions makes it one small function to learn.
+    """
+
+    def __init__(self, hidden: int = 32) -> None:
+        """Build the head.
+
+        :param hidden: width of the shared MLP.
+        """
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(3, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Q-values ``(B, 4)`` from planner features ``(B, 9)``.
+
+        :param features: output of ``MazePlannerExtractor``.
+        """
+        own = features[:, 8:9].expand(-1, 4)
+        per_action = torch.stack((features[:, :4], features[:, 4:8], own), dim=2)
+        return self.mlp(per_action).squeeze(-1)
+
+
+class MazeDQNPolicy(DQNPolicy):
+    """DQN policy: ``MazePlannerExtractor`` followed by ``ActionSharedQHead`` (``net_arch`` is then unused).
+
+    With any other feature extractor (a user override) it is SB3's ordinary Q-network.
+    """
+
+    def make_q_net(self) -> QNetwork:
+        """Build a Q-network (online or target) with the shared-action head."""
+        q_net = super().make_q_net()
+        if isinstance(q_net.features_extractor, MazePlannerExtractor):
+            q_net.q_net = nn.Sequential(ActionSharedQHead()).to(self.device)
+        return q_net
