@@ -60,7 +60,7 @@ class SaveCheckpoints(BaseCallback):
 
     def save(self) -> Path | None:
         """Save a checkpoint of the model now; its path, or None when the save failed."""
-        path = self.directory / f"checkpoint_{self.num_timesteps}_steps.zip"
+        path = self.directory / f"checkpoint_{self.model.num_timesteps}_steps.zip"
         partial = self.directory / f"{PARTIAL_PREFIX}{path.name}"
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -91,13 +91,17 @@ class SaveCheckpoints(BaseCallback):
 
 
 def periodic_checkpoints(directory: Path) -> list[Path]:
-    """A run's periodic checkpoints, the one with the most steps first."""
+    """A run's periodic checkpoints, the newest first: the last written (a run resumed from an older one
+    writes checkpoints with fewer steps than a damaged newer one it skipped), then the most steps."""
     found = []
     for path in directory.glob("checkpoint_*_steps.zip") if directory.is_dir() else ():
         match = CHECKPOINT_NAME.fullmatch(path.name)
-        if match is not None:
-            found.append((int(match.group(1)), path))
-    return [path for _, path in sorted(found, reverse=True)]
+        try:
+            if match is not None:
+                found.append((path.stat().st_mtime_ns, int(match.group(1)), path))
+        except OSError:
+            continue  # removed meanwhile
+    return [path for *_, path in sorted(found, reverse=True)]
 
 
 def resume_candidates(run_dir: Path) -> list[Path]:
@@ -169,5 +173,7 @@ def fetch_last_model(runs: MlflowRuns, mlflow_run_id: str, run_dir: Path) -> Pat
 def _remove_quietly(path: Path) -> None:
     try:
         path.unlink(missing_ok=True)
+    except NotADirectoryError:
+        pass  # its directory is not there: neither is the file
     except OSError as error:
         log.warning("checkpoint_not_removed", checkpoint=str(path), error=describe(error))
