@@ -277,7 +277,7 @@ def probes(open_: Service, keyed: Service) -> Iterator[Callable[[], None]]:
 
         def evaluate(_: int) -> int:
             with httpx.Client(base_url=s.url, timeout=300) as http:
-                return http.post(f"/experiments/{run_id}/evaluate", json={"episodes": 1000}).status_code
+                return http.post(f"/experiments/{run_id}/evaluate", json={"episodes": 300}).status_code
 
         with concurrent.futures.ThreadPoolExecutor(45) as pool:
             codes = pool.map(evaluate, range(45))
