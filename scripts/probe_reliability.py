@@ -243,7 +243,10 @@ def probes(open_: Service, keyed: Service) -> Iterator[Callable[[], None]]:
         try:
             time.sleep(2)
             health = httpx.get(f"{s.url}/health", timeout=30).json()["data_dir"]
+            read_only_at = s.status(run_id)["timesteps"]
             time.sleep(18)
+            # At least 20 s, and until two checkpoints were due (a crowded CPU trains slowly).
+            s.until(run_id, lambda b: b["timesteps"] >= read_only_at + 2 * 64)
             during = s.status(run_id)["status"]
         finally:
             s.data_dir.chmod(0o755)
@@ -252,6 +255,7 @@ def probes(open_: Service, keyed: Service) -> Iterator[Callable[[], None]]:
         stopped = s.http.post(f"/training/stop/{run_id}", params={"wait_s": 30}).json()["status"]
         warnings = s.log_path.read_text().count('"checkpoint_not_saved"')
         assert health["writable"] is False and during == "running" and stopped == "stopped", (health, during)
+        assert warnings >= 1, "no checkpoint_not_saved warning"
         # A run that does fail from an I/O error (its directory unwritable at the end) resumes.
         failing = s.start({**RUN, "maze_size": 5, "n_envs": 2, "total_episodes": 20})
         run_dir = s.data_dir / "runs" / failing
