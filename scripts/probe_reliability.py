@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -342,14 +343,26 @@ def probes(open_: Service, keyed: Service) -> Iterator[Callable[[], None]]:
             "/training/start", content="{nope", headers={"Content-Type": "application/json"}
         ).status_code
         anonymous.close()
+        # An unknown run: with the key the socket opens and then closes 4404 (unknown experiment_id);
+        # without it the handshake is refused (401) or closed 1008.
         ws_url = f"ws://127.0.0.1:{keyed.port}/ws/training/{uuid.uuid4()}"
-        with connect(ws_url, additional_headers={"X-API-Key": KEY}, open_timeout=30) as socket_:
-            reply = socket_.recv(timeout=30)
+
+        def ws_outcome(headers: dict[str, str]) -> str:
+            try:
+                with connect(ws_url, additional_headers=headers, open_timeout=30) as socket_:
+                    return f"message {str(socket_.recv(timeout=30))[:30]}"
+            except ConnectionClosed as closed:
+                return f"close {closed.rcvd.code if closed.rcvd else None}"
+            except InvalidStatus as refused:
+                return f"HTTP {refused.response.status_code}"
+
+        reply, refused = ws_outcome({"X-API-Key": KEY}), ws_outcome({})
+        assert reply == "close 4404" and refused in ("HTTP 401", "close 1008"), (reply, refused)
         rebinding = httpx.get(f"{s.url}/health", headers={"Host": "evil.example"}).status_code
         assert docs == [401] * 3 and malformed == 401 and rebinding == 400, (docs, malformed, rebinding)
         return (
-            f"docs {docs}, malformed JSON without key {malformed}, WS with header answered "
-            f"{str(reply)[:40]!r}, Host evil.example {rebinding}"
+            f"docs {docs}, malformed JSON without key {malformed}, WS with the header {reply} (authenticated; "
+            f"unknown run), without it {refused}, Host evil.example {rebinding}"
         )
 
     @item("11 a chunked body over MAX_REQUEST_BYTES gets 413")
