@@ -361,7 +361,8 @@ def probes(open_: Service, keyed: Service) -> Iterator[Callable[[], None]]:
         rebinding = httpx.get(f"{s.url}/health", headers={"Host": "evil.example"}).status_code
         assert docs == [401] * 3 and malformed == 401 and rebinding == 400, (docs, malformed, rebinding)
         return (
-            f"docs {docs}, malformed JSON without key {malformed}, WS with the header {reply} (authenticated; "
+            f"docs {docs}, malformed JSON without key {malformed}, WS with the header {reply} "
+            "(authenticated; "
             f"unknown run), without it {refused}, Host evil.example {rebinding}"
         )
 
