@@ -206,7 +206,8 @@ def nobody_dirs() -> Iterator[tuple[Path, Path]]:
 
 
 @pytest.fixture
-def nobody_service(live_service: Callable[..., LiveService], nobody_dirs: tuple[Path, Path]) -> LiveService:
+def nobody_service(nobody_dirs: tuple[Path, Path], live_service: Callable[..., LiveService]) -> LiveService:
+    # `nobody_dirs` first: torn down after the service stopped, not while it still writes there.
     data, db = nobody_dirs
     return live_service(
         data_dir=data,
