@@ -120,10 +120,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestMetrics)  # times and counts every answer, 413s and 401s included
     # Outermost: a request for a host name we do not serve (DNS rebinding) reaches nothing else.
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
-    guarded = [API_KEY_SCHEME]
-    app.include_router(training.router, dependencies=guarded, responses=UNAUTHORIZED)
-    app.include_router(experiments.router, dependencies=guarded, responses=UNAUTHORIZED)
-    app.include_router(metrics_routes.router, dependencies=guarded, responses=UNAUTHORIZED)
+    # The schema documents the key (and its 401) only where the service has one: an open deployment's
+    # schema says what it does, for client generators and schema-based testing alike.
+    guarded = [API_KEY_SCHEME] if settings.api_key else []
+    unauthorized = UNAUTHORIZED if settings.api_key else {}
+    app.include_router(training.router, dependencies=guarded, responses=unauthorized)
+    app.include_router(experiments.router, dependencies=guarded, responses=unauthorized)
+    app.include_router(metrics_routes.router, dependencies=guarded, responses=unauthorized)
     app.include_router(websocket.router)
     app.include_router(health.router)
     app.include_router(docs.router)  # ApiKeyGate guards the docs unless DOCS_PUBLIC

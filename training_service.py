@@ -136,17 +136,20 @@ class TrainingService:
             return run
 
     def resume(self, run_id: str) -> TrainingRun:
-        """Queue an interrupted or stopped run again; it continues from its newest checkpoint."""
+        """Queue an interrupted, stopped or failed run again; it continues from its newest readable
+        checkpoint (a run failed by a disk fault goes on once the disk is back)."""
         run = self.store.get(run_id)
         try:
             resumable = self.executor.can_resume(run)
         except SavedModelUnavailable as error:
             raise NotResumable(str(error)) from error
         if not resumable:
-            raise NotResumable(f"run {run.id} has no checkpoint to resume from (status: {run.status})")
+            raise NotResumable(
+                f"run {run.id} has no checkpoint it can read to resume from (status: {run.status})"
+            )
         if not self.store.requeue_for_resume(run.id):
             raise NotResumable(
-                f"run {run.id} is {run.status}; only interrupted or stopped runs can be resumed"
+                f"run {run.id} is {run.status}; only interrupted, stopped or failed runs can be resumed"
             )
         log.info("run_resume_requested", experiment_id=run.id, from_status=run.status)
         self._claim_and_start()

@@ -108,12 +108,12 @@ async def stop_training(
 @router.post(
     "/resume/{experiment_id}",
     response_model=StartTrainingResponse,
-    summary="Continue an interrupted or stopped run from its checkpoint",
+    summary="Continue an interrupted, stopped or failed run from its newest readable checkpoint",
     responses={
         **NOT_FOUND,
         409: {
             "model": ErrorMessage,
-            "description": "Not interrupted/stopped, or nothing saved to resume from",
+            "description": "Not interrupted/stopped/failed, or nothing readable saved to resume from",
         },
         **DATABASE_DOWN,
     },
@@ -121,9 +121,9 @@ async def stop_training(
 async def resume_training(
     experiment_id: uuid.UUID, service: ServiceDep, cache: StatusCacheDep
 ) -> StartTrainingResponse:
-    """Queues the run again; it continues from its newest checkpoint with its step count, progress
-    counters and MLflow run carrying on. Once it answers, every worker's status shows the run queued
-    (or running)."""
+    """Queues the run again; it continues from its newest checkpoint that loads (an unreadable newer
+    one is skipped) with its step count, progress counters and MLflow run carrying on. Once it answers,
+    every worker's status shows the run queued (or running)."""
     run = await run_in_threadpool(service.resume, str(experiment_id))
     await cache.settle()
     return StartTrainingResponse(experiment_id=run.id, run_status=run.status)

@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     checkpoint_every_episodes: int = Field(
         10, ge=0, description="Save a resumable checkpoint every N training iterations (0: never)."
     )
+    data_dir_min_free_mb: int = Field(
+        100,
+        ge=0,
+        description="/health says 'degraded' when the data directory has less free space than this (MB).",
+    )
     executor: Literal["thread", "process", "ray"] = Field(
         "thread",
         description="Where runs train: threads of this process, child processes of it, or a Ray cluster.",

@@ -57,11 +57,12 @@ def check_model_file(path: Path, run_id: str) -> None:
             f"run {run_id}'s {path.name} cannot be read on the server ({type(error).__name__}); "
             "an operator must check its file permissions and disk"
         ) from error
-    if path.suffix == ".zip" and not _intact_sb3_archive(path):
+    if path.suffix == ".zip" and not intact_sb3_archive(path):
         raise ModelFileCorrupt(f"run {run_id}'s {path.name} is not an intact zip archive (truncated?)")
 
 
-def _intact_sb3_archive(path: Path) -> bool:
+def intact_sb3_archive(path: Path) -> bool:
+    """An SB3 model archive that reads whole (every entry passes its CRC check)."""
     try:
         with zipfile.ZipFile(path) as archive:
             # A truncated SB3 archive can still open as a zip: the torch files inside are zips too, and
@@ -69,18 +70,6 @@ def _intact_sb3_archive(path: Path) -> bool:
             return SB3_DATA_ENTRY in archive.namelist() and archive.testzip() is None
     except (zipfile.BadZipFile, OSError, EOFError):
         return False
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest saved model of a run to go on training from: a periodic checkpoint, or its last model
-    as saved when it ended; never its best model (which `model.zip` is when `last_model.zip` exists)."""
-    last = run_dir / LAST_MODEL_FILE
-    candidates = [
-        last if last.is_file() else run_dir / MODEL_FILE,
-        *(run_dir / CHECKPOINT_DIR).glob("checkpoint_*_steps.zip"),
-    ]
-    existing = [path for path in candidates if path.is_file()]
-    return max(existing, key=lambda path: path.stat().st_mtime_ns) if existing else None
 
 
 def model_available(settings: Settings, run: TrainingRun) -> bool:

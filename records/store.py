@@ -204,12 +204,16 @@ class RunStore(RunAdmission, RunLiveness):
         return self.get(run_id)
 
     def requeue_for_resume(self, run_id: str) -> bool:
-        """Put an interrupted or stopped run back in the queue; False when it is in another state."""
+        """Put an interrupted, stopped or failed run back in the queue; False when it is in another state."""
         with self._writing([run_id]) as (session, _):
             result = session.execute(
                 update(TrainingRun)
                 .where(TrainingRun.id == run_id)
-                .where(TrainingRun.status.in_([RunStatus.INTERRUPTED.value, RunStatus.STOPPED.value]))
+                .where(
+                    TrainingRun.status.in_(
+                        [RunStatus.INTERRUPTED.value, RunStatus.STOPPED.value, RunStatus.FAILED.value]
+                    )
+                )
                 .values(
                     status=RunStatus.QUEUED.value,
                     finished_at=None,

@@ -10,12 +10,13 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
 from core.settings import Settings
 from records.files import CHECKPOINT_DIR
 from records.store import ProgressSnapshot
 from records.tables import TrainingRun
+from training.checkpoints import SaveCheckpoints
 from training.stopping import StopSignal
 
 ROLLING_WINDOW = 100
@@ -249,10 +250,10 @@ def run_callbacks(
     every = settings.checkpoint_every_episodes
     if every > 0:
         callbacks.append(
-            CheckpointCallback(
+            SaveCheckpoints(
                 save_freq=max(1, every * run.timesteps_per_episode // run.n_envs),
-                save_path=str(settings.run_dir(run.id) / CHECKPOINT_DIR),
-                name_prefix="checkpoint",
+                directory=settings.run_dir(run.id) / CHECKPOINT_DIR,
+                run_id=run.id,
             )
         )
     if log_metrics is not None:

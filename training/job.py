@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -19,8 +18,7 @@ from typing import Any, cast
 
 import structlog
 import torch
-from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.exc import SQLAlchemyError
 from stable_baselines3 import DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import CallbackList
@@ -33,33 +31,21 @@ from agents.hyperparameters import effective_hyperparameters
 from core.errors import describe
 from core.settings import Settings
 from mlflow_client import TrackedRun, Tracker
-from records.files import (
-    LAST_MODEL_FILE,
-    MODEL_FILE,
-    fetch_artifact,
-    keep_best_model,
-    latest_checkpoint,
-)
+from records.files import LAST_MODEL_FILE, keep_best_model
 from records.labels import mlflow_run_labels
 from records.metric_names import mlflow_metrics
 from records.store import EvaluationState, ProgressSnapshot, RunStore
 from records.tables import RunStatus, StopReason, TrainingRun, run_policy
 from training.callbacks import final_progress, run_callbacks
+from training.checkpoints import fetch_last_model, load_newest_readable
 from training.evaluation_callback import EvaluationCallback
+from training.record_writes import write_until_recorded
 from training.run_metadata import fixed_maze_seed, onnx_metadata, run_parameters
 from training.stopping import StopSignal, TrainingStopped, stop_between_gradient_steps
 
 log = structlog.get_logger(__name__)
 
 ONNX_VERIFICATION_OBSERVATIONS = 1000
-# A write of the run's record waits out a database outage: first retry after this, doubling up to the max.
-WRITE_RETRY_FIRST_S = 0.5
-WRITE_RETRY_MAX_S = 10.0
-# During shutdown the process is about to exit: wait this long at most, then give up (the next
-# start-up marks the run interrupted).
-WRITE_RETRY_AT_SHUTDOWN_S = 10.0
-# Errors a database outage or a locked/unreadable SQLite file raise; anything else is a bug, not retried.
-TRANSIENT_DATABASE_ERRORS = (OperationalError, InterfaceError, PoolTimeout, DisconnectionError)
 # A remote job waits this long for its files to reach the artifact store before it reports them ready.
 ARTIFACT_UPLOAD_WAIT_S = 120.0
 
@@ -117,8 +103,9 @@ class TrainingJob:
         try:
             device = _resolve_device(run.device_requested)
             env = self._make_env()
-            checkpoint = self._resume_checkpoint()
-            if checkpoint is None:
+            resumed = self._load_checkpoint(env, device)
+            checkpoint = resumed[1] if resumed else None
+            if resumed is None:
                 model = build_model(
                     run.algorithm,
                     env,
@@ -129,7 +116,7 @@ class TrainingJob:
                     policy=run_policy(run),
                 )
             else:
-                model = load_model(run.algorithm, checkpoint, env, device)
+                model = resumed[0]
             signal = StopSignal(self.control.stop, self._poll_stop_request)
             stop_between_gradient_steps(model, signal)
             used = effective_hyperparameters(model, run.algorithm)
@@ -229,19 +216,15 @@ class TrainingJob:
         model.save(directory / LAST_MODEL_FILE)
         return keep_best_model(directory, last_is_best)
 
-    def _resume_checkpoint(self) -> Path | None:
-        local = latest_checkpoint(self.settings.run_dir(self.run.id))
+    def _load_checkpoint(self, env: VecEnv, device: str) -> tuple[BaseAlgorithm, Path] | None:
+        """The newest saved model here that loads (see `load_newest_readable`), else for a remote job
+        the last model the run uploaded; None: nothing saved, train from scratch."""
+        run_dir = self.settings.run_dir(self.run.id)
+        local = load_newest_readable(self.run.algorithm, run_dir, env, device, self.run.id)
         if local is not None or not self.remote or self.tracker is None or self.run.mlflow_run_id is None:
             return local
-        # On another machine than the run's last one: the last model it saved when it stopped is in the
-        # store (as `model.zip` when that is also its best, or it was saved before best models were kept).
-        for filename in (LAST_MODEL_FILE, MODEL_FILE):
-            fetched = fetch_artifact(
-                self.tracker.runs, self.run.mlflow_run_id, filename, self.settings.run_dir(self.run.id)
-            )
-            if fetched is not None:
-                return fetched
-        return None
+        fetched = fetch_last_model(self.tracker.runs, self.run.mlflow_run_id, run_dir)
+        return None if fetched is None else (load_model(self.run.algorithm, fetched, env, device), fetched)
 
     def _record_evaluation(self, state: EvaluationState, tracked: TrackedRun | None) -> None:
         try:
@@ -359,29 +342,7 @@ class TrainingJob:
         self._write(f"final state {status.value}", lambda: self.store.finish(self.run.id, status, **outcome))
 
     def _write(self, what: str, write: Callable[[], None]) -> None:
-        """A write of the run's record, retried while the database is unreachable or locked.
-
-        A run (minutes or hours of training) must survive a database restart or a blip: the job waits,
-        keeping its slot and its heartbeat, until the write lands. At shutdown it gives up after
-        WRITE_RETRY_AT_SHUTDOWN_S and re-raises. Progress is not written through here: a lost snapshot
-        is replaced by the next one.
-        """
-        delay = WRITE_RETRY_FIRST_S
-        give_up_at: float | None = None
-        while True:
-            try:
-                write()
-                return
-            except TRANSIENT_DATABASE_ERRORS as error:
-                if self.closing.is_set():
-                    give_up_at = give_up_at or time.monotonic() + WRITE_RETRY_AT_SHUTDOWN_S
-                    if time.monotonic() >= give_up_at:
-                        raise
-                self.log.warning(
-                    "record_not_written_yet", write=what, retry_in_s=delay, error=describe(error)
-                )
-            time.sleep(delay)
-            delay = min(2 * delay, WRITE_RETRY_MAX_S)
+        write_until_recorded(what, write, self.closing, self.log)
 
 
 def _resolve_device(requested: str) -> str:

@@ -20,7 +20,7 @@ from api.schemas.experiments import (
     MetricPoint,
     RunLogs,
 )
-from api.schemas.health import HealthComponent, HealthResponse
+from api.schemas.health import DataDirHealth, HealthComponent, HealthResponse
 from api.schemas.players import EvaluateRequest, EvaluateResponse, RolloutRequest, RolloutResponse
 from api.schemas.training import (
     START_EXAMPLES,
@@ -35,6 +35,7 @@ __all__ = [
     "START_EXAMPLES",
     "Algorithm",
     "ArtifactInfo",
+    "DataDirHealth",
     "DeviceChoice",
     "ErrorMessage",
     "EvaluateRequest",

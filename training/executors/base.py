@@ -15,9 +15,9 @@ import structlog
 from core.errors import describe
 from core.settings import Settings
 from mlflow_client import Tracker
-from records.files import latest_checkpoint
 from records.store import RunStore
 from records.tables import RunStatus, TrainingRun
+from training.checkpoints import readable_checkpoint
 
 log = structlog.get_logger(__name__)
 
@@ -64,8 +64,9 @@ class Executor(Protocol):
 
 
 def has_local_checkpoint(settings: Settings, run: TrainingRun) -> bool:
-    """A model or checkpoint of the run is saved in this machine's data directory."""
-    return latest_checkpoint(settings.run_dir(run.id)) is not None
+    """A model or checkpoint of the run that is an intact archive is saved in this machine's data
+    directory."""
+    return readable_checkpoint(settings.run_dir(run.id)) is not None
 
 
 def end_abandoned_run(
