@@ -25,6 +25,7 @@ from core.errors import (
     RunNotFound,
     ServiceBusy,
     ServiceError,
+    SweepNotFound,
     describe,
 )
 
@@ -33,6 +34,7 @@ log = structlog.get_logger(__name__)
 STATUS_CODES: dict[type[ServiceError], int] = {
     InvalidApiKey: 401,
     RunNotFound: 404,
+    SweepNotFound: 404,
     ModelNotAvailable: 404,
     NotResumable: 409,
     PolicyNotExported: 409,

@@ -42,6 +42,8 @@ class NewRun:
     eval_episodes: int | None = None
     patience: int | None = None
     max_evals_without_improvement: int | None = None
+    sweep_id: str | None = None
+    sweep_trial: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

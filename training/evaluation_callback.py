@@ -30,6 +30,9 @@ from training.run_metadata import fixed_maze_seed
 
 TRAIN_TO_EVAL_RATIO = 9.0
 
+# Another reason to end a run after an evaluation (a sweep's pruner), or None to go on.
+ExtraRule = Callable[[EvaluationState], StopReason | None]
+
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationPlan:
@@ -107,6 +110,8 @@ class EvaluationCallback(BaseCallback):
     :param record: receives the state after every evaluation (to store and track it); must not raise.
     :param state: the run's evaluation state so far (a resumed run), or None.
     :param clock: monotonic seconds (injected for tests of the schedule).
+    :param extra_rule: one more early-stop rule, asked after the run's own after every evaluation
+        before the budget's end: the reason to end the run now, or None (a sweep's pruner).
     """
 
     @classmethod
@@ -117,6 +122,7 @@ class EvaluationCallback(BaseCallback):
         env: VecEnv,
         should_stop: ShouldStop,
         record: Callable[[EvaluationState], None],
+        extra_rule: ExtraRule | None = None,
     ) -> EvaluationCallback | None:
         """A run's evaluation, continuing its state so far; None when evaluation is off (EVAL_EPISODES=0).
 
@@ -125,6 +131,7 @@ class EvaluationCallback(BaseCallback):
         :param env: the run's training env.
         :param should_stop: asked between steps of every evaluation.
         :param record: as for the constructor.
+        :param extra_rule: as for the constructor.
         """
         seeds = held_out_seeds(run, settings, env)
         if not seeds:
@@ -134,7 +141,8 @@ class EvaluationCallback(BaseCallback):
             return evaluate(model, run.maze_size, seeds, should_stop=should_stop)
 
         best_path = settings.run_dir(run.id) / BEST_MODEL_FILE
-        return cls(EvaluationPlan.of(run), evaluate_model, best_path, record, evaluation_state(run))
+        plan, state = EvaluationPlan.of(run), evaluation_state(run)
+        return cls(plan, evaluate_model, best_path, record, state, extra_rule=extra_rule)
 
     def __init__(
         self,
@@ -144,6 +152,7 @@ class EvaluationCallback(BaseCallback):
         record: Callable[[EvaluationState], None],
         state: EvaluationState | None = None,
         clock: Callable[[], float] = time.monotonic,
+        extra_rule: ExtraRule | None = None,
     ) -> None:
         super().__init__()
         self._plan = plan
@@ -152,6 +161,7 @@ class EvaluationCallback(BaseCallback):
         self._record = record
         self.state = state
         self._clock = clock
+        self._extra_rule = extra_rule
         self._last_boundary = 0
         self._next_due_at = 0.0
         self.stop_reason: StopReason | None = None
@@ -219,6 +229,8 @@ class EvaluationCallback(BaseCallback):
             and self.state.evals_without_improvement >= plan.max_evals_without_improvement
         ):
             self.stop_reason = StopReason.NO_IMPROVEMENT
+        elif self._extra_rule is not None and self.num_timesteps < plan.total_timesteps:
+            self.stop_reason = self._extra_rule(self.state)
         return self.stop_reason is None
 
     def _next_state(self, result: EvalResult) -> tuple[EvaluationState, bool]:
