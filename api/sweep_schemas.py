@@ -19,6 +19,10 @@ SweepStatusName = Literal["running", "stopping", "completed", "stopped"]
 TrialStateName = Literal["running", "complete", "pruned", "fail", "waiting"]
 
 
+LOW = "Smallest value drawn."
+HIGH = "Largest value drawn."
+
+
 class _Strict(BaseModel):
     # As the training request: no `true` or "10" for an integer, no NaN or ±Infinity.
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
@@ -27,33 +31,35 @@ class _Strict(BaseModel):
 class LogUniform(_Strict):
     """Floats whose logarithm is uniform in [log(low), log(high)] (learning rates, coefficients)."""
 
-    type: Literal["log_uniform"]
-    low: float = Field(gt=0)
-    high: float = Field(gt=0)
+    type: Literal["log_uniform"] = Field(description="'log_uniform'.")
+    low: float = Field(gt=0, description=LOW)
+    high: float = Field(gt=0, description=HIGH)
 
 
 class Uniform(_Strict):
     """Floats uniform in [low, high]."""
 
-    type: Literal["uniform"]
-    low: float
-    high: float
+    type: Literal["uniform"] = Field(description="'uniform'.")
+    low: float = Field(description=LOW)
+    high: float = Field(description=HIGH)
 
 
 class IntRange(_Strict):
     """Integers in [low, high]; `log: true` samples their logarithm uniformly (low ≥ 1)."""
 
-    type: Literal["int"]
-    low: int
-    high: int
-    log: bool = False
+    type: Literal["int"] = Field(description="'int'.")
+    low: int = Field(description=LOW)
+    high: int = Field(description=HIGH)
+    log: bool = Field(False, description="Sample the logarithm uniformly.")
 
 
 class Categorical(_Strict):
     """One of the listed values."""
 
-    type: Literal["categorical"]
-    choices: list[int | float | str | bool] = Field(min_length=1, max_length=100)
+    type: Literal["categorical"] = Field(description="'categorical'.")
+    choices: list[int | float | str | bool] = Field(
+        min_length=1, max_length=100, description="The values to choose from."
+    )
 
 
 Distribution = Annotated[LogUniform | Uniform | IntRange | Categorical, Field(discriminator="type")]

@@ -13,21 +13,29 @@ import torch
 from fastapi.testclient import TestClient
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import app_client, app_state, ended_mlflow_run
+from records.database import create_db_engine, upgrade_schema
+from records.store import EvaluationState
+from records.tables import StopReason
+from sweeps.pruning import TrialPruning
+from sweeps.study import create_study, load_study
+from tests.conftest import app_client, app_state, ended_mlflow_run, wait_for_status
 
-# Six 5x5-maze PPO trials of 3 iterations each, evaluated after every iteration.
+# Six 5x5-maze PPO trials of 2 iterations each, evaluated after every iteration.
 TINY_SWEEP: dict[str, Any] = {
     "algorithm": "PPO",
     "maze_size": 5,
-    "total_episodes": 3,
+    "total_episodes": 2,
     "timesteps_per_episode": 128,
     "n_envs": 4,
     "seed": 7,
     "eval_every_episodes": 1,
-    "eval_episodes": 20,  # the planner's prior alone solves about two thirds of these mazes
+    "eval_episodes": 5,
     "n_trials": 6,
     "parallel_trials": 2,
+    "search_space": {"learning_rate": {"type": "log_uniform", "low": 1e-4, "high": 1e-2}},
 }
+# Trials that train until stopped.
+LONG_SWEEP: dict[str, Any] = {**TINY_SWEEP, "total_episodes": 100_000, "n_trials": 2, "parallel_trials": 1}
 
 
 @pytest.fixture(autouse=True)
@@ -50,35 +58,29 @@ def wait_for_sweep(
     raise AssertionError(f"timed out waiting on sweep {sweep_id}; last: {body}")
 
 
-def test_a_six_trial_sweep_completes_prunes_and_reports_its_best_trial_to_mlflow(client: TestClient) -> None:
-    # Aggressive pruning: after one completed trial, any trial below the median at an evaluation ends.
-    body = {
-        **TINY_SWEEP,
-        # A learning rate of 0.9 wrecks the policy at once; which trials draw it follows from the seed.
-        "search_space": {"learning_rate": {"type": "categorical", "choices": [1e-3, 0.9]}},
-        "pruner": {"n_startup_trials": 1, "n_warmup_evaluations": 0},
-    }
+def start_sweep(client: TestClient, body: dict[str, Any]) -> str:
     created = client.post("/sweeps", json=body)
     assert created.status_code == 200, created.text
-    sweep_id = created.json()["sweep_id"]
+    return str(created.json()["sweep_id"])
 
-    sweep = wait_for_sweep(client, sweep_id, lambda s: s["status"] == "completed")
+
+def test_a_six_trial_sweep_completes_and_reports_its_best_trial_to_mlflow(client: TestClient) -> None:
+    sweep_id = start_sweep(client, TINY_SWEEP)
+
+    sweep = wait_for_sweep(client, sweep_id, lambda s: s["status"] == "completed", timeout_s=400)
 
     trials = sweep["trials"]
     assert [t["number"] for t in trials] == list(range(6))
-    assert all(t["state"] in ("complete", "pruned") for t in trials), trials
+    assert all(t["state"] == "complete" for t in trials), trials
     assert len({t["run_id"] for t in trials}) == 6
     for trial in trials:
         run = client.get(f"/training/status/{trial['run_id']}").json()
-        assert run["status"] == "completed"
-        assert (run["stop_reason"] == "pruned") == (trial["state"] == "pruned")
-        assert set(trial["params"]) == {"learning_rate"}
-    assert any(t["state"] == "pruned" for t in trials), [(t["params"], t["evaluations"]) for t in trials]
-    completed = [t for t in trials if t["state"] == "complete"]
-    best = max(completed, key=lambda t: (t["objective"], -t["number"]))
+        assert run["status"] == "completed" and run["stop_reason"] == "budget_exhausted"
+        assert 1e-4 <= trial["params"]["learning_rate"] <= 1e-2
+        assert trial["success_rate"] == max(trial["evaluations"].values())
+    best = max(trials, key=lambda t: (t["objective"], -t["number"]))
     assert sweep["best_trial"]["number"] == best["number"]
     assert sweep["best_run_id"] == best["run_id"]
-    assert best["success_rate"] == max(best["evaluations"].values())
 
     # MLflow: the parent run carries the best trial; the trials are its children.
     tracking_uri = app_state(client).settings.mlflow_tracking_uri
@@ -95,3 +97,106 @@ def test_a_six_trial_sweep_completes_prunes_and_reports_its_best_trial_to_mlflow
 
     listed = client.get("/sweeps").json()
     assert listed["total"] == 1 and listed["items"][0]["sweep_id"] == sweep_id
+
+
+def test_the_median_pruner_prunes_a_trial_below_the_completed_ones(tmp_path: Path) -> None:
+    # The job's pruning rule on a real study in a real SQLite database: one completed trial that
+    # evaluated at 0.8, then a trial evaluating at 0.1 at the same step is pruned; one at 0.9 is not.
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    engine = create_db_engine(url)
+    upgrade_schema(engine)
+    request = {**TINY_SWEEP, "pruner": {"enabled": True, "n_startup_trials": 1, "n_warmup_evaluations": 0}}
+    create_study(url, "s1", request)
+    study = load_study(url, "s1")
+    done = study.ask()
+    done.report(0.8, 128)
+    study.tell(done, 0.8)
+    weak, strong = study.ask(), study.ask()
+
+    def evaluation(rate: float) -> EvaluationState:
+        return EvaluationState(rate, rate, 128, 0, 0, rate, rate, 128)
+
+    assert TrialPruning(url, "s1", weak.number)(evaluation(0.1)) is StopReason.PRUNED
+    assert TrialPruning(url, "s1", strong.number)(evaluation(0.9)) is None
+    assert load_study(url, "s1").trials[weak.number].intermediate_values == {128: 0.1}
+    engine.dispose()
+
+
+def test_stop_ends_the_sweep_and_its_running_trial(client: TestClient) -> None:
+    sweep_id = start_sweep(client, LONG_SWEEP)
+    sweep = wait_for_sweep(client, sweep_id, lambda s: bool(s["trials"]) and s["trials"][0]["run_id"])
+    run_id = sweep["trials"][0]["run_id"]
+    wait_for_status(client.get, run_id, lambda s: s["status"] == "running")
+
+    stopped = client.post(f"/sweeps/{sweep_id}/stop")
+
+    assert stopped.status_code == 200 and stopped.json()["status"] in ("stopping", "stopped")
+    sweep = wait_for_sweep(client, sweep_id, lambda s: s["status"] == "stopped")
+    assert [t["state"] for t in sweep["trials"]] == ["fail"]
+    assert "stopped" in sweep["trials"][0]["error"]
+    assert client.get(f"/training/status/{run_id}").json()["status"] == "stopped"
+    assert client.post(f"/sweeps/{sweep_id}/stop").json()["status"] == "stopped"  # again: no change
+
+
+def test_a_sweep_goes_on_after_a_restart(tmp_path: Path, mlflow_store_template: Path) -> None:
+    data_dir = tmp_path / "data"
+    body = {**LONG_SWEEP, "total_episodes": 12}
+    with app_client(data_dir, mlflow_store_template) as client:
+        sweep_id = start_sweep(client, body)
+        sweep = wait_for_sweep(
+            client, sweep_id, lambda s: bool(s["trials"]) and s["trials"][0]["evaluations"]
+        )
+        first_run = sweep["trials"][0]["run_id"]
+    # The service shut down mid-trial: its run ended interrupted, with its model saved.
+    with app_client(data_dir, mlflow_store_template) as client:
+        sweep = wait_for_sweep(client, sweep_id, lambda s: s["status"] == "completed", timeout_s=400)
+        assert [t["state"] for t in sweep["trials"]] == ["complete", "complete"]
+        assert sweep["trials"][0]["run_id"] == first_run  # resumed, not started again
+        status = client.get(f"/training/status/{first_run}").json()
+        assert status["status"] == "completed" and status["timesteps"] >= status["total_timesteps"]
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        ({"n_trials": 0}, "n_trials", "greater than or equal to 1"),
+        ({"parallel_trials": True}, "parallel_trials", "integer"),
+        (
+            {"search_space": {"gamma_x": {"type": "uniform", "low": 0.9, "high": 0.99}}},
+            "search_space",
+            "gamma_x",
+        ),
+        (
+            {"search_space": {"learning_rate": {"type": "log_uniform", "low": 0.1, "high": 0.01}}},
+            "search_space",
+            "must not exceed",
+        ),
+        (
+            {"search_space": {"n_epochs": {"type": "uniform", "low": 1, "high": 5}}},
+            "search_space",
+            "integers",
+        ),
+        (
+            {"search_space": {"gamma": {"type": "categorical", "choices": [0.9, 2.0]}}},
+            "search_space",
+            "gamma",
+        ),
+        ({"pruner": {"n_startup_trials": -1}}, "pruner", "greater than or equal to 0"),
+        ({"maze_size": 99}, "maze_size", "less than or equal"),
+        ({"timesteps_per_episode": 4}, "timesteps_per_episode", "n_envs"),
+    ],
+)
+def test_bad_sweeps_are_422_naming_the_field(
+    module_client: TestClient, change: dict[str, Any], field: str, words: str
+) -> None:
+    response = module_client.post("/sweeps", json={**TINY_SWEEP, **change})
+
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert any(field in item["loc"] and words in item["msg"] for item in detail), detail
+
+
+def test_an_unknown_sweep_is_404(module_client: TestClient) -> None:
+    missing = "00000000-0000-0000-0000-000000000000"
+    assert module_client.get(f"/sweeps/{missing}").status_code == 404
+    assert module_client.post(f"/sweeps/{missing}/stop").status_code == 404
