@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 import structlog
 from optuna.trial import FrozenTrial, TrialState
+from pydantic import ValidationError
 
 from api.sweep_schemas import SweepDetail, SweepList, SweepRequest, SweepSummary, TrialInfo
 from core.errors import InvalidRequest
@@ -38,7 +39,11 @@ class SweepService:
         """Validate the trials' run request here, create the study and the sweep; the driver starts
         the trials."""
         resolved = self._resolve(request)
-        self.driver.training.check(trial_request(resolved, {}))
+        try:
+            self.driver.training.check(trial_request(resolved, {}))
+        except ValidationError as error:  # the bounds match the run request's: a guard, not a path
+            first = error.errors()[0]
+            raise InvalidRequest(".".join(str(part) for part in first["loc"]), first["msg"]) from None
         sweep_id = str(uuid.uuid4())
         create_study(self.settings.database_url, sweep_id, resolved)
         sweep = self.store.create(sweep_id, resolved)

@@ -110,8 +110,9 @@ class EvaluationCallback(BaseCallback):
     :param record: receives the state after every evaluation (to store and track it); must not raise.
     :param state: the run's evaluation state so far (a resumed run), or None.
     :param clock: monotonic seconds (injected for tests of the schedule).
-    :param extra_rule: one more early-stop rule, asked after the run's own after every evaluation
-        before the budget's end: the reason to end the run now, or None (a sweep's pruner).
+    :param extra_rule: one more early-stop rule, asked after every evaluation: the reason to end the
+        run now, or None (a sweep's pruner). Its reason counts only before the budget's end, and after
+        the run's own rules.
     """
 
     @classmethod
@@ -222,6 +223,8 @@ class EvaluationCallback(BaseCallback):
             self._best_saved, self._changed_since_best = True, False
         self._record(self.state)
         plan = self._plan
+        # Asked after every evaluation (a sweep's pruner records each one), obeyed only before the end.
+        extra_reason = self._extra_rule(self.state) if self._extra_rule is not None else None
         if plan.target_success_rate is not None and self.state.evals_at_target >= plan.patience:
             self.stop_reason = StopReason.TARGET_REACHED
         elif (
@@ -229,8 +232,8 @@ class EvaluationCallback(BaseCallback):
             and self.state.evals_without_improvement >= plan.max_evals_without_improvement
         ):
             self.stop_reason = StopReason.NO_IMPROVEMENT
-        elif self._extra_rule is not None and self.num_timesteps < plan.total_timesteps:
-            self.stop_reason = self._extra_rule(self.state)
+        elif extra_reason is not None and self.num_timesteps < plan.total_timesteps:
+            self.stop_reason = extra_reason
         return self.stop_reason is None
 
     def _next_state(self, result: EvalResult) -> tuple[EvaluationState, bool]:
