@@ -245,6 +245,6 @@ def test_two_workers_never_run_the_same_trial(make_client: Callable[..., TestCli
     sweep = wait_for_sweep(second, sweep_id, lambda s: s["status"] == "completed", timeout_s=400)
 
     assert [t["state"] for t in sweep["trials"]] == ["complete"] * 4
-    runs = app_state(first).run_store.list_runs(limit=100)
-    trial_runs = [run for run in runs.items if run.sweep_id == sweep_id]
+    runs, _ = app_state(first).run_store.list_runs(limit=100)
+    trial_runs = [run for run in runs if run.sweep_id == sweep_id]
     assert sorted(run.sweep_trial for run in trial_runs) == [0, 1, 2, 3]
