@@ -25,7 +25,7 @@ from core.settings import Settings
 from records.tables import RunStatus, StopReason, Sweep, SweepStatus, TrainingRun
 from sweeps.records import SweepStore
 from sweeps.search_space import distributions
-from sweeps.study import Objective, load_study, objective, running_trial
+from sweeps.study import Objective, close_storage, load_study, objective, running_trial
 from sweeps.tracking import SweepTracking
 from training_service import TrainingService
 
@@ -101,6 +101,7 @@ class SweepDriver:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        close_storage(self.settings.database_url)
 
     def _loop(self) -> None:
         while not self._closing.is_set():

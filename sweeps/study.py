@@ -53,6 +53,14 @@ def storage(database_url: str) -> RDBStorage:
         return _storages[url]
 
 
+def close_storage(database_url: str) -> None:
+    """Close this process's storage on `database_url` (its connections), if it has one."""
+    with _storages_lock:
+        opened = _storages.pop(normalize_database_url(database_url), None)
+    if opened is not None:
+        opened.engine.dispose()
+
+
 @dataclasses.dataclass(frozen=True)
 class PrunerSettings:
     """Optuna's median pruner on the periodic held-out evaluations (rl-baselines3-zoo's choice).

@@ -17,7 +17,7 @@ from records.database import create_db_engine, upgrade_schema
 from records.store import EvaluationState
 from records.tables import StopReason
 from sweeps.pruning import TrialPruning
-from sweeps.study import create_study, load_study
+from sweeps.study import close_storage, create_study, load_study
 from tests.conftest import app_client, app_state, ended_mlflow_run, wait_for_status
 
 # Six 5x5-maze PPO trials of 2 iterations each, evaluated after every iteration.
@@ -64,6 +64,7 @@ def start_sweep(client: TestClient, body: dict[str, Any]) -> str:
     return str(created.json()["sweep_id"])
 
 
+@pytest.mark.training
 def test_a_six_trial_sweep_completes_and_reports_its_best_trial_to_mlflow(client: TestClient) -> None:
     sweep_id = start_sweep(client, TINY_SWEEP)
 
@@ -115,6 +116,7 @@ PRUNABLE_SWEEP: dict[str, Any] = {
 }
 
 
+@pytest.mark.training
 def test_an_aggressive_pruner_prunes_the_trials_below_the_median(client: TestClient) -> None:
     sweep_id = start_sweep(client, PRUNABLE_SWEEP)
 
@@ -133,29 +135,41 @@ def test_an_aggressive_pruner_prunes_the_trials_below_the_median(client: TestCli
     assert sweep["best_trial"]["number"] == 0 and sweep["best_run_id"] == trials[0]["run_id"]
 
 
-def test_the_median_pruner_prunes_a_trial_below_the_completed_ones(tmp_path: Path) -> None:
-    # The job's pruning rule on a real study in a real SQLite database: one completed trial that
-    # evaluated at 0.8, then a trial evaluating at 0.1 at the same step is pruned; one at 0.9 is not.
-    url = f"sqlite:///{tmp_path / 'runs.db'}"
+def check_pruning_rule(url: str) -> None:
+    """The job's pruning rule on a real study: one completed trial that evaluated at 0.8, then a trial
+    evaluating at 0.1 at the same step is pruned; one at 0.9 is not."""
     engine = create_db_engine(url)
-    upgrade_schema(engine)
+    upgrade_schema(engine)  # ours first, as at start-up: Optuna's tables then live next to ours
     request = {**TINY_SWEEP, "pruner": {"enabled": True, "n_startup_trials": 1, "n_warmup_evaluations": 0}}
-    create_study(url, "s1", request)
-    study = load_study(url, "s1")
-    done = study.ask()
-    done.report(0.8, 128)
-    study.tell(done, 0.8)
-    weak, strong = study.ask(), study.ask()
+    try:
+        create_study(url, "s1", request)
+        study = load_study(url, "s1")
+        done = study.ask()
+        done.report(0.8, 128)
+        study.tell(done, 0.8)
+        weak, strong = study.ask(), study.ask()
 
-    def evaluation(rate: float) -> EvaluationState:
-        return EvaluationState(rate, rate, 128, 0, 0, rate, rate, 128)
+        def evaluation(rate: float) -> EvaluationState:
+            return EvaluationState(rate, rate, 128, 0, 0, rate, rate, 128)
 
-    assert TrialPruning(url, "s1", weak.number)(evaluation(0.1)) is StopReason.PRUNED
-    assert TrialPruning(url, "s1", strong.number)(evaluation(0.9)) is None
-    assert load_study(url, "s1").trials[weak.number].intermediate_values == {128: 0.1}
-    engine.dispose()
+        assert TrialPruning(url, "s1", weak.number)(evaluation(0.1)) is StopReason.PRUNED
+        assert TrialPruning(url, "s1", strong.number)(evaluation(0.9)) is None
+        assert load_study(url, "s1").trials[weak.number].intermediate_values == {128: 0.1}
+        upgrade_schema(engine)  # a restart: our migrations still find their own revision
+    finally:
+        close_storage(url)
+        engine.dispose()
 
 
+def test_the_median_pruner_prunes_a_trial_below_the_completed_ones(tmp_path: Path) -> None:
+    check_pruning_rule(f"sqlite:///{tmp_path / 'runs.db'}")
+
+
+def test_the_study_lives_in_postgresql_next_to_our_tables(postgres_url: str) -> None:
+    check_pruning_rule(postgres_url)
+
+
+@pytest.mark.training
 def test_stop_ends_the_sweep_and_its_running_trial(client: TestClient) -> None:
     sweep_id = start_sweep(client, LONG_SWEEP)
     sweep = wait_for_sweep(client, sweep_id, lambda s: bool(s["trials"]) and s["trials"][0]["run_id"])
@@ -172,6 +186,7 @@ def test_stop_ends_the_sweep_and_its_running_trial(client: TestClient) -> None:
     assert client.post(f"/sweeps/{sweep_id}/stop").json()["status"] == "stopped"  # again: no change
 
 
+@pytest.mark.training
 def test_a_sweep_goes_on_after_a_restart(tmp_path: Path, mlflow_store_template: Path) -> None:
     data_dir = tmp_path / "data"
     body = {**LONG_SWEEP, "total_episodes": 12}
@@ -236,6 +251,7 @@ def test_an_unknown_sweep_is_404(module_client: TestClient) -> None:
     assert module_client.post(f"/sweeps/{missing}/stop").status_code == 404
 
 
+@pytest.mark.training
 def test_two_workers_never_run_the_same_trial(make_client: Callable[..., TestClient]) -> None:
     # Two apps on one database are two workers: both drive the sweep, each trial gets exactly one run.
     first, second = make_client(), make_client()
