@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sweep_driver.start()  # sweeps left unfinished by a previous process go on
         app.state.sweeps = SweepService(sweep_driver)
         tracker.prepare()  # in the background: a first request must not wait for MLflow's set-up
-        hub = ProgressHub(store, settings)
+        hub = ProgressHub(store, settings, tracker.runs.metric_history if settings.mlflow_enabled else None)
         hub.start()
         status_cache.start()
         sampler = MetricsSampler(tracker, hub)

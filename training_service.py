@@ -27,7 +27,9 @@ from api.schemas import StartTrainingRequest
 from core.errors import InvalidRequest, NotResumable, ServiceBusy, describe
 from core.settings import Settings
 from mlflow_client import Tracker
-from records.store import NewRun, RunStore, worker_identity
+from records.admission import NewRun
+from records.liveness import worker_identity
+from records.store import RunStore
 from records.tables import RunStatus, TrainingRun
 from training.executors import Executor, SavedModelUnavailable, make_executor
 

@@ -4,6 +4,8 @@ Training threads never touch sockets or the event loop: they write progress snap
 database (shared by every uvicorn worker). Each worker's hub polls the snapshots of the runs its
 clients watch, encodes each message once and fans the same text out to per-client bounded queues, so
 a slow or vanished client can only lose its own stale messages, never slow training or other clients.
+Each pushed message also carries the metric points the run logged since the previous one (read from
+MLflow: records/live_points.py), so live charts are as dense as the finished run's.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from api.security import websocket_rejection, websocket_subprotocol
 from core.background import cancel_and_wait
 from core.errors import RunNotFound, describe
 from core.settings import Settings
+from records.live_points import NO_POINTS, PointCursor, ReadHistory, read_history
 from records.status_cache import StatusCache
 from records.store import RunStore
+from records.tables import TrainingRun
 from records.views import progress_message
 
 log = structlog.get_logger(__name__)
@@ -36,6 +40,9 @@ SEND_TIMEOUT_S = 10.0
 CLOSE_UNKNOWN_RUN = 4404
 CLOSE_SERVER_SHUTDOWN = 1001
 CLOSE_POLICY_VIOLATION = 1008
+# A slow or unreachable MLflow must not hold up the progress of every watched run: past this, a
+# message goes without points and the next one carries them.
+POINTS_READ_TIMEOUT_S = 2.0
 
 router = APIRouter(tags=["progress"])
 
@@ -67,6 +74,7 @@ class _Watched:
     version: int = -1
     status: str = ""
     pushed_at: float = 0.0
+    points: PointCursor = dataclasses.field(default_factory=PointCursor)
 
 
 class ProgressHub:
@@ -74,11 +82,14 @@ class ProgressHub:
 
     :param store: run records.
     :param settings: `progress_interval_s` sets the push period.
+    :param read_history: reads a metric's history from MLflow, `(mlflow_run_id, key) → [(step, value)]`;
+        None: messages carry no points.
     """
 
-    def __init__(self, store: RunStore, settings: Settings) -> None:
+    def __init__(self, store: RunStore, settings: Settings, read_history: ReadHistory | None = None) -> None:
         self._store = store
         self._settings = settings
+        self._read_history = read_history
         self._interval_s = settings.progress_interval_s
         # State changes should reach clients within a second even when the interval is long.
         self._poll_s = min(1.0, settings.progress_interval_s / 2)
@@ -142,10 +153,25 @@ class ProgressHub:
             state_changed = run.status != watched.status
             if not state_changed and now - watched.pushed_at < self._interval_s:
                 continue  # progress moved, but the next periodic push will carry it
-            frame = Frame.of(progress_message(run, self._settings))
+            message = progress_message(run, self._settings)
+            message.update(await self._new_points(run, watched.points))
+            frame = Frame.of(message)
             watched.version, watched.status, watched.pushed_at = versions[run_id], run.status, now
             for queue in list(watched.queues):
                 _offer(queue, frame)
+
+    async def _new_points(self, run: TrainingRun, cursor: PointCursor) -> dict[str, object]:
+        """The `points` and `points_after` fields of the run's next message (null when MLflow has no
+        run for it yet, or cannot be read now: a later message then carries the points)."""
+        if self._read_history is None or run.mlflow_run_id is None or run.tracking_status == "degraded":
+            return NO_POINTS
+        try:
+            async with asyncio.timeout(POINTS_READ_TIMEOUT_S):
+                history = await run_in_threadpool(read_history, self._read_history, run.mlflow_run_id)
+        except Exception as error:  # MLflow down or slow: progress still goes out, without points
+            log.info("live_points_unavailable", run_id=run.id, error=describe(error) or "timed out")
+            return NO_POINTS
+        return cursor.take(history).message_fields()
 
 
 def _offer(queue: asyncio.Queue[Any], message: Frame | None) -> None:
@@ -180,7 +206,8 @@ async def training_progress(websocket: WebSocket, experiment_id: str) -> None:
         return
     queue = hub.subscribe(run.id, run.progress_version, run.status)
     try:
-        first = Frame.of(progress_message(run, settings))
+        # The points so far are in `GET /experiments/{id}`'s history; pushed messages carry what follows.
+        first = Frame.of({**progress_message(run, settings), **NO_POINTS})
         await websocket.send_text(first.text)
         if first.final:
             await websocket.close(code=1000, reason=f"run {run.status}")

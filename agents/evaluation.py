@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-import maze_env
-from maze_env import Maze, MazeEnv
+from maze_env import MazeEnv
+from mazes.grid import Maze, shortest_path_moves
 
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
@@ -77,8 +77,15 @@ def play(
     :param predict: the policy (see ``Predict``).
     :param envs: the environments, one per episode; their time limits end episodes that never finish.
     :param maze_seeds: the maze each env plays (``reset(options={"maze_seed": s})``).
-    :param record_positions: keep every square each agent occupies (``Episode.positions``).
+    :param record_positions: keep every square each agent occupies (``Episode.positions``); episodes
+        then play to their end even when they loop.
     :param should_stop: asked before every step; True raises ``EvaluationStopped``.
+
+    Observations are Markov (walls, agent, goal) and ``predict`` is deterministic, so an agent back on a
+    square it occupied earlier in the episode repeats the same moves forever: that episode is a failure
+    now, and (unless positions are recorded) it ends at once, scored as if it ran to its time limit. An
+    untrained policy loops on most mazes within a few steps, so this makes the early evaluations of a
+    run, which otherwise play every maze to ``2 * N * N`` steps, several times cheaper.
     """
     first_obs = []
     for env, seed in zip(envs, maze_seeds, strict=True):
@@ -87,6 +94,7 @@ def play(
         first_obs.append(env.reset(options={"maze_seed": int(seed)})[0])
     obs = np.stack(first_obs)
     positions: list[list[tuple[int, int]]] = [[env.agent_pos] if record_positions else [] for env in envs]
+    visited: list[set[tuple[int, int]]] = [{env.agent_pos} for env in envs]
     steps = np.zeros(len(envs), dtype=np.int64)
     solved = np.zeros(len(envs), dtype=bool)
     active = np.arange(len(envs))
@@ -95,12 +103,16 @@ def play(
         actions = np.asarray(predict(obs[active].astype(np.float32))).reshape(-1)
         still_active = []
         for idx, action in zip(active.tolist(), actions, strict=True):
-            ob, _, terminated, truncated, _ = envs[idx].step(int(action))
+            env = envs[idx]
+            ob, _, terminated, truncated, _ = env.step(int(action))
             obs[idx] = ob
             steps[idx] += 1
             solved[idx] = terminated
             if record_positions:
-                positions[idx].append(envs[idx].agent_pos)
+                positions[idx].append(env.agent_pos)
+            elif not terminated and env.agent_pos in visited[idx]:
+                steps[idx], truncated = env.max_episode_steps, True  # looping: it never arrives
+            visited[idx].add(env.agent_pos)
             if not (terminated or truncated):
                 still_active.append(idx)
         active = np.array(still_active, dtype=np.int64)
@@ -138,7 +150,7 @@ def evaluate_with(
         _check_stop(should_stop, len(maze_seeds))
         envs.append(MazeEnv(maze_size=maze_size, maze_mode="fixed", max_episode_steps=max_steps))
     episodes = play(predict, envs, maze_seeds, should_stop=should_stop)
-    optimal = np.array([maze_env.shortest_path_moves(e.maze) for e in episodes], dtype=np.float64)
+    optimal = np.array([shortest_path_moves(e.maze) for e in episodes], dtype=np.float64)
     steps = np.array([e.steps for e in episodes], dtype=np.int64)
     solved = np.array([e.success for e in episodes], dtype=bool)
     efficiency = np.where(solved, optimal / np.maximum(steps, 1), 0.0)

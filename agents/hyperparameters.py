@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import maze_env
 from agents.planner import MazePlannerExtractor
+from mazes.grid import check_maze_size
 
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
@@ -99,7 +100,7 @@ def default_hyperparameters(algorithm: str, maze_size: int) -> dict[str, Any]:
     :param maze_size: cells per side.
     """
     check_algorithm(algorithm)
-    maze_env.check_maze_size(maze_size)
+    check_maze_size(maze_size)
     extractor = {"features_extractor_class": MazePlannerExtractor, "features_extractor_kwargs": {}}
     if algorithm == "PPO":
         return {

@@ -17,6 +17,7 @@ from pathlib import Path
 import maze_env
 from agents.evaluation import Episode, play
 from agents.onnx_policy import METADATA_MAZE_MODE, METADATA_MAZE_SEED, METADATA_MAZE_SIZE, OnnxPolicy
+from mazes.grid import shortest_path_moves
 
 
 def replay(policy: OnnxPolicy, maze_size: int, maze_mode: str, maze_seed: int) -> Episode:
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     result = replay(policy, int(metadata[METADATA_MAZE_SIZE]), metadata[METADATA_MAZE_MODE], int(maze_seed))
     print(f"maze: size {result.maze.size}, seed {result.maze.seed}, goal {result.maze.goal}")
     print(f"path: {result.positions}")
-    print(f"steps: {result.steps} (shortest: {maze_env.shortest_path_moves(result.maze)})")
+    print(f"steps: {result.steps} (shortest: {shortest_path_moves(result.maze)})")
     print(f"reached goal: {'yes' if result.success else 'no'}")
     return 0 if result.success else 1
 

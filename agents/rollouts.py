@@ -6,11 +6,12 @@ import dataclasses
 
 import maze_env
 from agents.evaluation import Predict, play
+from mazes.grid import Maze, shortest_path_moves
 
 
 @dataclasses.dataclass(frozen=True)
 class Rollout:
-    maze: maze_env.Maze
+    maze: Maze
     path: list[tuple[int, int]]
     success: bool
     steps: int
@@ -33,7 +34,7 @@ def play_maze(predict: Predict, maze_size: int, maze_seed: int, max_steps: int |
         path=_squares_visited(episode.positions),
         success=episode.success,
         steps=episode.steps,
-        shortest_path_steps=maze_env.shortest_path_moves(episode.maze),
+        shortest_path_steps=shortest_path_moves(episode.maze),
     )
 
 

@@ -30,9 +30,8 @@ from maze_env import (
     STEP_PENALTY,
     TRAIN_SEED_LIMIT,
     WALL_PENALTY,
-    Maze,
-    generate_maze,
 )
+from mazes.grid import Maze, cell_distances_to_goal, check_maze_size, generate_maze, open_directions
 
 _ROW_STEP = np.array([dr for dr, _ in ACTION_DELTAS], dtype=np.int64)
 _COL_STEP = np.array([dc for _, dc in ACTION_DELTAS], dtype=np.int64)
@@ -43,9 +42,9 @@ class _LoadedMaze:
 
     def __init__(self, maze: Maze) -> None:
         self.maze = maze
-        self.walls = maze_env.open_directions(maze)
+        self.walls = open_directions(maze)
         # -SHAPING_SCALE * float(d): the same float64 values MazeEnv._potential computes per step.
-        self.potential = -SHAPING_SCALE * maze_env.cell_distances_to_goal(maze).astype(np.float64)
+        self.potential = -SHAPING_SCALE * cell_distances_to_goal(maze).astype(np.float64)
 
 
 class VecMazeEnv(VecEnv):
@@ -70,7 +69,7 @@ class VecMazeEnv(VecEnv):
         :param max_episode_steps: time limit in actions (default ``2 * N * N``).
         :param reward_shaping: add potential-based BFS-distance shaping to the reward.
         """
-        maze_env.check_maze_size(maze_size)
+        check_maze_size(maze_size)
         if maze_mode not in ("fixed", "random"):
             raise ValueError(f"maze_mode must be 'fixed' or 'random', got {maze_mode!r}")
         if n_envs < 1:

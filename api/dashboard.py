@@ -1,6 +1,8 @@
-"""The browser dashboard: `/` serves `static/index.html`, `/static/*` its scripts, styles and vendored
-libraries (`static/vendor/README.md`). Plain files, no build step; the page talks to the JSON API
-and the WebSocket."""
+"""The browser dashboard: `/` serves the page, `/static/*` its scripts, styles and vendored libraries.
+
+`static/index.html`; the vendored libraries are listed in `static/vendor/README.md`. Plain files, no
+build step; the page talks to the JSON API and the WebSocket.
+"""
 
 from __future__ import annotations
 

@@ -34,6 +34,7 @@ from prometheus_client.registry import Collector
 from api.deps import StoreDep
 from api.security import ASGIApp, Message, Receive, Scope, Send
 from mlflow_client import Tracker
+from records.liveness import pid_is_alive
 from records.store import RunStore
 from records.tables import RunStatus
 from websocket import ProgressHub
@@ -112,18 +113,8 @@ def _metrics() -> _ProcessMetrics:
 def _remove_dead_processes_files(directory: Path) -> None:
     for path in directory.glob("*.db"):
         pid = path.stem.rpartition("_")[2]
-        if pid.isdigit() and not _pid_is_alive(int(pid)):
+        if pid.isdigit() and not pid_is_alive(int(pid)):
             path.unlink(missing_ok=True)
-
-
-def _pid_is_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
 
 
 class RequestMetrics:

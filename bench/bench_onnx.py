@@ -28,9 +28,10 @@ import torch
 from stable_baselines3 import DQN, PPO
 from stable_baselines3.common.vec_env import VecEnv
 
+from mazes.grid import MIN_MAZE_SIZE, check_maze_size
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import maze_env
 from agents import building, hyperparameters
 from agents.onnx_policy import OnnxPolicy
 from bench.results_file import RESULTS_FILE, write_section
@@ -184,7 +185,7 @@ def format_section(
 
 def warm_up_export() -> float:
     """Seconds for a first export in this process (imports of torch.onnx, onnx, onnxruntime kernels)."""
-    model, env = build("SB3 MlpPolicy", "PPO", maze_env.MIN_MAZE_SIZE, train_timesteps=0)
+    model, env = build("SB3 MlpPolicy", "PPO", MIN_MAZE_SIZE, train_timesteps=0)
     observations = collect_observations(model, env, 16)
     with tempfile.TemporaryDirectory() as tmp:
         return export_policy(model, Path(tmp) / "warm_up.onnx", {}, observations).export_seconds
@@ -202,7 +203,7 @@ def main() -> None:
     first_export_s = warm_up_export()
     rows = []
     for maze_size in args.maze_sizes:
-        maze_env.check_maze_size(maze_size)
+        check_maze_size(maze_size)
         for network in ("service default", "SB3 MlpPolicy"):
             for algorithm in hyperparameters.ALGORITHMS:
                 rows.append(measure(network, algorithm, maze_size, args.repeats))

@@ -12,6 +12,17 @@ QUICK = [
     ["bench.bench_service", "--quick"],
     ["bench.bench_ray", "--quick"],
     ["bench.bench_throughput", "--steps", "2048", "--large-steps", "256", "--profile-steps", "2048"],
+    # One seed each, a short overhead pair; printed only (the section keeps the full run's figures).
+    [
+        "bench.bench_time_to_target",
+        "--seeds",
+        "0",
+        "--overhead-seeds",
+        "0",
+        "--overhead-episodes",
+        "4",
+        "--no-write",
+    ],
 ]
 FULL = [
     ["bench.bench_learning"],
@@ -19,6 +30,7 @@ FULL = [
     ["bench.bench_service"],
     ["bench.bench_ray"],
     ["bench.bench_throughput"],
+    ["bench.bench_time_to_target"],
 ]
 
 

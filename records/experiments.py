@@ -1,5 +1,6 @@
-"""What users do with a recorded run: list it, read it joined with MLflow, fetch its files, and play
-and evaluate its exported ONNX policy.
+"""What users do with a recorded run: list, read with MLflow, fetch files, play and evaluate its policy.
+
+Reading joins the record with its MLflow run; playing and evaluating run the exported ONNX policy.
 
 Every method blocks (database, MLflow) and is called off the event loop, except `play` and `evaluate`:
 they are awaited, and run on a few threads of their own (MAX_CONCURRENT_EVALUATIONS), so that long

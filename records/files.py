@@ -1,6 +1,8 @@
-"""A run's saved files (SB3 models, checkpoints, ONNX export): on this machine, or fetched from the
-MLflow artifact store when another machine trained the run (ray executor), cached in this process's
-data directory."""
+"""Where a run's saved files are (SB3 models, checkpoints, ONNX export): here, or fetched from MLflow.
+
+Fetched from the MLflow artifact store when another machine trained the run (ray executor), and cached
+in this process's data directory.
+"""
 
 from __future__ import annotations
 

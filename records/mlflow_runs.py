@@ -26,7 +26,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
 from mlflow.tracking import MlflowClient
 
 HEALTH_TIMEOUT_S = 2.0
-HISTORY_KEYS = ("reward", "success_rate", "loss")
+HISTORY_KEYS = ("reward", "success_rate", "eval_success_rate", "loss")
 MAX_ARTIFACT_DEPTH = 3
 
 

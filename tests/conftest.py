@@ -23,8 +23,9 @@ from mlflow.tracking import MlflowClient
 
 from core.settings import Settings
 from main import create_app
+from records.admission import NewRun
 from records.database import create_db_engine, make_session_factory, upgrade_schema
-from records.store import NewRun, RunStore
+from records.store import RunStore
 from records.tables import TrainingRun
 
 # A small run record, for tests that write runs to a store directly.

@@ -151,7 +151,7 @@ def test_form_shows_the_apis_validation_messages_next_to_fields(
 def test_start_from_form_watch_live_progress_and_stop(dashboard: Dashboard, api: httpx.Client) -> None:
     page = dashboard.page
     dashboard.open()
-    dashboard.fill_start_form(ENDLESS_PPO)
+    dashboard.fill_start_form({**ENDLESS_PPO, "target_success_rate": ""})  # cleared: no early end
     page.click('#start-form button[type="submit"]')
     run_id = dashboard.run_id_from_url()
 
@@ -197,6 +197,35 @@ def test_start_from_form_watch_live_progress_and_stop(dashboard: Dashboard, api:
     page.set_viewport_size(PHONE)
     page.wait_for_timeout(300)
     screenshot(page, "runs-list-phone")
+    dashboard.assert_no_page_errors()
+
+
+def test_the_form_stops_at_a_95_percent_target_by_default_and_the_run_page_draws_the_held_out_curve(
+    dashboard: Dashboard, api: httpx.Client
+) -> None:
+    page = dashboard.page
+    dashboard.open()
+    target = page.get_by_label("Stop at success rate")
+    expect(target).to_be_visible()  # in the form's first lines, not under "Optional settings"
+    expect(target).to_have_value("0.95")
+    hint_id = (target.get_attribute("aria-describedby") or "").split()[0]
+    expect(page.locator(f"#{hint_id}")).to_contain_text("solves 95% of held-out mazes")
+
+    dashboard.fill_start_form(SOLVABLE_PPO)  # every field but the target
+    page.get_by_role("button", name="Start training").click()
+    run_id = dashboard.run_id_from_url()
+
+    started = api.get(f"/training/status/{run_id}").raise_for_status().json()
+    assert started["target_success_rate"] == 0.95, started
+    body = wait_for_exported_run(api, run_id)
+    assert body["training"]["stop_reason"] == "target_reached", body["training"]
+    expect(page.locator("#d-status")).to_have_text("completed", timeout=30_000)
+    evaluations = {p["step"] for p in body["history"]["eval_success_rate"]}
+    assert evaluations, body["history"]
+    held_out = page.get_by_role("figure", name=re.compile("Held-out success rate"))
+    expect(held_out).to_have_attribute("data-points", str(len(evaluations)), timeout=15_000)
+    expect(held_out).to_contain_text("100%")
+    screenshot(page, "run-target-reached")
     dashboard.assert_no_page_errors()
 
 

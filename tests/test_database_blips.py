@@ -15,8 +15,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mlflow_client import Tracker
+from records.admission import NewRun
 from records.database import SQLITE_BUSY_TIMEOUT_MS, create_db_engine, make_session_factory, upgrade_schema
-from records.store import NewRun, RunStore
+from records.store import RunStore
 from records.tables import TrainingRun
 from tests.conftest import SMALL_RUN, LiveService, copy_mlflow_store, settings_for_tests
 from tests.postgres_server import PostgresServer

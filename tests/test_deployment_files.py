@@ -414,7 +414,7 @@ def test_the_build_context_leaves_out_secrets_and_local_state_but_keeps_the_app(
     needed = ["requirements.txt", "constraints.txt", "alembic.ini", "main.py", "api/health.py"]
     needed += [str(path.relative_to(PROJECT_ROOT)) for path in (PROJECT_ROOT / "migrations").rglob("*.py")]
     needed += [path.name for path in PROJECT_ROOT.glob("*.py")]
-    for package in ("api", "core", "records", "agents", "training"):
+    for package in ("api", "core", "records", "agents", "mazes", "training"):
         needed += [str(path.relative_to(PROJECT_ROOT)) for path in (PROJECT_ROOT / package).rglob("*.py")]
     kept_out = [path for path in needed if is_ignored(path, patterns)]
     assert not kept_out, kept_out

@@ -6,12 +6,16 @@ from __future__ import annotations
 import io
 import time
 import zipfile
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from stable_baselines3 import DQN, PPO
 
+import maze_env
+from agents.evaluation import evaluate_with
+from agents.onnx_policy import OnnxPolicy
 from records.views import progress_message
 from tests.conftest import FINAL_STATES, TINY_PPO, app_state, ended_mlflow_run, wait_for_status
 
@@ -76,7 +80,9 @@ def test_a_reachable_target_ends_the_run_early_with_the_best_model(client: TestC
     assert mlflow_run.data.tags["stop_reason"] == "target_reached"
 
 
-def test_an_unreachable_target_trains_the_whole_budget_and_offers_the_best_model(client: TestClient) -> None:
+def test_an_unreachable_target_trains_the_whole_budget_and_offers_the_best_model(
+    client: TestClient, tmp_path: Path
+) -> None:
     run_id = start(client, {**EVALUATED_PPO, "target_success_rate": 1.0})
 
     status = exported(client, run_id)
@@ -90,6 +96,14 @@ def test_an_unreachable_target_trains_the_whole_budget_and_offers_the_best_model
     assert evaluation.status_code == 200, evaluation.text
     assert evaluation.json()["success_rate"] == status["best_eval_success_rate"]
     assert evaluation.json()["path_efficiency"] == pytest.approx(status["best_eval_path_efficiency"])
+    # And the file a user downloads, played here on the run's held-out mazes, scores the recorded best.
+    download = client.get(f"/experiments/{run_id}/model.onnx")
+    assert download.status_code == 200, download.text
+    (tmp_path / "downloaded.onnx").write_bytes(download.content)
+    policy = OnnxPolicy(tmp_path / "downloaded.onnx")
+    mine = evaluate_with(policy.predict, TINY_PPO["maze_size"], maze_env.eval_maze_seeds(EVAL_EPISODES))
+    assert mine.success_rate == status["best_eval_success_rate"]
+    assert mine.path_efficiency == pytest.approx(status["best_eval_path_efficiency"])
     assert saved_timesteps(client, run_id, "model.zip") == status["best_eval_timesteps"]
     if status["best_eval_timesteps"] == status["timesteps"]:
         assert client.get(f"/experiments/{run_id}/last_model.zip").status_code == 404

@@ -94,3 +94,34 @@ def test_no_improvement_ends_training_and_ties_go_to_the_later_model(tmp_path: P
     assert recorded[-1].best_eval_timesteps == 6 * ROLLOUT  # 0.6 twice: the later one
     assert [state.evals_without_improvement for state in recorded] == [0, 0, 1, 2]
     assert (tmp_path / "best.zip").is_file()
+
+
+def test_after_a_resume_the_adaptive_timer_restarts_from_the_resumed_runs_own_evaluations(
+    tmp_path: Path,
+) -> None:
+    # Before the stop: a 10 s evaluation after iteration 1, so the next one was due 90 s (22 iterations)
+    # later. The resumed job is a new process on another machine: its monotonic clock starts near 0,
+    # and its evaluations take 2 s. Neither the old duration nor the old clock may delay or hurry the
+    # resumed run's evaluations: the first comes at its first iteration boundary, then every 5 iterations.
+    plan = EvaluationPlan(timesteps_per_episode=ROLLOUT, total_timesteps=ITERATIONS * ROLLOUT)
+    before_clock = ManualClock(start=5000.0)
+    before_at, slow = scripted([0.25], before_clock, eval_s=10.0)
+    recorded: list[EvaluationState] = []
+    before = EvaluationCallback(plan, slow, tmp_path / "best.zip", recorded.append, clock=before_clock)
+    model = tiny_ppo()
+    model.learn(3 * ROLLOUT, callback=CallbackList([AdvanceClock(before_clock, 0.25), before]))
+    assert before_at == [ROLLOUT], "one evaluation before the stop"
+
+    after_clock = ManualClock(start=1.0)
+    after_at, fast = scripted([0.5], after_clock, eval_s=2.0)
+    after = EvaluationCallback(
+        plan, fast, tmp_path / "best.zip", recorded.append, state=recorded[-1], clock=after_clock
+    )
+    model.learn(
+        (ITERATIONS - 3) * ROLLOUT,
+        callback=CallbackList([AdvanceClock(after_clock, 0.25), after]),
+        reset_num_timesteps=False,
+    )
+
+    assert after_at == [4 * ROLLOUT, 9 * ROLLOUT]
+    assert recorded[-1].best_eval_success_rate == 0.5 and recorded[-1].best_eval_timesteps == 9 * ROLLOUT

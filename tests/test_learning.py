@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import zlib
 from collections import deque
 
 import numpy as np
@@ -14,6 +15,7 @@ from stable_baselines3 import DQN, PPO
 import maze_env
 from agents import building, evaluation, hyperparameters, planner
 from agents.rollouts import play_maze
+from mazes.grid import generate_maze, shortest_path, shortest_path_moves
 
 DELTAS = ((-1, 0), (0, 1), (1, 0), (0, -1))
 
@@ -102,7 +104,7 @@ def test_evaluate_with_oracle_and_stuck_policies() -> None:
     perfect = evaluation.evaluate_with(oracle_actions, 7, seeds)
     assert perfect.success_rate == 1.0 and perfect.path_efficiency == pytest.approx(1.0)
     assert perfect.episodes == 20
-    optimal = [maze_env.shortest_path_moves(maze_env.generate_maze(7, s)) for s in seeds]
+    optimal = [shortest_path_moves(generate_maze(7, s)) for s in seeds]
     assert perfect.mean_steps == pytest.approx(np.mean(optimal))
 
     calls: list[int] = []
@@ -114,15 +116,48 @@ def test_evaluate_with_oracle_and_stuck_policies() -> None:
 
     failed = evaluation.evaluate_with(stuck, 7, seeds, max_steps=30)
     assert failed.success_rate == 0.0 and failed.path_efficiency == 0.0 and failed.mean_steps == 30
-    # Lockstep: one batched call per time step, all mazes in the first call.
-    assert len(calls) == 30 and calls[0] == 20
+    # Lockstep: one batched call per time step, all mazes in the first call; an agent back on a square
+    # (here: one bump) is known to fail, so no maze is played to its time limit.
+    assert calls[0] == 20 and len(calls) < 30
+
+
+def test_a_looping_policy_is_scored_as_if_it_played_to_its_time_limit() -> None:
+    seeds = maze_env.eval_maze_seeds(40)
+    calls: list[int] = []
+
+    def wanderer(batch: np.ndarray) -> np.ndarray:
+        """Deterministic: the shortest path on about half the mazes (told apart by their walls), a fixed
+        pseudo-random move per observation on the others."""
+        calls.append(len(batch))
+        best = oracle_actions(batch)
+        return np.array(
+            [
+                best[k] if zlib.crc32(obs[:4].tobytes()) % 2 else zlib.crc32(obs.tobytes()) % 4
+                for k, obs in enumerate(batch)
+            ],
+            dtype=np.int64,
+        )
+
+    cut = evaluation.evaluate_with(wanderer, 5, seeds)
+    cut_calls, calls[:] = len(calls), []
+    envs = [maze_env.MazeEnv(maze_size=5, maze_mode="fixed") for _ in seeds]
+    full = evaluation.play(wanderer, envs, seeds, record_positions=True)  # every episode to its end
+
+    solved = [e.success for e in full]
+    assert 0 < sum(solved) < len(seeds), "some mazes solved, some not: both cases are scored"
+    assert cut.success_rate == pytest.approx(np.mean(solved))
+    assert cut.mean_steps == pytest.approx(np.mean([e.steps for e in full]))
+    optimal = [maze_env.shortest_path_moves(e.maze) for e in full]
+    efficiency = [o / e.steps if e.success else 0.0 for o, e in zip(optimal, full, strict=True)]
+    assert cut.path_efficiency == pytest.approx(np.mean(efficiency))
+    assert cut_calls < len(calls) / 2, (cut_calls, len(calls))
 
 
 def test_play_maze_records_every_square_of_the_path() -> None:
-    maze = maze_env.generate_maze(7, 5)
+    maze = generate_maze(7, 5)
     solved = play_maze(oracle_actions, 7, 5)
-    assert solved.success and solved.path == maze_env.shortest_path(maze)
-    assert solved.steps == solved.shortest_path_steps == maze_env.shortest_path_moves(maze)
+    assert solved.success and solved.path == shortest_path(maze)
+    assert solved.steps == solved.shortest_path_steps == shortest_path_moves(maze)
 
     def stuck(batch: np.ndarray) -> np.ndarray:
         return np.zeros(len(batch), dtype=np.int64)  # "up" from the top-left start: into the outer wall

@@ -17,14 +17,24 @@ from gymnasium.utils.env_checker import check_env as gymnasium_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import maze_env
-from maze_env import MAX_MAZE_SIZE, MIN_MAZE_SIZE, MazeEnv, generate_maze, shortest_path
+from maze_env import MazeEnv
+from mazes.grid import (
+    MAX_MAZE_SIZE,
+    MIN_MAZE_SIZE,
+    Maze,
+    generate_maze,
+    open_directions,
+    shortest_path,
+    square_to_cell,
+)
+from mazes.render import RGB_SCALE, render_ansi
 
 
-def open_edges_and_reachable(maze: maze_env.Maze) -> tuple[int, int]:
+def open_edges_and_reachable(maze: Maze) -> tuple[int, int]:
     """Count open passages between cells, and the cells reachable from the start (BFS over cells)."""
-    walls = maze_env.open_directions(maze)
+    walls = open_directions(maze)
     edges = int(walls[1].sum() + walls[2].sum())  # right and down passages: each passage counted once
-    start = maze_env.square_to_cell(maze.start)
+    start = square_to_cell(maze.start)
     seen = {start}
     queue = deque([start])
     deltas = ((-1, 0), (0, 1), (1, 0), (0, -1))
@@ -67,7 +77,7 @@ def test_generation_is_pinned_across_machines() -> None:
     # random.Random(seed) is specified to give the same stream on every platform; pin one maze so a
     # change of algorithm (which would silently change every stored experiment's mazes) fails loudly.
     maze = generate_maze(5, 0)
-    assert maze_env.render_ansi(maze, maze.start) == (
+    assert render_ansi(maze, maze.start) == (
         "###########\n"
         "#A    #   #\n"
         "# # ### ###\n"
@@ -199,7 +209,7 @@ def test_render_modes() -> None:
     rgb.reset()
     image = rgb.render()
     assert isinstance(image, np.ndarray)
-    assert image.shape == (11 * maze_env.RGB_SCALE, 11 * maze_env.RGB_SCALE, 3) and image.dtype == np.uint8
+    assert image.shape == (11 * RGB_SCALE, 11 * RGB_SCALE, 3) and image.dtype == np.uint8
     with pytest.raises(ValueError, match="render_mode"):
         MazeEnv(maze_size=5, render_mode="human")
 

@@ -16,7 +16,8 @@ from mlflow.tracking import MlflowClient
 
 import maze_env
 from agents.onnx_policy import OnnxPolicy
-from mlflow_client import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, LOGGED_MODEL_NAME
+from mlflow_client import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+from records.mlflow_models import LOGGED_MODEL_NAME
 from tests.conftest import FINAL_STATES, TINY_PPO, LiveService, ended_mlflow_run, wait_for_status
 from tests.mlflow_server import MlflowServer
 

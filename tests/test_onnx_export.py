@@ -21,6 +21,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 import maze_env
 from agents import building, evaluation, onnx_graph
 from agents.onnx_policy import LIBRARY_METADATA_KEYS, OnnxPolicy
+from mazes.grid import generate_maze
 from onnx_export import (
     OnnxExportError,
     collect_observations,
@@ -263,7 +264,7 @@ def test_replay_solves_the_trained_maze_without_torch(solved_maze_policy: Path) 
     result = run_replay(solved_maze_policy)
 
     assert result.returncode == 0, result.stdout + result.stderr
-    maze = maze_env.generate_maze(MAZE_SIZE, MAZE_SEED)
+    maze = generate_maze(MAZE_SIZE, MAZE_SEED)
     assert f"path: [{maze.start}" in result.stdout
     assert f"{maze.goal}]" in result.stdout
     assert "reached goal: yes" in result.stdout

@@ -10,6 +10,7 @@ from gymnasium import spaces
 
 import maze_env
 from agents.planner import GRAD_SWEEPS, MazePlannerExtractor
+from mazes.grid import generate_maze, open_directions, square_to_cell
 
 
 class ConvSweepExtractor(MazePlannerExtractor):
@@ -45,10 +46,10 @@ def maze_observations(maze_size: int, count: int, seed: int) -> torch.Tensor:
     rng = np.random.default_rng(seed)
     batch = []
     for _ in range(count):
-        maze = maze_env.generate_maze(maze_size, int(rng.integers(0, maze_env.TRAIN_SEED_LIMIT)))
+        maze = generate_maze(maze_size, int(rng.integers(0, maze_env.TRAIN_SEED_LIMIT)))
         agent = (int(rng.integers(0, maze_size)), int(rng.integers(0, maze_size)))
-        goal = maze_env.square_to_cell(maze.goal)
-        batch.append(maze_env.encode_observation(maze_env.open_directions(maze), agent, goal))
+        goal = square_to_cell(maze.goal)
+        batch.append(maze_env.encode_observation(open_directions(maze), agent, goal))
     return torch.as_tensor(np.stack(batch), dtype=torch.float32)
 
 

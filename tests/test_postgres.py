@@ -22,8 +22,9 @@ from sqlalchemy import Engine, inspect, text
 
 from core.settings import Settings
 from main import create_app
+from records.admission import NewRun
 from records.database import alembic_config, create_db_engine, make_session_factory, upgrade_schema
-from records.store import NewRun, RunStore
+from records.store import RunStore
 from records.tables import Base
 from tests.conftest import (
     FINAL_STATES,

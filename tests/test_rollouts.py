@@ -8,6 +8,7 @@ import numpy as np
 
 import maze_env
 from agents.rollouts import Rollout, play_maze
+from mazes.grid import generate_maze, shortest_path, shortest_path_moves
 from tests.test_learning import oracle_actions
 
 MAZE_SIZE = 5
@@ -30,8 +31,8 @@ def test_an_oracle_walks_the_shortest_path_square_by_square() -> None:
     rollout = play_maze(oracle_actions, MAZE_SIZE, MAZE_SEED)
 
     assert rollout.success
-    assert rollout.steps == rollout.shortest_path_steps == maze_env.shortest_path_moves(rollout.maze)
-    assert rollout.path == maze_env.shortest_path(rollout.maze)
+    assert rollout.steps == rollout.shortest_path_steps == shortest_path_moves(rollout.maze)
+    assert rollout.path == shortest_path(rollout.maze)
     assert rollout.path[0] == rollout.maze.start and rollout.path[-1] == rollout.maze.goal
     assert_walkable(rollout)
 
@@ -39,7 +40,7 @@ def test_an_oracle_walks_the_shortest_path_square_by_square() -> None:
 def test_the_maze_is_the_one_its_seed_names() -> None:
     rollout = play_maze(oracle_actions, MAZE_SIZE, MAZE_SEED)
 
-    assert np.array_equal(rollout.maze.grid, maze_env.generate_maze(MAZE_SIZE, MAZE_SEED).grid)
+    assert np.array_equal(rollout.maze.grid, generate_maze(MAZE_SIZE, MAZE_SEED).grid)
 
 
 def test_a_policy_bumping_into_a_wall_fails_at_the_time_limit_without_moving() -> None:

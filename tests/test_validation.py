@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from maze_env import MAX_MAZE_SIZE, MIN_MAZE_SIZE
+from mazes.grid import MAX_MAZE_SIZE, MIN_MAZE_SIZE
 
 SEED_BODY: dict[str, Any] = {
     "algorithm": "PPO",

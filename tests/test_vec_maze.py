@@ -12,10 +12,9 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from agents import building
 from agents.vec_maze import VecMazeEnv
-from maze_env import (
-    ACTION_DELTAS,
+from maze_env import ACTION_DELTAS, MazeEnv
+from mazes.grid import (
     Maze,
-    MazeEnv,
     bfs_distances,
     cell_distances_to_goal,
     generate_maze,

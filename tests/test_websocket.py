@@ -20,6 +20,8 @@ MESSAGE_FIELDS = {
     # The held-out evaluation and why a run ended (added with early stopping).
     "eval_success_rate", "eval_path_efficiency", "best_eval_success_rate", "best_eval_timesteps",
     "stop_reason",
+    # The metric points logged since the previous message (dense live charts).
+    "points", "points_after",
 }  # fmt: skip
 
 
@@ -142,3 +144,64 @@ def test_progress_reaches_clients_of_every_worker(live_service: Callable[..., Li
         time.sleep(0.05)
     with service.client() as http:
         http.post(f"/training/stop/{run_id}")
+
+
+# Iterations of a fraction of a second: several training iterations (MLflow points) per message.
+DENSE_PPO: dict[str, Any] = {**TINY_PPO, "total_episodes": 24}
+
+
+def collect_points(service: LiveService, run_id: str, into: dict[str, Any]) -> None:
+    """One client's view of a run, as the dashboard builds it: every message until `final` and the
+    points they carried; where a message's `points_after` says points were missed (the worker sent
+    them before this client joined), the history read over HTTP fills the gap."""
+    points: dict[str, dict[int, float]] = {}
+    messages: list[dict[str, Any]] = []
+    refetched = 0
+    with connect(ws_url(service, run_id)) as ws:
+        while True:
+            message = receive(ws, timeout=60)
+            messages.append(message)
+            for key, new in (message["points"] or {}).items():
+                after = message["points_after"][key]
+                if after is not None and max(points.get(key, {-1: 0.0})) < after:
+                    refetched += 1
+                    with service.client() as http:
+                        history = http.get(f"/experiments/{run_id}").json()["history"][key]
+                    points.setdefault(key, {}).update({p["step"]: p["value"] for p in history})
+                points.setdefault(key, {}).update({int(step): value for step, value in new})
+            if message["type"] == "final":
+                break
+    into.update(points=points, messages=messages, refetched=refetched)
+
+
+def test_progress_messages_carry_every_point_of_the_finished_curve_on_every_worker(
+    live_service: Callable[..., LiveService],
+) -> None:
+    service = live_service(workers=2, PROGRESS_INTERVAL_S="2")
+    service.wait_for_mlflow()  # the run has its MLflow run from its first step
+    with service.client() as http:
+        run_id = http.post("/training/start", json=DENSE_PPO).json()["experiment_id"]
+        wait_for_status(http.get, run_id, lambda s: s["status"] == "running")
+    views: list[dict[str, Any]] = [{}, {}]  # two clients: each may land on either worker
+    clients = [threading.Thread(target=collect_points, args=(service, run_id, view)) for view in views]
+    for thread in clients:
+        thread.start()
+    for thread in clients:
+        thread.join(timeout=240)
+    with service.client() as http:
+        wait_for_status(http.get, run_id, lambda s: (s.get("onnx") or {}).get("status") == "exported")
+        history = http.get(f"/experiments/{run_id}").json()["history"]
+
+    finished = {key: {p["step"]: p["value"] for p in points} for key, points in history.items()}
+    assert len(finished["reward"]) >= 12, f"too few iterations to say anything: {finished['reward']}"
+    for view in views:
+        assert view, "a client did not see the run end"
+        carried = [len(m["points"]["reward"]) for m in view["messages"] if m["points"]]
+        # The 2 s cadence stays, and messages carry several points each: fewer messages than points.
+        assert len([n for n in carried if n]) < len(view["points"]["reward"]) and max(carried) > 1, carried
+        for key, curve in finished.items():
+            live = view["points"].get(key, {})
+            # The same points as the finished curve. Only MLflow points logged after the final message
+            # was sent (MLflow lagging the run's final state) could be missing, at its very end.
+            assert live == {step: curve[step] for step in sorted(curve)[: len(live)]}, key
+            assert len(curve) - len(live) <= 1, f"{key}: live {len(live)} points, finished {len(curve)}"

@@ -1,5 +1,7 @@
-"""Stable-Baselines3 callbacks: measure progress, track it, save checkpoints, and stop training when
-asked; and the list a run trains with."""
+"""Stable-Baselines3 callbacks of a run: progress, tracking, checkpoints, stop requests, and their list.
+
+Each callback does one of these; `run_callbacks` builds the list a run trains with.
+"""
 
 from __future__ import annotations
 

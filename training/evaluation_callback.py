@@ -1,5 +1,7 @@
-"""Periodic held-out evaluation while a run trains: when to evaluate, which model is the best so far, and
-when the run is good enough to end (in the style of SB3's `EvalCallback` with its stop callbacks).
+"""Periodic held-out evaluation while a run trains: when to evaluate, the best model, when to end.
+
+When the run is good enough, or no longer improves, it ends (in the style of SB3's `EvalCallback` with
+its stop callbacks).
 
 Evaluations happen at training-iteration boundaries (every `timesteps_per_episode` steps): every
 `eval_every_episodes` iterations, or, by default, adaptively: after an evaluation that took `d` seconds,

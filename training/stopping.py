@@ -1,5 +1,4 @@
-"""How a run notices a stop request wherever it is: between env steps, inside a gradient phase, and
-during an evaluation."""
+"""How a run notices a stop request wherever it is: between env steps, in a gradient phase, in evaluation."""
 
 from __future__ import annotations
 

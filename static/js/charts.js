@@ -19,6 +19,16 @@ export const CHARTS = [
     range: [0, 1],
     format: percent,
   },
+  // One point per held-out evaluation, at the timestep it evaluated (`stepKey` in progress messages).
+  {
+    key: "eval_success_rate",
+    stepKey: "eval_timesteps",
+    label: "held-out success",
+    axis: "held-out mazes solved",
+    color: "#7c3aed",
+    range: [0, 1],
+    format: percent,
+  },
   { key: "loss", label: "loss", axis: "loss", color: "#dc2626", format: number },
 ];
 // The raw curve behind a smoothed one, as TensorBoard draws it.
@@ -74,7 +84,10 @@ function dedupeSteps(points) {
   }
 }
 
-/** One metric's chart inside `figure`; `figure.dataset.points` counts the points drawn (tests read it). */
+/**
+ * One metric's chart inside `figure`; `figure.dataset.points` counts the points drawn and
+ * `figure.dataset.lastStep` is the step of the last one (tests read them).
+ */
 export class MetricChart {
   constructor(figure, spec) {
     this.figure = figure;
@@ -129,6 +142,27 @@ export class MetricChart {
     this.render();
   }
 
+  /** The step of the last point drawn, -Infinity when none. */
+  lastStep() {
+    return this.xs.length ? this.xs[this.xs.length - 1] : -Infinity;
+  }
+
+  /**
+   * Add the points a progress message carries ([[step, value], ...], ascending, all logged after step
+   * `after`; null: from the start). Returns false, drawing nothing, when this chart ends before
+   * `after`: points were missed, and the caller reads the whole history again.
+   */
+  merge(points, after) {
+    if (after !== null && after !== undefined && this.lastStep() < after) return false;
+    const known = new Map(this.xs.map((x, i) => [x, this.ys[i]]));
+    for (const [step, value] of points || []) if (finite(step) && finite(value)) known.set(step, value);
+    const steps = [...known.keys()].sort((a, b) => a - b);
+    this.xs = steps;
+    this.ys = steps.map((step) => known.get(step));
+    this.render();
+    return true;
+  }
+
   /** 0 draws the values as logged; up to 0.99 smooths more (the raw curve stays, faint). */
   setSmoothing(weight) {
     this.weight = weight;
@@ -140,6 +174,7 @@ export class MetricChart {
     const smoothed = smooth(this.ys, this.weight);
     this.plot.setData([this.xs, this.ys, smoothed]);
     this.figure.dataset.points = String(this.xs.length);
+    this.figure.dataset.lastStep = this.xs.length ? String(this.xs[this.xs.length - 1]) : "";
     const last = this.xs.length - 1;
     const format = this.spec.format;
     const value = this.weight > 0 ? `${format(this.ys[last])} (smoothed ${format(smoothed[last])})` : format(this.ys[last]);

@@ -172,6 +172,7 @@ class RunDetail {
     this.listeners = [];
     this.loadedAt = 0;
     this.stopping = false;
+    this.loads = 0;
   }
 
   start() {
@@ -220,6 +221,8 @@ class RunDetail {
   async load() {
     window.clearTimeout(this.reloadTimer);
     this.loadedAt = Date.now();
+    this.loads += 1;
+    this.root.dataset.historyLoads = String(this.loads); // tests tell WebSocket growth from reloads
     let run;
     try {
       run = await api(experimentPath(this.runId));
@@ -286,12 +289,35 @@ class RunDetail {
   onMessage(message) {
     this.messages += 1;
     this.root.dataset.wsMessages = String(this.messages);
-    this.state = { ...this.state, ...message };
-    if (this.isNewIteration(message)) {
-      for (const [key, chart] of Object.entries(this.charts)) chart.push(message.timesteps, message[key]);
-    }
+    const { points, points_after: after, ...progress } = message;
+    this.state = { ...this.state, ...progress };
+    const missed = this.chartMessage(message, points, after);
     this.renderState();
-    if (this.loadedOnceIsStale(message)) this.load();
+    if (missed || this.loadedOnceIsStale(message)) this.load();
+  }
+
+  /**
+   * Messages carry the metric points logged since the previous one (the same points the finished
+   * curves have). Without them (no MLflow run yet) the message's own latest values are charted, one
+   * per training iteration. Returns true when points were missed and the history must be read again.
+   */
+  chartMessage(message, points, after) {
+    if (points) {
+      let missed = false;
+      for (const [key, chart] of Object.entries(this.charts)) {
+        if (!chart.merge(points[key], (after || {})[key])) missed = true;
+      }
+      return missed;
+    }
+    const usesPoints = this.run && this.run.mlflow_run_id;
+    if (!usesPoints && this.isNewIteration(message)) {
+      for (const [key, chart] of Object.entries(this.charts)) {
+        // A final message's held-out figures are the best evaluation's, not a point of the curve.
+        if (chart.spec.stepKey && message.type === "final") continue;
+        chart.push(message[chart.spec.stepKey || "timesteps"], message[key]);
+      }
+    }
+    return false;
   }
 
   /**

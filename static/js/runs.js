@@ -52,10 +52,11 @@ function cell(label, ...content) {
   return el("td", { dataset: { label } }, ...content);
 }
 
-function runRow(run, store, openHints) {
+function runRow(run, store, openHints, selection) {
   const row = el(
     "tr",
     { dataset: { runId: run.experiment_id, status: run.status } },
+    selection ? selection.cell(run) : null,
     cell("Run", detailLink(run)),
     cell("State", statusBadge(run.status)),
     cell("Algorithm", run.algorithm),
@@ -78,9 +79,10 @@ function query(filters) {
 /**
  * Start polling into `table`'s body. `filters()` returns {status, algorithm}; `mlflowStore()` the
  * MLflow store's location ("" when unknown); `onProblem(error)` gets the error of a failed poll, or
- * null after a good one. Returns {stop(), refresh()}.
+ * null after a good one; `selection` (optional, see selection.js) adds each row's compare checkbox.
+ * Returns {stop(), refresh()}.
  */
-export function startRunsTable(table, messageNode, { filters, mlflowStore, onProblem }) {
+export function startRunsTable(table, messageNode, { filters, mlflowStore, onProblem, selection }) {
   const body = table.tBodies[0];
   let timer = null;
   let stopped = false;
@@ -95,7 +97,10 @@ export function startRunsTable(table, messageNode, { filters, mlflowStore, onPro
     try {
       const page = await api(query(filters()));
       if (stopped) return;
-      body.replaceChildren(...page.items.map((run) => runRow(run, mlflowStore(), openHints)));
+      // Rows are rebuilt: a keyboard user keeps focus on the checkbox they were on.
+      const focused = body.contains(document.activeElement) ? document.activeElement.id : "";
+      body.replaceChildren(...page.items.map((run) => runRow(run, mlflowStore(), openHints, selection)));
+      if (focused && document.getElementById(focused)) document.getElementById(focused).focus();
       const shown = page.items.length;
       messageNode.textContent = shown ? `${shown} of ${page.total} runs` : "No runs yet: start one above.";
       onProblem(null);

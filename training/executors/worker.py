@@ -1,5 +1,8 @@
-"""Train one run in a process other than the service's (a child process, a Ray worker), with its own
-database engine and MLflow client; and the MLflow client every training process builds the same way."""
+"""Train one run in a process other than the service's (a child process, a Ray worker).
+
+Such a process opens its own database engine and MLflow client; every training process builds its
+MLflow client the same way, here.
+"""
 
 from __future__ import annotations
 
