@@ -14,7 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 import websocket
-from api import docs, experiments, health, training
+from api import docs, experiments, health, sweeps, training
 from api import metrics as metrics_routes
 from api.dashboard import install_dashboard
 from api.errors import install_error_handlers
@@ -27,6 +27,10 @@ from records.database import create_db_engine, make_session_factory, upgrade_sch
 from records.experiments import Experiments
 from records.status_cache import StatusCache
 from records.store import RunStore
+from sweeps.driver import SweepDriver
+from sweeps.records import SweepStore
+from sweeps.service import SweepService
+from sweeps.tracking import SweepTracking
 from training.executors.worker import make_tracker, tracker_artifact_dir
 from training.notifications import Notifier
 from training_service import TrainingService
@@ -59,6 +63,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tracker = make_tracker(settings, store, tracker_artifact_dir(settings))
         service = TrainingService(settings, store, tracker if settings.mlflow_enabled else None)
         await run_in_threadpool(service.start)
+        tracking = SweepTracking(tracker.runs) if settings.mlflow_enabled else None
+        sweep_driver = SweepDriver(settings, SweepStore(session_factory), service, tracking)
+        sweep_driver.start()  # sweeps left unfinished by a previous process go on
+        app.state.sweeps = SweepService(sweep_driver)
         tracker.prepare()  # in the background: a first request must not wait for MLflow's set-up
         notifier = Notifier(settings, session_factory)
         notifier.start()
@@ -90,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await hub.stop()
             experiments_service.close()
             await status_cache.stop()
+            await run_in_threadpool(sweep_driver.shutdown)  # first: it must not resume runs ending now
             await run_in_threadpool(service.shutdown, SHUTDOWN_GRACE_S)
             await run_in_threadpool(tracker.close, TRACKING_FLUSH_S)
             engine.dispose()
@@ -107,7 +116,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         ApiKeyGate,
         settings=settings,
-        guarded_prefixes=(training.router.prefix, experiments.router.prefix, metrics_routes.METRICS_PATH),
+        guarded_prefixes=(
+            training.router.prefix,
+            experiments.router.prefix,
+            sweeps.router.prefix,
+            metrics_routes.METRICS_PATH,
+        ),
     )
     if settings.cors_origins:
         app.add_middleware(
@@ -126,6 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     unauthorized = UNAUTHORIZED if settings.api_key else {}
     app.include_router(training.router, dependencies=guarded, responses=unauthorized)
     app.include_router(experiments.router, dependencies=guarded, responses=unauthorized)
+    app.include_router(sweeps.router, dependencies=guarded, responses=unauthorized)
     app.include_router(metrics_routes.router, dependencies=guarded, responses=unauthorized)
     app.include_router(websocket.router)
     app.include_router(health.router)

@@ -9,6 +9,7 @@ correct under `uvicorn --workers N`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import secrets
@@ -88,13 +89,21 @@ class TrainingService:
 
     # --- requests ----------------------------------------------------------------------------------
 
-    def submit(self, request: StartTrainingRequest, idempotency_key: str | None = None) -> TrainingRun:
+    def submit(
+        self,
+        request: StartTrainingRequest,
+        idempotency_key: str | None = None,
+        sweep_trial: tuple[str, int] | None = None,
+    ) -> TrainingRun:
         """Record a new run as queued and start it at once when the cap allows.
 
         :param idempotency_key: the client's key for this start. A start repeated with the same key and
             body answers the run the first one created; with another body it is refused.
+        :param sweep_trial: (sweep id, trial number) when the run is a sweep's trial.
         """
         new_run = self._resolve(request)
+        if sweep_trial is not None:
+            new_run = dataclasses.replace(new_run, sweep_id=sweep_trial[0], sweep_trial=sweep_trial[1])
         digest = _request_digest(request) if idempotency_key is not None else None
         admission = self.store.admit(
             new_run,
@@ -163,6 +172,10 @@ class TrainingService:
     def concurrency_cap(self) -> int:
         """Runs allowed to train at once: MAX_CONCURRENT_RUNS, or with Ray the cluster's capacity."""
         return self.executor.capacity()
+
+    def check(self, request: StartTrainingRequest) -> None:
+        """Raise `InvalidRequest` (naming the field) when this server cannot run `request`."""
+        self._resolve(request)
 
     def _resolve(self, request: StartTrainingRequest) -> NewRun:
         if request.maze_size > self.settings.max_maze_size:

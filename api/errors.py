@@ -26,6 +26,7 @@ from core.errors import (
     RunStillActive,
     ServiceBusy,
     ServiceError,
+    SweepNotFound,
     TrackingUnavailable,
     describe,
 )
@@ -35,6 +36,7 @@ log = structlog.get_logger(__name__)
 STATUS_CODES: dict[type[ServiceError], int] = {
     InvalidApiKey: 401,
     RunNotFound: 404,
+    SweepNotFound: 404,
     ModelNotAvailable: 404,
     NotResumable: 409,
     PolicyNotExported: 409,

@@ -30,6 +30,14 @@ class RunNotFound(ServiceError):
         self.run_id = run_id
 
 
+class SweepNotFound(ServiceError):
+    """No sweep has this id."""
+
+    def __init__(self, sweep_id: str) -> None:
+        super().__init__(f"no sweep with sweep_id {sweep_id}")
+        self.sweep_id = sweep_id
+
+
 class InvalidRequest(ServiceError):
     """A request that passed schema validation but cannot run here.
 

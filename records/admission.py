@@ -41,6 +41,8 @@ class NewRun:
     notes: str | None = None
     notify_url: str | None = None
     notify_state: str | None = None
+    sweep_id: str | None = None
+    sweep_trial: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,6 +33,7 @@ class StopReason(enum.StrEnum):
     STOPPED = "stopped"
     INTERRUPTED = "interrupted"
     FAILED = "failed"
+    PRUNED = "pruned"  # a sweep's trial ended early by the sweep's pruner (the run ends `completed`)
 
 
 def utcnow() -> datetime:
@@ -157,7 +158,42 @@ class TrainingRun(Base):
     onnx_export_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     onnx_parity_passed: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
+    # A sweep's trial (sweeps/): the sweep and the Optuna trial number; None for a run started by hand.
+    sweep_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+    sweep_trial: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
 
 def run_policy(run: TrainingRun) -> str:
     """The run's network choice; runs recorded before the choice existed trained the `planner`."""
     return run.policy or "planner"
+
+
+class SweepStatus(enum.StrEnum):
+    RUNNING = "running"
+    STOPPING = "stopping"  # stop asked: its trials are being stopped and recorded
+    COMPLETED = "completed"
+    STOPPED = "stopped"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (SweepStatus.COMPLETED, SweepStatus.STOPPED)
+
+
+class Sweep(Base):
+    """One row per `POST /sweeps`; its Optuna study (`sweep-<id>`) lives in the same database."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), index=True, default=SweepStatus.RUNNING.value)
+    algorithm: Mapped[str] = mapped_column(String(8))
+    maze_size: Mapped[int] = mapped_column(Integer)
+    # The whole validated request (search space resolved to its defaults), as JSON.
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    n_trials: Mapped[int] = mapped_column(Integer)
+    parallel_trials: Mapped[int] = mapped_column(Integer)
+    # Trials handed out so far, across all workers: raised by compare-and-set, so none is handed out twice.
+    trials_claimed: Mapped[int] = mapped_column(Integer, default=0)
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

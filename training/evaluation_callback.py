@@ -32,6 +32,9 @@ from training.run_metadata import fixed_maze_seed
 
 TRAIN_TO_EVAL_RATIO = 9.0
 
+# Another reason to end a run after an evaluation (a sweep's pruner), or None to go on.
+ExtraRule = Callable[[EvaluationState], StopReason | None]
+
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationPlan:
@@ -109,6 +112,9 @@ class EvaluationCallback(BaseCallback):
     :param record: receives the state after every evaluation (to store and track it); must not raise.
     :param state: the run's evaluation state so far (a resumed run), or None.
     :param clock: monotonic seconds (injected for tests of the schedule).
+    :param extra_rule: one more early-stop rule, asked after every evaluation: the reason to end the
+        run now, or None (a sweep's pruner). Its reason counts only before the budget's end, and after
+        the run's own rules.
     """
 
     @classmethod
@@ -119,6 +125,7 @@ class EvaluationCallback(BaseCallback):
         env: VecEnv,
         should_stop: ShouldStop,
         record: Callable[[EvaluationState], None],
+        extra_rule: ExtraRule | None = None,
     ) -> EvaluationCallback | None:
         """A run's evaluation, continuing its state so far; None when evaluation is off (EVAL_EPISODES=0).
 
@@ -127,6 +134,7 @@ class EvaluationCallback(BaseCallback):
         :param env: the run's training env.
         :param should_stop: asked between steps of every evaluation.
         :param record: as for the constructor.
+        :param extra_rule: as for the constructor.
         """
         seeds = held_out_seeds(run, settings, env)
         if not seeds:
@@ -136,7 +144,8 @@ class EvaluationCallback(BaseCallback):
             return evaluate(model, run.maze_size, seeds, should_stop=should_stop)
 
         best_path = settings.run_dir(run.id) / BEST_MODEL_FILE
-        return cls(EvaluationPlan.of(run), evaluate_model, best_path, record, evaluation_state(run))
+        plan, state = EvaluationPlan.of(run), evaluation_state(run)
+        return cls(plan, evaluate_model, best_path, record, state, extra_rule=extra_rule)
 
     def __init__(
         self,
@@ -146,6 +155,7 @@ class EvaluationCallback(BaseCallback):
         record: Callable[[EvaluationState], None],
         state: EvaluationState | None = None,
         clock: Callable[[], float] = time.monotonic,
+        extra_rule: ExtraRule | None = None,
     ) -> None:
         super().__init__()
         self._plan = plan
@@ -154,6 +164,7 @@ class EvaluationCallback(BaseCallback):
         self._record = record
         self.state = state
         self._clock = clock
+        self._extra_rule = extra_rule
         self._last_boundary = 0
         self._next_due_at = 0.0
         self.stop_reason: StopReason | None = None
@@ -214,6 +225,8 @@ class EvaluationCallback(BaseCallback):
             self._best_saved, self._changed_since_best = True, False
         self._record(self.state)
         plan = self._plan
+        # Asked after every evaluation (a sweep's pruner records each one), obeyed only before the end.
+        extra_reason = self._extra_rule(self.state) if self._extra_rule is not None else None
         if plan.target_success_rate is not None and self.state.evals_at_target >= plan.patience:
             self.stop_reason = StopReason.TARGET_REACHED
         elif (
@@ -221,6 +234,8 @@ class EvaluationCallback(BaseCallback):
             and self.state.evals_without_improvement >= plan.max_evals_without_improvement
         ):
             self.stop_reason = StopReason.NO_IMPROVEMENT
+        elif extra_reason is not None and self.num_timesteps < plan.total_timesteps:
+            self.stop_reason = extra_reason
         return self.stop_reason is None
 
     def _next_state(self, result: EvalResult) -> tuple[EvaluationState, bool]:

@@ -36,6 +36,7 @@ from records.labels import mlflow_run_labels
 from records.metric_names import mlflow_metrics
 from records.store import EvaluationState, ProgressSnapshot, RunStore
 from records.tables import RunStatus, StopReason, TrainingRun, run_policy
+from sweeps.pruning import trial_pruning
 from training.callbacks import final_progress, run_callbacks
 from training.checkpoints import fetch_last_model, load_newest_readable
 from training.evaluation_callback import EvaluationCallback
@@ -131,7 +132,12 @@ class TrainingJob:
                 "run_started", device=device, remaining_timesteps=remaining, resumed=checkpoint is not None
             )
             evaluation = EvaluationCallback.for_run(
-                run, self.settings, env, signal.is_set, lambda state: self._record_evaluation(state, tracked)
+                run,
+                self.settings,
+                env,
+                signal.is_set,
+                lambda state: self._record_evaluation(state, tracked),
+                extra_rule=trial_pruning(run, self.settings),  # None unless the run is a sweep's trial
             )
             tracker, log_metrics = self.tracker, None
             if tracked is not None and tracker is not None:

@@ -11,7 +11,7 @@ MazeMode = Literal["random", "fixed"]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 RunStatusName = Literal["queued", "running", "completed", "failed", "stopped", "interrupted"]
 StopReasonName = Literal[
-    "target_reached", "budget_exhausted", "no_improvement", "stopped", "interrupted", "failed"
+    "target_reached", "budget_exhausted", "no_improvement", "stopped", "interrupted", "failed", "pruned"
 ]
 
 MAX_TOTAL_EPISODES = 1_000_000
