@@ -92,6 +92,10 @@ ONNX = "GET /experiments/{experiment_id}/model.onnx"
 ZIP = "GET /experiments/{experiment_id}/model.zip"
 ROLLOUT = "POST /experiments/{experiment_id}/rollout"
 EVALUATE = "POST /experiments/{experiment_id}/evaluate"
+DELETE = "DELETE /experiments/{experiment_id}"
+PATCH = "PATCH /experiments/{experiment_id}"
+LOGS = "GET /experiments/{experiment_id}/logs"
+SWEEP = "POST /sweeps"
 
 
 @dataclass
@@ -137,7 +141,9 @@ _REAL_IDS: list[str] = []
 def flatmap_path_parameters(context: schemathesis.HookContext, path_parameters: dict[str, Any]) -> Any:
     """Valid generated experiment ids are often swapped for a real run's, so 200 paths run too."""
     generated = (path_parameters or {}).get("experiment_id")
-    if not _REAL_IDS or not _is_uuid(generated):
+    # Never DELETE the real runs: the other operations (and REAL_RUN_CALLS) need them to the end.
+    deleting = context.operation is not None and context.operation.label == DELETE
+    if not _REAL_IDS or not _is_uuid(generated) or deleting:
         return st.just(path_parameters)
     real = [{**path_parameters, "experiment_id": run_id} for run_id in _REAL_IDS]
     return st.sampled_from([path_parameters, *real])
@@ -435,6 +441,10 @@ def _fuzz(case: schemathesis.Case, live_api: LiveApi) -> None:
     live_api.seen[(case.operation.label, response.status_code)] += 1
     if case.operation.label == START and response.status_code == 200:
         _stop_generated_run(live_api, response.json()["experiment_id"])
+    if case.operation.label == SWEEP and response.status_code == 200:
+        # A generated sweep would go on queueing trials for the rest of the module: stop it at once.
+        stopped = live_api.client.post(f"/sweeps/{response.json()['sweep_id']}/stop")
+        assert stopped.status_code == 200, stopped.text
     _validate(case, response)
 
 
@@ -479,6 +489,8 @@ REAL_RUN_CALLS: list[tuple[str, str, dict[str, Any] | None, int]] = [
     (EVALUATE, "seeded", {"episodes": 5}, 200),
     (STOP, "seeded", None, 200),  # already completed: nothing to stop
     (RESUME, "seeded", None, 409),  # only interrupted or stopped runs resume
+    (PATCH, "seeded", {"notes": "checked by schemathesis"}, 200),
+    (LOGS, "seeded", None, 200),
     (STATUS, "unexported", None, 200),
     (DETAIL, "unexported", None, 200),
     (ONNX, "unexported", None, 404),
