@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import structlog
 import torch
@@ -24,19 +25,24 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from agents.hyperparameters import budget_violation, default_n_envs, ppo_n_steps
 from api.schemas import StartTrainingRequest
-from core.errors import InvalidRequest, NotResumable, ServiceBusy, describe
+from core.errors import InvalidRequest, NotExportable, NotResumable, ServiceBusy, describe
 from core.settings import Settings
 from mlflow_client import Tracker
 from records.admission import NewRun
-from records.liveness import worker_identity
+from records.liveness import owner_is_gone, worker_identity
 from records.store import RunStore
-from records.tables import RunStatus, TrainingRun
+from records.tables import RunStatus, TrainingRun, utcnow
 from training.executors import Executor, SavedModelUnavailable, make_executor
+from training.onnx_publish import export_saved_model
 
 log = structlog.get_logger(__name__)
 
 QUEUE_RETRY_AFTER_S = 30
 GIL_SWITCH_INTERVAL_S = 0.001
+# A finished run's `pending` export is taken over from its worker only once that worker is gone, or
+# silent for this long beyond the heartbeat timeout (an export takes seconds; a remote one may wait
+# minutes for its uploads).
+EXPORT_TAKEOVER_GRACE_S = 300.0
 
 
 class TrainingService:
@@ -69,7 +75,12 @@ class TrainingService:
         for run_id in self.store.interrupt_dead_local_owners(self.owner):
             log.warning("run_interrupted", experiment_id=run_id, reason="owner process exited")
             self._close_orphaned_tracking(run_id)
-        for target, name in ((self._schedule_loop, "scheduler"), (self._heartbeat_loop, "heartbeat")):
+        loops = (
+            (self._schedule_loop, "scheduler"),
+            (self._heartbeat_loop, "heartbeat"),
+            (self._export_left_pending, "exports"),
+        )
+        for target, name in loops:
             thread = threading.Thread(target=target, name=f"training-{name}", daemon=True)
             thread.start()
             self._background.append(thread)
@@ -163,6 +174,42 @@ class TrainingService:
         log.info("run_resume_requested", experiment_id=run.id, from_status=run.status)
         self._claim_and_start()
         return self.store.get(run.id)
+
+    def export_again(self, run_id: str) -> TrainingRun:
+        """Export a finished run's saved model to ONNX again: after a failed export, or one a dead
+        worker left `pending`. A run already exported is answered as it is (nothing is redone)."""
+        run = self.store.get(run_id)
+        if run.onnx_status == "exported":
+            return run
+        if not RunStatus(run.status).is_final:
+            raise NotExportable(f"run {run.id} is {run.status}: it exports its policy when it ends")
+        if not run.model_path or not Path(run.model_path).is_file():
+            raise NotExportable(f"run {run.id} has no saved model on this host to export")
+        if not self._claim_export(run):
+            raise NotExportable(f"the policy of run {run.id} is being exported now; ask again in a minute")
+        return export_saved_model(self.settings, self.store, self.tracker, self.store.get(run.id))
+
+    def _claim_export(self, run: TrainingRun) -> bool:
+        grace = timedelta(seconds=self.settings.heartbeat_timeout_s + EXPORT_TAKEOVER_GRACE_S)
+        gone = owner_is_gone(run.owner, self.owner)
+        return self.store.claim_export(run.id, self.owner, utcnow() - grace, owner_gone=gone)
+
+    def _export_left_pending(self) -> None:
+        """At start-up, in the background: export again what a dead worker left `pending` (issue 16)."""
+        try:
+            pending = self.store.pending_exports()
+        except SQLAlchemyError as error:
+            log.warning("pending_exports_not_read", error=describe(error))
+            return
+        for run in pending:
+            if self._closing.is_set():
+                return
+            try:
+                if run.model_path and Path(run.model_path).is_file() and self._claim_export(run):
+                    log.info("onnx_export_taken_over", experiment_id=run.id, from_owner=run.owner)
+                    export_saved_model(self.settings, self.store, self.tracker, self.store.get(run.id))
+            except Exception as error:  # one run's trouble must not stop the others'
+                log.warning("onnx_export_not_taken_over", experiment_id=run.id, error=describe(error))
 
     def request_stop(self, run_id: str) -> TrainingRun:
         run = self.store.request_stop(run_id)

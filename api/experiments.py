@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from pydantic import StringConstraints
 
-from api.deps import ExperimentsDep, SettingsDep
+from api.deps import ExperimentsDep, ServiceDep, SettingsDep
 from api.responses import BAD_BODY, DATABASE_DOWN, MODEL_FILE_FAULTS, NOT_FOUND, PLAYERS_BUSY
 from api.schemas import (
     Algorithm,
@@ -24,6 +24,7 @@ from api.schemas import (
     ExperimentSummary,
     LogRecord,
     MetricPoint,
+    OnnxInfo,
     RolloutRequest,
     RolloutResponse,
     RunLogs,
@@ -181,6 +182,30 @@ async def run_logs(
     return RunLogs(
         experiment_id=run.id, records=[LogRecord.model_validate(r) for r in records], truncated=truncated
     )
+
+
+@router.post(
+    "/{experiment_id}/export",
+    response_model=OnnxInfo,
+    summary="Export a finished run's policy to ONNX again",
+    responses={
+        **NOT_FOUND,
+        409: {
+            "model": ErrorMessage,
+            "description": "The run is still training, has no saved model here, or is being exported now",
+        },
+        **DATABASE_DOWN,
+    },
+)
+async def export_again(experiment_id: uuid.UUID, service: ServiceDep) -> OnnxInfo:
+    """Exports the run's kept model (`model.zip`) to ONNX, verifies it against torch and publishes it
+    (file, MLflow model), as the run does when it ends: for a run whose export failed, or was left
+    `pending` by a worker that died (the service also does that by itself at start-up). A run already
+    exported is answered as it is; the answer says `failed` with the error when the export fails again."""
+    run = await run_in_threadpool(service.export_again, str(experiment_id))
+    info = onnx_info(run)
+    assert info is not None  # an export ran or had run
+    return info
 
 
 def _artifact(run: TrainingRun, name: str, size: int | None) -> ArtifactInfo:

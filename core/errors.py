@@ -105,5 +105,10 @@ class RunStillActive(ServiceError):
     """The run is queued or running, so it cannot be deleted (stop it first)."""
 
 
+class NotExportable(ServiceError):
+    """The run's policy cannot be exported again now: it is still training, has no saved model on this
+    host, or another worker is exporting it."""
+
+
 class TrackingUnavailable(ServiceError):
     """MLflow could not be reached for a change that must reach it (nothing was changed)."""

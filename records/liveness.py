@@ -35,6 +35,19 @@ def pid_is_alive(pid: int) -> bool:
     return True
 
 
+def owner_is_gone(owner: str | None, me: str) -> bool:
+    """Whether `owner` (a `worker_identity()`) was a process on this host that no longer runs, `me`'s
+    predecessor with the same pid included (a container's pid 1); False for owners on other hosts (only
+    their heartbeats can tell)."""
+    if not owner or owner == me:
+        return False
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    return int(pid) == os.getpid() or not pid_is_alive(int(pid))
+
+
 class RunLiveness(RunTransactions):
     """Heartbeats of running runs, and the interruption of runs whose worker is gone."""
 

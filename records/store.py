@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, delete, func, select, update
+from sqlalchemy import ColumnElement, case, delete, func, select, true, update
 
 from core.errors import RunNotFound
 from records.admission import RunAdmission
@@ -137,6 +137,37 @@ class RunStore(RunAdmission, RunLiveness):
         if unknown:
             raise ValueError(f"not ONNX fields: {sorted(unknown)}")
         self._update(run_id, **values)
+
+    def claim_export(self, run_id: str, owner: str, stale_before: datetime, owner_gone: bool) -> bool:
+        """Take a finished run's ONNX export for `owner`, in one statement (one worker wins): an export
+        that failed or never ran, or one left `pending` by a worker that is gone (`owner_gone`) or whose
+        last heartbeat is older than `stale_before`. False when the run is not such a run."""
+        pending_stale: ColumnElement[bool] = true()
+        if not owner_gone:
+            pending_stale = TrainingRun.heartbeat_at.is_(None) | (TrainingRun.heartbeat_at < stale_before)
+        takeable = (
+            TrainingRun.onnx_status.is_(None)
+            | (TrainingRun.onnx_status == "failed")
+            | ((TrainingRun.onnx_status == "pending") & pending_stale)
+        )
+        finals = [status.value for status in RunStatus if status.is_final]
+        with self._writing([run_id]) as (session, _):
+            result = session.execute(
+                update(TrainingRun)
+                .where(TrainingRun.id == run_id, TrainingRun.status.in_(finals))
+                .where(TrainingRun.model_path.is_not(None), takeable)
+                .values(onnx_status="pending", onnx_error=None, owner=owner, heartbeat_at=utcnow())
+            )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def pending_exports(self) -> list[TrainingRun]:
+        """Finished runs whose ONNX export is `pending`: being exported, or left so by a dead worker."""
+        finals = [status.value for status in RunStatus if status.is_final]
+        with self._session_factory() as session:
+            query = select(TrainingRun).where(
+                TrainingRun.status.in_(finals), TrainingRun.onnx_status == "pending"
+            )
+            return list(session.scalars(query))
 
     def finish(
         self,

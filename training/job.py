@@ -14,17 +14,15 @@ import threading
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import structlog
 import torch
 from sqlalchemy.exc import SQLAlchemyError
-from stable_baselines3 import DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor, is_vecenv_wrapped
 
-import onnx_export
 from agents.building import build_model, load_model, make_vec_env
 from agents.evaluation import EvaluationStopped
 from agents.hyperparameters import effective_hyperparameters
@@ -40,13 +38,13 @@ from sweeps.pruning import trial_pruning
 from training.callbacks import final_progress, run_callbacks
 from training.checkpoints import fetch_last_model, load_newest_readable
 from training.evaluation_callback import EvaluationCallback
+from training.onnx_publish import ONNX_FILE, export_error, export_run_policy, exported_fields
 from training.record_writes import write_until_recorded
-from training.run_metadata import fixed_maze_seed, onnx_metadata, run_parameters
+from training.run_metadata import fixed_maze_seed, run_parameters
 from training.stopping import StopSignal, TrainingStopped, stop_between_gradient_steps
 
 log = structlog.get_logger(__name__)
 
-ONNX_VERIFICATION_OBSERVATIONS = 1000
 # A remote job waits this long for its files to reach the artifact store before it reports them ready.
 ARTIFACT_UPLOAD_WAIT_S = 120.0
 
@@ -274,16 +272,11 @@ class TrainingJob:
         `_finish` has already marked the export pending, with the run's final state.
         """
         run = self.run
-        out_path = self.settings.run_dir(run.id) / "model.onnx"
+        out_path = self.settings.run_dir(run.id) / ONNX_FILE
         try:
-            observations = onnx_export.collect_observations(
-                model, env, ONNX_VERIFICATION_OBSERVATIONS, seed=run.seed
-            )
-            report = onnx_export.export_policy(
-                cast(PPO | DQN, model), out_path, onnx_metadata(run, env), observations
-            )
+            report = export_run_policy(model, env, run, out_path)
         except Exception as error:
-            message = str(error) if isinstance(error, onnx_export.OnnxExportError) else describe_error(error)
+            message = export_error(error)
             self.log.warning("onnx_export_failed", error=message)
             self._write(
                 "onnx", lambda: self.store.record_onnx(run.id, onnx_status="failed", onnx_error=message)
@@ -302,17 +295,7 @@ class TrainingJob:
                 model.num_timesteps,
             )
             self._wait_for_uploads()
-        self._write(
-            "onnx",
-            lambda: self.store.record_onnx(
-                run.id,
-                onnx_status="exported",
-                onnx_size_bytes=report.size_bytes,
-                onnx_opset=report.opset,
-                onnx_export_seconds=report.export_seconds,
-                onnx_parity_passed=report.parity.passed,
-            ),
-        )
+        self._write("onnx", lambda: self.store.record_onnx(run.id, **exported_fields(report)))
         self.log.info("onnx_exported", seconds=round(report.export_seconds, 3))
 
     def _make_env(self) -> VecEnv:
