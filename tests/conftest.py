@@ -236,9 +236,15 @@ class LiveService:
         workers: int = 1,
         env: dict[str, str] | None = None,
         run_as: Sequence[str] = (),
+        mlflow_store: Path | None = None,
     ) -> None:
-        """:param run_as: a command that runs the service with other privileges (setpriv, runuser)."""
+        """:param run_as: a command that runs the service with other privileges (setpriv, runuser).
+        :param mlflow_store: a migrated MLflow store (the `mlflow_store_template` fixture) that a
+            one-worker service over its own local store starts from: creating a store costs seconds of
+            CPU. Several workers keep a fresh one: their race to create it is what its init lock is for.
+        """
         self.data_dir = data_dir
+        self.mlflow_store = mlflow_store
         self.workers = workers
         self.run_as = list(run_as)
         self.port = free_port()
@@ -278,6 +284,9 @@ class LiveService:
         if self.workers > 1:
             command += ["--workers", str(self.workers)]
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        own_store = self.workers == 1 and "MLFLOW_TRACKING_URI" not in self.extra_env
+        if self.mlflow_store is not None and own_store:
+            copy_mlflow_store(self.mlflow_store, self.data_dir)
         log_file = self.log_path.open("ab")
         self.process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log_file, stderr=log_file)
         deadline = time.monotonic() + timeout_s
@@ -333,11 +342,13 @@ def live_service(tmp_path: Path, mlflow_store_template: Path) -> Iterator[Callab
     def factory(
         workers: int = 1, data_dir: Path | None = None, run_as: Sequence[str] = (), **env: str
     ) -> LiveService:
-        service = LiveService(data_dir or tmp_path / "data", workers=workers, env=env, run_as=run_as)
-        # One worker starts from the migrated store (creating one costs seconds of the tests' CPU).
-        # Several workers keep a fresh one: their race to create it is what its init lock is for.
-        if workers == 1 and "MLFLOW_TRACKING_URI" not in env:
-            copy_mlflow_store(mlflow_store_template, service.data_dir)
+        service = LiveService(
+            data_dir or tmp_path / "data",
+            workers=workers,
+            env=env,
+            run_as=run_as,
+            mlflow_store=mlflow_store_template,
+        )
         services.append(service)
         return service.start()
 

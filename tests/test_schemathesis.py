@@ -335,9 +335,9 @@ def _report(api: LiveApi, stopped: list[str], stop_s: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
+def live_api(tmp_path_factory: pytest.TempPathFactory, mlflow_store_template: Path) -> Iterator[LiveApi]:
     data_dir: Path = tmp_path_factory.mktemp("schemathesis") / "data"
-    service = LiveService(data_dir, env=SERVICE_ENV).start()
+    service = LiveService(data_dir, env=SERVICE_ENV, mlflow_store=mlflow_store_template).start()
     try:
         with httpx.Client(base_url=service.base_url, timeout=REQUEST_TIMEOUT_S) as client:
             assert client.get("/openapi.json").json() == SERVED_SCHEMA, "the schema under test is stale"
