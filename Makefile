@@ -52,8 +52,15 @@ format: install
 typecheck: install install-ray
 	$(VENV)/bin/mypy .
 
+# pytest-xdist workers: one test at a time mostly keeps one core busy (a service training on one
+# thread, a browser, a server starting), so two workers use both cores of a 2-core machine.
+# `--dist loadfile` keeps a module's tests on one worker, so module-scoped services and clusters start
+# once; tests/conftest.py hands out the longest modules first. PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile
+
 unit: install install-ray
-	$(PY) -m pytest
+	$(PYTEST)
 
 test: system-deps lint typecheck unit
 
@@ -61,7 +68,7 @@ test: system-deps lint typecheck unit
 SLOW_MARKERS := postgres or mlflow_server or ray or browser or service or training or learning
 
 test-fast: install
-	$(PY) -m pytest -m "not ($(SLOW_MARKERS))"
+	$(PYTEST) -m "not ($(SLOW_MARKERS))"
 
 bench: install install-ray
 	$(PY) -m bench.run --quick
