@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import httpx
 import pytest
+import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from mlflow.entities import Run
@@ -72,6 +73,13 @@ LONGEST_MODULES_FIRST = (
     "test_processes.py",
     "test_experiments.py",
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Two xdist workers on two cores: torch's default of one intra-op thread per core in each worker
+    # would oversubscribe the cores (the tests that train in-process slow each other down).
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
