@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import httpx
 import pytest
+import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from mlflow.entities import Run
@@ -58,10 +59,36 @@ RESOURCE_MARKERS = {
 }
 
 
+# The longest modules (measured on 2 cores), longest first: `make test` runs modules on two workers
+# (pytest-xdist, `--dist loadfile`), which hand out modules in collection order, so these start first and
+# no worker is left with a long module at the end. Other modules follow in their usual order.
+LONGEST_MODULES_FIRST = (
+    "test_learning.py",
+    "test_early_stop.py",
+    "test_schemathesis.py",
+    "test_postgres.py",
+    "test_database_blips.py",
+    "test_docs.py",
+    "test_ray_executor.py",
+    "test_dashboard_e2e.py",
+    "test_processes.py",
+    "test_experiments.py",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Two xdist workers on two cores: torch's default of one intra-op thread per core in each worker
+    # would oversubscribe the cores (the tests that train in-process slow each other down).
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         for fixture in RESOURCE_MARKERS.keys() & set(getattr(item, "fixturenames", ())):
             item.add_marker(RESOURCE_MARKERS[fixture])
+    rank = {name: index for index, name in enumerate(LONGEST_MODULES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: modules stay whole
 
 
 # A few seconds of real training: enough steps for several iterations on a 5x5 maze.
@@ -237,9 +264,15 @@ class LiveService:
         workers: int = 1,
         env: dict[str, str] | None = None,
         run_as: Sequence[str] = (),
+        mlflow_store: Path | None = None,
     ) -> None:
-        """:param run_as: a command that runs the service with other privileges (setpriv, runuser)."""
+        """:param run_as: a command that runs the service with other privileges (setpriv, runuser).
+        :param mlflow_store: a migrated MLflow store (the `mlflow_store_template` fixture) that a
+            one-worker service over its own local store starts from: creating a store costs seconds of
+            CPU. Several workers keep a fresh one: their race to create it is what its init lock is for.
+        """
         self.data_dir = data_dir
+        self.mlflow_store = mlflow_store
         self.workers = workers
         self.run_as = list(run_as)
         self.port = free_port()
@@ -279,6 +312,9 @@ class LiveService:
         if self.workers > 1:
             command += ["--workers", str(self.workers)]
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        own_store = self.workers == 1 and "MLFLOW_TRACKING_URI" not in self.extra_env
+        if self.mlflow_store is not None and own_store:
+            copy_mlflow_store(self.mlflow_store, self.data_dir)
         log_file = self.log_path.open("ab")
         self.process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log_file, stderr=log_file)
         deadline = time.monotonic() + timeout_s
@@ -334,11 +370,13 @@ def live_service(tmp_path: Path, mlflow_store_template: Path) -> Iterator[Callab
     def factory(
         workers: int = 1, data_dir: Path | None = None, run_as: Sequence[str] = (), **env: str
     ) -> LiveService:
-        service = LiveService(data_dir or tmp_path / "data", workers=workers, env=env, run_as=run_as)
-        # One worker starts from the migrated store (creating one costs seconds of the tests' CPU).
-        # Several workers keep a fresh one: their race to create it is what its init lock is for.
-        if workers == 1 and "MLFLOW_TRACKING_URI" not in env:
-            copy_mlflow_store(mlflow_store_template, service.data_dir)
+        service = LiveService(
+            data_dir or tmp_path / "data",
+            workers=workers,
+            env=env,
+            run_as=run_as,
+            mlflow_store=mlflow_store_template,
+        )
         services.append(service)
         return service.start()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -53,8 +54,8 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
-    live = LiveService(tmp_path_factory.mktemp("dashboard") / "data")
+def service(tmp_path_factory: pytest.TempPathFactory, mlflow_store_template: Path) -> Iterator[LiveService]:
+    live = LiveService(tmp_path_factory.mktemp("dashboard") / "data", mlflow_store=mlflow_store_template)
     try:
         yield live.start()
     finally:

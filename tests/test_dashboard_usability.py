@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -57,9 +58,11 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
+def service(tmp_path_factory: pytest.TempPathFactory, mlflow_store_template: Path) -> Iterator[LiveService]:
     env = {"API_KEY": API_KEY, "MAX_CONCURRENT_RUNS": "1"}
-    live = LiveService(tmp_path_factory.mktemp("dashboard-keyed") / "data", env=env)
+    live = LiveService(
+        tmp_path_factory.mktemp("dashboard-keyed") / "data", env=env, mlflow_store=mlflow_store_template
+    )
     try:
         yield live.start()
     finally:

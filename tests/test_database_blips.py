@@ -19,7 +19,7 @@ from records.admission import NewRun
 from records.database import SQLITE_BUSY_TIMEOUT_MS, create_db_engine, make_session_factory, upgrade_schema
 from records.store import RunStore
 from records.tables import TrainingRun
-from tests.conftest import SMALL_RUN, LiveService, copy_mlflow_store, settings_for_tests
+from tests.conftest import SMALL_RUN, LiveService, settings_for_tests
 from tests.postgres_server import PostgresServer
 from training.job import JobControl, TrainingJob
 
@@ -41,9 +41,11 @@ def service_without_file_privileges(tmp_path: Path, mlflow_store_template: Path)
     # The database in a directory of its own: the test takes that directory away, not the data files.
     database = tmp_path / "database" / "service.db"
     service = LiveService(
-        tmp_path / "data", env={"DATABASE_URL": f"sqlite:///{database}"}, run_as=WITHOUT_FILE_PRIVILEGES
+        tmp_path / "data",
+        env={"DATABASE_URL": f"sqlite:///{database}"},
+        run_as=WITHOUT_FILE_PRIVILEGES,
+        mlflow_store=mlflow_store_template,
     )
-    copy_mlflow_store(mlflow_store_template, service.data_dir)
     try:
         yield service.start()
     finally:

@@ -29,9 +29,13 @@ VALID_START: dict[str, Any] = {
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
+def service(tmp_path_factory: pytest.TempPathFactory, mlflow_store_template: Path) -> Iterator[LiveService]:
     """One real uvicorn for this module's connection-level tests (each start costs seconds)."""
-    service = LiveService(tmp_path_factory.mktemp("reliability") / "data", env={"MAX_REQUEST_BYTES": "2048"})
+    service = LiveService(
+        tmp_path_factory.mktemp("reliability") / "data",
+        env={"MAX_REQUEST_BYTES": "2048"},
+        mlflow_store=mlflow_store_template,
+    )
     try:
         yield service.start()
     finally:

@@ -345,11 +345,14 @@ def _report(api: LiveApi, stopped: list[str], stop_s: float) -> None:
 
 
 @pytest.fixture(scope="module", params=MODES)
-def live_api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
+def live_api(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, mlflow_store_template: Path
+) -> Iterator[LiveApi]:
     mode: str = request.param
     data_dir: Path = tmp_path_factory.mktemp(f"schemathesis-{mode}") / "data"
     keyed = mode == "api_key"
-    service = LiveService(data_dir, env={**SERVICE_ENV, **({"API_KEY": KEY} if keyed else {})}).start()
+    env = {**SERVICE_ENV, **({"API_KEY": KEY} if keyed else {})}
+    service = LiveService(data_dir, env=env, mlflow_store=mlflow_store_template).start()
     headers = {"X-API-Key": KEY} if keyed else {}
     try:
         with httpx.Client(base_url=service.base_url, timeout=REQUEST_TIMEOUT_S, headers=headers) as client:
