@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import structlog
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import (
     ArtifactStoreUnavailable,
@@ -119,7 +122,34 @@ class BodyTooLarge(HTTPException):
         super().__init__(status_code=413, detail=f"request body larger than {max_bytes} bytes")
 
 
+async def _http_error(request: Request, error: Exception) -> Any:
+    """Starlette's own answers, but a 405's `Allow` lists every method the API documents for the path:
+    Starlette names only the first route that matched it (`GET /experiments/{id}` hid its PATCH and
+    DELETE), and RFC 9110 asks for all of them."""
+    assert isinstance(error, StarletteHTTPException)
+    if error.status_code == 405:
+        allowed = _documented_methods(request.app, request.url.path)
+        if allowed:
+            error = StarletteHTTPException(405, error.detail, headers={"Allow": ", ".join(allowed)})
+    return await http_exception_handler(request, error)
+
+
+def _documented_methods(app: FastAPI, path: str) -> list[str]:
+    """The methods the OpenAPI document lists for the path templates `path` matches."""
+    if not hasattr(app.state, "path_methods"):
+        app.state.path_methods = [
+            (re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"), list(item))
+            for template, item in app.openapi().get("paths", {}).items()
+        ]
+    allowed: list[str] = []
+    for pattern, methods in app.state.path_methods:
+        if pattern.match(path):
+            allowed += [method.upper() for method in methods if method.upper() not in allowed]
+    return allowed
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _request_invalid)
     app.add_exception_handler(ServiceError, _service_error)
     # Connection failures, timeouts, a locked SQLite file (OperationalError is one of these).

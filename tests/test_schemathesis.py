@@ -406,7 +406,10 @@ UNKNOWN_QUERY_PARAMETER = "query: violates `additionalProperties`"
 # or floats where an integer is expected), although JSON Schema counts `106.0` as an integer.
 # Also stateful: a generated `Idempotency-Key` reused with another body is a 422 (the key is bound to
 # the run it started first; README "Reliability"), which no schema can say.
+# And a sweep's search space: which keys an algorithm accepts, and each distribution's own rules (low <
+# high, log_uniform above 0), depend on other fields of the body, which a JSON schema cannot tie together.
 SERVER_LIMITS = (
+    "search_space",
     "on this server",
     "MAX_TOTAL_TIMESTEPS",
     "MAX_MAZE_SIZE",

@@ -155,3 +155,18 @@ def test_unknown_experiment_ids_are_404(client: TestClient, path: str) -> None:
 
     assert response.status_code == 404
     assert response.json() == {"detail": f"no training run with experiment_id {run_id}"}
+
+
+@pytest.mark.parametrize(
+    ("path", "methods"),
+    [
+        ("/experiments/00000000-0000-4000-8000-000000000000", {"GET", "PATCH", "DELETE"}),
+        ("/training/start", {"POST"}),
+        ("/sweeps", {"GET", "POST"}),
+    ],
+)
+def test_a_405_allows_every_method_of_the_path(client: TestClient, path: str, methods: set[str]) -> None:
+    # Starlette names only the first route that matches the path; RFC 9110 wants all of them.
+    response = client.request("PUT", path)
+    assert response.status_code == 405
+    assert set(response.headers["allow"].split(", ")) == methods

@@ -102,6 +102,7 @@ class SweepRequest(_Strict):
     )
     search_space: dict[str, Distribution] | None = Field(
         None,
+        min_length=1,
         description="Distribution per hyperparameter (keys as in `hyperparameters` of /training/start); "
         "omitted: the algorithm's default space (README 'Sweeps').",
     )
