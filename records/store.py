@@ -272,7 +272,8 @@ class RunStore(RunAdmission, RunLiveness):
             unknown = set(values) - {"name", "tags", "notes"}
             if unknown:
                 raise ValueError(f"not labels: {sorted(unknown)}")
-            session.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(**values))
+            if values:  # an empty patch changes nothing (an UPDATE without SET is not SQL)
+                session.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(**values))
         return self.get(run_id)
 
     def delete_final(self, run_id: str) -> bool:

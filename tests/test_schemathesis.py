@@ -408,7 +408,12 @@ UNKNOWN_QUERY_PARAMETER = "query: violates `additionalProperties`"
 # the run it started first; README "Reliability"), which no schema can say.
 # And a sweep's search space: which keys an algorithm accepts, and each distribution's own rules (low <
 # high, log_uniform above 0), depend on other fields of the body, which a JSON schema cannot tie together.
+# And reserved tag keys (`mlflow.*` and the service's own run tags): refused by name, not by pattern.
+# And `notify_url`: a string in the schema; the server parses it as a URL (http(s), a host, no
+# credentials, no port 0 or control characters), which a pattern could only approximate.
 SERVER_LIMITS = (
+    "notify_url",
+    "is reserved",
     "search_space",
     "on this server",
     "MAX_TOTAL_TIMESTEPS",

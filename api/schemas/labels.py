@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import ConfigDict, Field, StringConstraints, field_validator
@@ -45,6 +45,24 @@ TAGS_DESCRIPTION = (
 )
 
 
+def strict_tag_keys(max_tags: int) -> Any:
+    """`json_schema_extra` for a tags field: pydantic describes the key pattern as `patternProperties`,
+    which lets any other key through in JSON Schema; this says that keys must match it (and how many)."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        for branch in [schema, *schema.get("anyOf", [])]:
+            if branch.get("type") == "object":
+                branch["additionalProperties"] = False
+                branch["propertyNames"] = {
+                    "minLength": 1,
+                    "maxLength": MAX_TAG_KEY_LENGTH,
+                    "pattern": TAG_KEY_PATTERN,
+                }
+                branch["maxProperties"] = max_tags
+
+    return extra
+
+
 def check_tag_keys(keys: list[str]) -> None:
     """Raise ValueError naming a reserved key among `keys`."""
     for key in keys:
@@ -68,7 +86,9 @@ class LabelsUpdate(Strict):
 
     name: RunName | None = Field(None, description=NAME_DESCRIPTION + " null: no name.")
     tags: dict[TagKey, TagValue | None] | None = Field(
-        None, description="Tags to set (string) or remove (null); the others are kept. " + TAGS_DESCRIPTION
+        None,
+        description="Tags to set (string) or remove (null); the others are kept. " + TAGS_DESCRIPTION,
+        json_schema_extra=strict_tag_keys(4 * MAX_TAGS),
     )
     notes: Notes | None = Field(None, description=NOTES_DESCRIPTION + " null: none.")
 

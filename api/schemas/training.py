@@ -54,6 +54,7 @@ from api.schemas.labels import (
     TagValue,
     check_notify_url,
     check_tag_keys,
+    strict_tag_keys,
 )
 from mazes.grid import MAX_MAZE_SIZE, MIN_MAZE_SIZE
 
@@ -172,7 +173,10 @@ class StartTrainingRequest(Strict):
     )
     name: RunName | None = Field(None, description=NAME_DESCRIPTION)
     tags: dict[TagKey, TagValue] = Field(
-        default_factory=dict, max_length=MAX_TAGS, description=TAGS_DESCRIPTION
+        default_factory=dict,
+        max_length=MAX_TAGS,
+        description=TAGS_DESCRIPTION,
+        json_schema_extra=strict_tag_keys(MAX_TAGS),
     )
     notes: Notes | None = Field(None, description=NOTES_DESCRIPTION)
     notify_url: str | None = Field(
