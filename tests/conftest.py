@@ -251,8 +251,21 @@ def free_port() -> int:
 
 
 def as_user(name: str) -> list[str]:
-    """A command prefix that runs a command as the user `name` (file modes bind non-root users only)."""
-    return ["setpriv", f"--reuid={name}", f"--regid={pwd.getpwnam(name).pw_gid}", "--init-groups"]
+    """A command prefix that runs a command as the user `name` (file modes bind non-root users only).
+
+    Skips the test when that user cannot run the service from this checkout (a checkout inside a
+    directory only root may enter, e.g. one made by `mktemp -d`): the test needs the user's file modes.
+    """
+    prefix = ["setpriv", f"--reuid={name}", f"--regid={pwd.getpwnam(name).pw_gid}", "--init-groups"]
+    checkout = Path(__file__).resolve().parent.parent
+    probe = subprocess.run(
+        [*prefix, sys.executable, "-c", "import uvicorn; open('main.py').read()"],
+        capture_output=True,
+        cwd=checkout,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"the user {name} cannot run the service from this checkout: {probe.stderr[-200:]!r}")
+    return prefix
 
 
 class LiveService:
