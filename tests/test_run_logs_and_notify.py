@@ -80,7 +80,7 @@ def test_the_end_of_a_run_is_posted_once_after_retries_and_logged_for_every_work
     other_worker = make_client()
     logs = other_worker.get(f"/experiments/{run_id}/logs", params={"limit": 1000}).json()
     events = [record["event"] for record in logs["records"]]
-    assert events[0] == "run_submitted" and logs["truncated"] is False
+    assert events[0] == "run_submitted" and logs["truncated"] is False, events
     assert "run_notify_attempt_failed" in events and events.index("run_notified") > events.index(
         "run_submitted"
     )
