@@ -20,6 +20,9 @@ _SHARED_PROCESSORS: list[structlog.types.Processor] = [
 ]
 
 
+_RUN_LOG_WRITER = RunLogWriter(None)
+
+
 def configure_logging(level: str = "INFO", json_logs: bool = True, runs_dir: Path | None = None) -> None:
     """Route structlog and stdlib logging (uvicorn included) through one JSON renderer on stderr.
 
@@ -27,12 +30,18 @@ def configure_logging(level: str = "INFO", json_logs: bool = True, runs_dir: Pat
     :param json_logs: JSON lines when true, coloured console output when false.
     :param runs_dir: where runs' directories are: records about a run also go to its own log there.
     """
-    run_logs: list[structlog.types.Processor] = [RunLogWriter(runs_dir)] if runs_dir is not None else []
+    # One writer for the process, pointed at the latest `runs_dir`: loggers cache their processors on
+    # first use (`cache_logger_on_first_use`), so a new writer would not reach loggers already used.
+    _RUN_LOG_WRITER.runs_dir = runs_dir
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer()
     )
     structlog.configure(
-        processors=[*_SHARED_PROCESSORS, *run_logs, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[
+            *_SHARED_PROCESSORS,
+            _RUN_LOG_WRITER,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,

@@ -25,12 +25,14 @@ class RunLogWriter:
     :param runs_dir: the directory holding one directory per run (`Settings.models_dir`).
     """
 
-    def __init__(self, runs_dir: Path) -> None:
+    def __init__(self, runs_dir: Path | None) -> None:
         self.runs_dir = runs_dir
 
     def __call__(
         self, _logger: Any, method_name: str, event_dict: structlog.types.EventDict
     ) -> structlog.types.EventDict:
+        if self.runs_dir is None:
+            return event_dict
         run_id = event_dict.get("experiment_id")
         level = logging.getLevelName(method_name.upper())
         if isinstance(run_id, str) and isinstance(level, int) and level >= MIN_LEVEL:
@@ -38,6 +40,7 @@ class RunLogWriter:
         return event_dict
 
     def _append(self, run_id: str, event_dict: structlog.types.EventDict) -> None:
+        assert self.runs_dir is not None
         directory = self.runs_dir / run_id
         if "/" in run_id or run_id.startswith(".") or not directory.is_dir():
             return  # not a run of ours, or a deleted one: never create directories from log records
