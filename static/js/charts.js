@@ -34,15 +34,16 @@ export const CHARTS = [
 // The raw curve behind a smoothed one, as TensorBoard draws it.
 const FAINT = "55";
 
-function legendValue(format) {
+export function legendValue(format) {
   return (u, value) => (value === null || value === undefined ? "—" : format(value));
 }
 
-function chartOptions(spec, width, chart) {
+/** uPlot options of a metric against timesteps (axes, scales, live legend) around its `series`. */
+export function metricChartOptions(spec, width, height, series) {
   const y = spec.range ? { range: spec.range } : { auto: true };
   return {
     width,
-    height: CHART_HEIGHT,
+    height,
     legend: { show: true, live: true },
     cursor: { drag: { x: false, y: false } },
     scales: { x: { time: false }, y },
@@ -50,8 +51,12 @@ function chartOptions(spec, width, chart) {
       { label: "timesteps (environment steps)", size: 40, labelSize: 16 },
       { label: spec.axis, size: 56, labelSize: 16, values: (u, splits) => splits.map(spec.format) },
     ],
-    series: [
-      { label: "step", value: legendValue((step) => step.toLocaleString()) },
+    series: [{ label: "step", value: legendValue((step) => step.toLocaleString()) }, ...series],
+  };
+}
+
+function chartOptions(spec, width, chart) {
+  return metricChartOptions(spec, width, CHART_HEIGHT, [
       {
         label: spec.label,
         stroke: () => (chart.weight > 0 ? spec.color + FAINT : spec.color),
@@ -60,8 +65,7 @@ function chartOptions(spec, width, chart) {
         value: legendValue(spec.format),
       },
       { label: `${spec.label}, smoothed`, stroke: spec.color, width: 2, points: { show: false }, show: false, value: legendValue(spec.format) },
-    ],
-  };
+  ]);
 }
 
 /** TensorBoard's smoothing: an exponential moving average, debiased at the start. */

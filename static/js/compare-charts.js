@@ -1,6 +1,7 @@
 // One metric of several runs overlaid on one uPlot chart: a colour per run, uPlot's live legend for
 // the hover read-out, and a text line with each run's latest value for screen readers.
 import uPlot from "../vendor/uplot/uPlot.esm.js";
+import { legendValue, metricChartOptions } from "./charts.js";
 import { el } from "./format.js";
 
 const CHART_HEIGHT = 220;
@@ -11,35 +12,21 @@ export function runColor(index) {
   return PALETTE[index % PALETTE.length];
 }
 
-function legendValue(format) {
-  return (u, value) => (value === null || value === undefined ? "—" : format(value));
-}
-
 function options(spec, runs, width) {
-  const y = spec.range ? { range: spec.range } : { auto: true };
-  return {
+  return metricChartOptions(
+    spec,
     width,
-    height: CHART_HEIGHT,
-    legend: { show: true, live: true },
-    cursor: { drag: { x: false, y: false } },
-    scales: { x: { time: false }, y },
-    axes: [
-      { label: "timesteps (environment steps)", size: 40, labelSize: 16 },
-      { label: spec.axis, size: 56, labelSize: 16, values: (u, splits) => splits.map(spec.format) },
-    ],
-    series: [
-      { label: "step", value: legendValue((step) => step.toLocaleString()) },
-      ...runs.map((run, index) => ({
+    CHART_HEIGHT,
+    runs.map((run, index) => ({
         label: run.label,
         stroke: runColor(index),
         dash: index >= PALETTE.length ? [6, 4] : undefined,
         width: 2,
         spanGaps: true, // runs log at different steps: each line joins its own points
         points: { size: 4 },
-        value: legendValue(spec.format),
-      })),
-    ],
-  };
+      value: legendValue(spec.format),
+    })),
+  );
 }
 
 /**
