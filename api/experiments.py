@@ -74,6 +74,9 @@ async def list_experiments(
             "to require several (`?tag=team:maze&tag=goal:baseline`).",
         ),
     ] = None,
+    sweep_id: Annotated[
+        uuid.UUID | None, Query(description="Only the trials of this sweep (`GET /sweeps/{id}`).")
+    ] = None,
 ) -> ExperimentList:
     page = await run_in_threadpool(
         partial(
@@ -84,6 +87,7 @@ async def list_experiments(
             offset=offset,
             name_query=q,
             tags=tag or [],
+            sweep_id=str(sweep_id) if sweep_id else None,
         )
     )
     items = [experiment_summary(run, settings, page.mlflow_experiment_id) for run in page.runs]

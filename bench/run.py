@@ -23,6 +23,21 @@ QUICK = [
         "4",
         "--no-write",
     ],
+    # Two tiny trials and one seed per configuration: the whole path, no figures worth keeping.
+    [
+        "bench.bench_sweep",
+        "--trials",
+        "2",
+        "--episodes",
+        "2",
+        "--timesteps-per-episode",
+        "512",
+        "--seeds",
+        "1",
+        "--final-mazes",
+        "20",
+        "--no-write",
+    ],
 ]
 FULL = [
     ["bench.bench_learning"],
@@ -31,6 +46,7 @@ FULL = [
     ["bench.bench_ray"],
     ["bench.bench_throughput"],
     ["bench.bench_time_to_target"],
+    ["bench.bench_sweep"],
 ]
 
 

@@ -117,18 +117,19 @@ class Experiments:
         offset: int,
         name_query: str | None = None,
         tags: Sequence[str] = (),
+        sweep_id: str | None = None,
     ) -> RunPage:
         """Newest first; the MLflow experiment id only if already known (no wait on MLflow).
 
         :param name_query: only runs whose name contains this (any case).
         :param tags: only runs with each tag, as `key:value` or a bare `key`.
+        :param sweep_id: only the trials of this sweep.
         """
+        where = label_filters(name_query, tags)
+        if sweep_id:
+            where.append(TrainingRun.sweep_id == sweep_id)
         runs, total = self._store.list_runs(
-            status=status,
-            algorithm=algorithm,
-            limit=limit,
-            offset=offset,
-            where=label_filters(name_query, tags),
+            status=status, algorithm=algorithm, limit=limit, offset=offset, where=where
         )
         return RunPage(runs, total, self._mlflow_runs.cached_experiment_id())
 

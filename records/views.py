@@ -68,6 +68,8 @@ def training_status(run: TrainingRun, settings: Settings) -> TrainingStatus:
         tracking_status=run.tracking_status,
         tracking_error=run.tracking_error,
         onnx=onnx_info(run),
+        sweep_id=run.sweep_id,
+        sweep_trial=run.sweep_trial,
     )
 
 

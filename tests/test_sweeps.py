@@ -3,7 +3,9 @@ MLflow, stop, a restart in the middle, and validation errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,12 +15,12 @@ import torch
 from fastapi.testclient import TestClient
 from mlflow.tracking import MlflowClient
 
-from records.database import create_db_engine, upgrade_schema
-from records.store import EvaluationState
-from records.tables import StopReason
+from records.database import create_db_engine, make_session_factory, upgrade_schema
+from records.store import EvaluationState, RunStore
+from records.tables import RunStatus, StopReason
 from sweeps.pruning import TrialPruning
 from sweeps.study import close_storage, create_study, load_study
-from tests.conftest import app_client, app_state, ended_mlflow_run, wait_for_status
+from tests.conftest import SMALL_RUN, app_client, app_state, ended_mlflow_run, wait_for_status
 
 # Six 5x5-maze PPO trials of 2 iterations each, evaluated after every iteration.
 TINY_SWEEP: dict[str, Any] = {
@@ -77,12 +79,21 @@ def test_a_six_trial_sweep_completes_and_reports_its_best_trial_to_mlflow(client
     for trial in trials:
         run = client.get(f"/training/status/{trial['run_id']}").json()
         assert run["status"] == "completed" and run["stop_reason"] == "budget_exhausted"
+        assert (run["sweep_id"], run["sweep_trial"]) == (sweep_id, trial["number"])
         assert 1e-4 <= trial["params"]["learning_rate"] <= 1e-2
         assert trial["success_rate"] == max(trial["evaluations"].values())
         assert set(trial["evaluations"]) == {"128", "256"}  # the last evaluation is reported too
     best = max(trials, key=lambda t: (t["objective"], -t["number"]))
     assert sweep["best_trial"]["number"] == best["number"]
     assert sweep["best_run_id"] == best["run_id"]
+    # The trials are the sweep's runs in /experiments, each naming its sweep and trial number.
+    listed = client.get("/experiments", params={"sweep_id": sweep_id}).json()
+    assert listed["total"] == 6
+    assert {(item["experiment_id"], item["sweep_id"], item["sweep_trial"]) for item in listed["items"]} == {
+        (t["run_id"], sweep_id, t["number"]) for t in trials
+    }
+    best_run = client.get(f"/experiments/{best['run_id']}").json()
+    assert (best_run["sweep_id"], best_run["sweep_trial"]) == (sweep_id, best["number"])
 
     # MLflow: the parent run carries the best trial; the trials are its children.
     tracking_uri = app_state(client).settings.mlflow_tracking_uri
@@ -249,6 +260,49 @@ def test_an_unknown_sweep_is_404(module_client: TestClient) -> None:
     missing = "00000000-0000-0000-0000-000000000000"
     assert module_client.get(f"/sweeps/{missing}").status_code == 404
     assert module_client.post(f"/sweeps/{missing}/stop").status_code == 404
+
+
+def test_runs_name_their_sweep_and_experiments_filter_by_it(
+    tmp_path: Path, mlflow_store_template: Path
+) -> None:
+    # Finished runs recorded before the service starts: two trials of one sweep, one trial of another
+    # sweep, and a run started by hand.
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    engine = create_db_engine(f"sqlite:///{data_dir / 'service.db'}")
+    upgrade_schema(engine)
+    store = RunStore(make_session_factory(engine))
+    sweep_id, other_sweep = str(uuid.uuid4()), str(uuid.uuid4())
+    trials = [store.create(dataclasses.replace(SMALL_RUN, sweep_id=sweep_id, sweep_trial=n)) for n in (0, 1)]
+    other = store.create(dataclasses.replace(SMALL_RUN, sweep_id=other_sweep, sweep_trial=0))
+    by_hand = store.create(SMALL_RUN)
+    for run in [*trials, other, by_hand]:
+        store.finish(run.id, RunStatus.COMPLETED, stop_reason=StopReason.BUDGET_EXHAUSTED.value)
+    engine.dispose()
+
+    with app_client(data_dir, mlflow_store_template) as client:
+        listed = client.get("/experiments", params={"sweep_id": sweep_id}).json()
+        everything = client.get("/experiments").json()
+        trial = client.get(f"/experiments/{trials[1].id}").json()
+        status = client.get(f"/training/status/{trials[1].id}").json()
+        hand_status = client.get(f"/training/status/{by_hand.id}").json()
+        bad = client.get("/experiments", params={"sweep_id": "not-a-uuid"})
+
+    assert listed["total"] == 2
+    assert {(item["experiment_id"], item["sweep_trial"]) for item in listed["items"]} == {
+        (trials[0].id, 0),
+        (trials[1].id, 1),
+    }
+    assert all(item["sweep_id"] == sweep_id for item in listed["items"])
+    assert everything["total"] == 4
+    by_id = {item["experiment_id"]: item for item in everything["items"]}
+    assert (by_id[other.id]["sweep_id"], by_id[by_hand.id]["sweep_id"]) == (other_sweep, None)
+    assert (trial["sweep_id"], trial["sweep_trial"]) == (sweep_id, 1)
+    assert trial["training"]["sweep_id"] == sweep_id
+    assert (status["sweep_id"], status["sweep_trial"]) == (sweep_id, 1)
+    assert (hand_status["sweep_id"], hand_status["sweep_trial"]) == (None, None)
+    assert bad.status_code == 422
+    assert any(item["loc"] == ["query", "sweep_id"] for item in bad.json()["detail"]), bad.json()
 
 
 @pytest.mark.training

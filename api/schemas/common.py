@@ -31,6 +31,8 @@ SUCCESS_RATE = "Rolling training success rate; the held-out evaluation success r
 CREATED_AT = "When the run was asked for."
 FINISHED_AT = "When the run ended (null until then)."
 MLFLOW_RUN_ID = "The run's MLflow run (null until MLflow has created it)."
+SWEEP_ID = "The sweep this run is a trial of (`GET /sweeps/{id}`); null for a run started by hand."
+SWEEP_TRIAL = "The run's trial number in that sweep (0, 1, …); null for a run started by hand."
 
 
 class Strict(BaseModel):

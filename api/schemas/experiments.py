@@ -19,6 +19,8 @@ from api.schemas.common import (
     PROGRESS,
     RUN_STATUS,
     SUCCESS_RATE,
+    SWEEP_ID,
+    SWEEP_TRIAL,
     TOTAL_EPISODES,
     Algorithm,
     MazeMode,
@@ -48,6 +50,8 @@ class ExperimentSummary(BaseModel):
     name: str | None = Field(None, description="The run's name (null: none given).")
     tags: dict[str, str] = Field(default_factory=dict, description="The run's tags.")
     notes: str | None = Field(None, description="The run's notes.")
+    sweep_id: str | None = Field(None, description=SWEEP_ID)
+    sweep_trial: int | None = Field(None, description=SWEEP_TRIAL)
 
 
 class ExperimentList(BaseModel):

@@ -35,6 +35,8 @@ from api.schemas.common import (
     MAZE_SIZE,
     MLFLOW_RUN_ID,
     RUN_STATUS,
+    SWEEP_ID,
+    SWEEP_TRIAL,
     TOTAL_EPISODES,
     Algorithm,
     DeviceChoice,
@@ -287,6 +289,8 @@ class TrainingStatus(BaseModel):
     )
     tracking_error: str | None = Field(None, description="The MLflow error while tracking is degraded.")
     onnx: OnnxInfo | None = Field(None, description="ONNX export of the trained policy, once attempted.")
+    sweep_id: str | None = Field(None, description=SWEEP_ID)
+    sweep_trial: int | None = Field(None, description=SWEEP_TRIAL)
 
 
 class OnnxInfo(BaseModel):

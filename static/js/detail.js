@@ -13,6 +13,7 @@ import {
   isFinal,
   mlflowLocalHint,
   safeUrl,
+  shortId,
 } from "./format.js";
 import { animateRollout } from "./maze.js";
 import { openRunSocket } from "./socket.js";
@@ -78,6 +79,7 @@ function summaryText(run) {
   if (run.name) parts.unshift(`“${run.name}”`);
   const tags = Object.entries(run.tags || {}).map(([key, value]) => `${key}=${value}`);
   if (tags.length) parts.push(`tags ${tags.join(", ")}`);
+  if (run.sweep_id) parts.push(`trial ${run.sweep_trial} of sweep ${shortId(run.sweep_id)}`);
   if (training.seed !== undefined) parts.push(`seed ${training.seed}`);
   if (training.n_envs) parts.push(`${training.n_envs} envs`);
   if (training.device) parts.push(`device ${training.device}`);

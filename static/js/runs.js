@@ -31,9 +31,18 @@ function detailLink(run) {
   const href = `#/runs/${encodeURIComponent(run.experiment_id)}`;
   const label = run.name ? `${run.name} (${shortId(run.experiment_id)})` : shortId(run.experiment_id);
   const link = el("a", { href, className: "run-link", title: `details of ${run.experiment_id}` }, label);
+  const content = [link];
   const tags = Object.entries(run.tags || {}).map(([key, value]) => `${key}=${value}`);
-  if (!tags.length) return [link];
-  return [link, el("br", {}), el("span", { className: "muted run-tags" }, tags.join(" · "))];
+  if (tags.length) content.push(el("br", {}), el("span", { className: "muted run-tags" }, tags.join(" · ")));
+  if (run.sweep_id) content.push(el("br", {}), sweepLink(run));
+  return content;
+}
+
+/** A sweep's trial links to its sweep on the sweeps page. */
+function sweepLink(run) {
+  const href = `/static/sweeps.html#${encodeURIComponent(run.sweep_id)}`;
+  const text = `trial ${run.sweep_trial} of sweep ${shortId(run.sweep_id)}`;
+  return el("a", { href, className: "sweep-link", title: `sweep ${run.sweep_id}` }, text);
 }
 
 function mlflowLink(run, store, openHints) {

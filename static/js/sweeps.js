@@ -1,8 +1,10 @@
 // The sweeps page: the sweeps list, and for the chosen one ("#<sweep id>") its trials, the objective
-// against the trial number, "open best run" and stop. Polls while the sweep is unfinished.
+// against the trial number, the parameters against the objective (sweep-params.js), "open best run" and
+// stop. Polls while the sweep is unfinished.
 import uPlot from "../vendor/uplot/uPlot.esm.js";
 import { api, errorMessage } from "./api.js";
 import { el, formatNumber, formatPercent, formatTime, shortId } from "./format.js";
+import { drawParameters } from "./sweep-params.js";
 
 const POLL_MS = 3000;
 let timer = null;
@@ -48,7 +50,8 @@ function drawObjective(trials) {
     width: Math.max(320, figure.clientWidth || 640),
     height: 220,
     scales: { x: { time: false } },
-    axes: [{ label: "trial" }, { label: "success rate" }],
+    // Trials are whole numbers: no ticks between them.
+    axes: [{ label: "trial", values: (u, splits) => splits.map((x) => (Number.isInteger(x) ? String(x) : "")) }, { label: "success rate" }],
     series: [{ label: "trial" }, { label: "success rate", stroke: "#3366cc", points: { show: true, size: 7 }, width: 0 }],
   };
   plot = new uPlot(options, [xs, ys], figure);
@@ -87,6 +90,7 @@ async function showSweep(sweepId) {
       el("td", {}, trial.run_id ? el("a", { href: `/#/runs/${trial.run_id}` }, shortId(trial.run_id)) : "—"),
     )));
     drawObjective(sweep.trials);
+    drawParameters(document.getElementById("param-charts"), document.getElementById("params-table"), sweep);
     if (sweep.status === "running" || sweep.status === "stopping") timer = window.setTimeout(() => showSweep(sweepId), POLL_MS);
   } catch (error) {
     summary.textContent = errorMessage(error);
