@@ -45,6 +45,7 @@ TRIAL_FIELDS = (
     "seed",
     "n_envs",
     "device",
+    "policy",
     "eval_every_episodes",
     "eval_episodes",
     "target_success_rate",

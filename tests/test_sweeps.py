@@ -15,9 +15,11 @@ import torch
 from fastapi.testclient import TestClient
 from mlflow.tracking import MlflowClient
 
+from api.schemas.sweeps import SweepRequest
 from records.database import create_db_engine, make_session_factory, upgrade_schema
 from records.store import EvaluationState, RunStore
 from records.tables import RunStatus, StopReason
+from sweeps.driver import trial_request
 from sweeps.pruning import TrialPruning
 from sweeps.study import close_storage, create_study, load_study
 from tests.conftest import SMALL_RUN, app_client, app_state, ended_mlflow_run, wait_for_status
@@ -243,6 +245,7 @@ def test_a_sweep_goes_on_after_a_restart(tmp_path: Path, mlflow_store_template: 
         ),
         ({"pruner": {"n_startup_trials": -1}}, "pruner", "greater than or equal to 0"),
         ({"maze_size": 99}, "maze_size", "less than or equal"),
+        ({"policy": "resnet"}, "policy", "'planner_learned'"),
         ({"timesteps_per_episode": 4}, "timesteps_per_episode", "n_envs"),
     ],
 )
@@ -254,6 +257,14 @@ def test_bad_sweeps_are_422_naming_the_field(
     assert response.status_code == 422, response.text
     detail = response.json()["detail"]
     assert any(field in item["loc"] and words in item["msg"] for item in detail), detail
+
+
+def test_every_trial_trains_the_sweeps_policy() -> None:
+    request = SweepRequest.model_validate({**TINY_SWEEP, "policy": "planner_learned"}).model_dump()
+    assert trial_request(request, {"learning_rate": 1e-3}).policy == "planner_learned"
+    # A sweep stored before `policy` existed has none in its request: its trials train the default.
+    del request["policy"]
+    assert trial_request(request, {"learning_rate": 1e-3}).policy == "planner"
 
 
 def test_an_unknown_sweep_is_404(module_client: TestClient) -> None:

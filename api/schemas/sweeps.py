@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic.fields import FieldInfo
 
 from agents.hyperparameters import HYPERPARAMETER_MODELS, MAX_TIMESTEPS_PER_EPISODE
+from agents.policies import DEFAULT_POLICY, PolicyName
 from api.schemas.common import (
     MAX_EVAL_EPISODES,
     MAX_N_ENVS,
@@ -112,6 +113,10 @@ class SweepRequest(_Strict):
     )
     n_envs: int | None = Field(None, ge=1, le=MAX_N_ENVS, description="Parallel environments per trial.")
     device: DeviceChoice = Field("auto", description="'auto' uses CUDA when the server has it.")
+    policy: PolicyName = Field(
+        DEFAULT_POLICY,
+        description="The network every trial trains, as `policy` of /training/start (README 'Policies').",
+    )
     eval_every_episodes: int | None = Field(
         None,
         ge=1,
