@@ -162,7 +162,8 @@ def test_start_from_form_watch_live_progress_and_stop(dashboard: Dashboard, api:
     policy.select_option("cnn")
     with page.expect_request(lambda r: r.url.endswith("/training/start")) as start_request:
         page.get_by_role("button", name="Start training").click()
-    assert start_request.value.post_data_json["policy"] == "cnn"
+    sent = start_request.value.post_data_json
+    assert sent is not None and sent["policy"] == "cnn", sent
     run_id = dashboard.run_id_from_url()
     assert api.get(f"/training/status/{run_id}").json()["policy"] == "cnn"
     expect(page.get_by_text(re.compile(r"^PPO · policy cnn · 5×5 fixed maze"))).to_be_visible()
