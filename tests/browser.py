@@ -127,7 +127,7 @@ class Dashboard:
         for name, value in values.items():
             if name == "hyperparameters":
                 self.page.fill('textarea[name="hyperparameters"]', value)
-            elif name in ("algorithm", "maze_mode", "device"):
+            elif name in ("algorithm", "policy", "maze_mode", "device"):
                 self.page.select_option(f'select[name="{name}"]', str(value))
             else:
                 self.page.fill(f'input[name="{name}"]', str(value))

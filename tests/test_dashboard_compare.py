@@ -191,34 +191,41 @@ def test_compare_two_finished_runs_overlays_curves_and_highlights_the_differing_
     dashboard: Dashboard, api: httpx.Client
 ) -> None:
     slow = start(api, {**SHORT_PPO, "hyperparameters": {"learning_rate": 0.0001}})
-    fast = start(api, {**SHORT_PPO, "hyperparameters": {"learning_rate": 0.001}})
+    fast = start(api, {**SHORT_PPO, "policy": "mlp", "hyperparameters": {"learning_rate": 0.001}})
     bodies = {run_id: finished_run(api, run_id) for run_id in (slow, fast)}
+    labels = {slow: f"{slow[:8]} · PPO · 5×5 · planner", fast: f"{fast[:8]} · PPO · 5×5 · mlp"}
     page = dashboard.page
     dashboard.open()
 
     compare = page.get_by_role("button", name=re.compile("Compare"))
     expect(compare).to_be_disabled()
-    for run_id in (slow, fast):
-        page.get_by_role("checkbox", name=f"Compare run {run_id[:8]}").check()
+    page.get_by_role("checkbox", name=f"Compare run {slow[:8]}").check()
+    page.get_by_role("checkbox", name=f"Compare run {fast[:8]}").focus()
+    page.keyboard.press("Space")  # with the keyboard too
     expect(compare).to_have_text("Compare 2 selected runs")
     expect(compare).to_be_enabled()
     # The table re-renders every few seconds: the choice stays.
     page.wait_for_timeout(3500)
     expect(page.get_by_role("checkbox", name=f"Compare run {slow[:8]}")).to_be_checked()
+    expect(page.get_by_role("checkbox", name=f"Compare run {fast[:8]}")).to_be_checked()
+    fast_row = page.get_by_role("row").filter(has=page.get_by_role("link", name=fast[:8], exact=True))
+    expect(fast_row.get_by_role("cell", name="mlp", exact=True)).to_be_visible()  # the Policy column
     screenshot(page, "compare-runs-list")
-    compare.click()
+    compare.focus()
+    page.keyboard.press("Enter")
 
     expect(page.get_by_role("heading", name="Compare runs")).to_be_visible()
-    assert sorted(page.url.split("#/compare/")[1].split(",")) == sorted([slow, fast])
+    order = page.url.split("#/compare/")[1].split(",")
+    assert sorted(order) == sorted([slow, fast])
     legend = page.get_by_role("list", name="Runs compared")
     for run_id in (slow, fast):
-        expect(legend).to_contain_text(f"{run_id[:8]} · PPO · 5×5")
+        expect(legend).to_contain_text(labels[run_id])
     for name, key in (("Reward", "reward"), ("Success rate", "success_rate"), ("Loss", "loss")):
         figure = page.get_by_role("figure", name=re.compile(name))
         expected = ",".join(str(len(steps(bodies[run_id]["history"][key]))) for run_id in (slow, fast))
         expect(figure).to_have_attribute("data-series", "2")
         expect(figure).to_have_attribute("data-points", expected)
-        expect(figure).to_contain_text(f"{slow[:8]} · PPO · 5×5: ")  # the text alternative names each run
+        expect(figure).to_contain_text(f"{labels[slow]}: ")  # the text alternative names each run
 
     table = page.get_by_role("table", name="Final figures and settings of the compared runs")
     learning_rate = table.get_by_role("row", name=re.compile(r"^learning_rate"))
@@ -226,11 +233,18 @@ def test_compare_two_finished_runs_overlays_curves_and_highlights_the_differing_
     expect(learning_rate).to_have_class(re.compile("differs"))
     expect(learning_rate).to_contain_text("0.0001")
     expect(learning_rate).to_contain_text("0.001")
+    policy = table.get_by_role("row", name=re.compile(r"^policy\s"))  # not policy_class
+    expect(policy).to_contain_text("differs")
+    expect(policy.get_by_role("cell")).to_have_text(
+        ["planner" if run_id == slow else "mlp" for run_id in order]
+    )
     algorithm = table.get_by_role("row", name=re.compile(r"^algorithm"))
     expect(algorithm).not_to_contain_text("differs")
     expect(table.get_by_role("row", name=re.compile(r"^State"))).to_contain_text("completed")
+    assert_best_figures_marked(table, order, bodies)
     screenshot(page, "compare-two-runs")
 
+    assert_smoothing_of_every_run(page, order, labels, bodies)
     assert serious_accessibility_violations(page) == []
     page.get_by_label("Show only the settings that differ").check()
     expect(algorithm).to_be_hidden()
@@ -241,3 +255,81 @@ def test_compare_two_finished_runs_overlays_curves_and_highlights_the_differing_
     page.keyboard.press("Enter")
     expect(page.locator("#d-id")).to_have_text(slow)
     dashboard.assert_no_page_errors()
+
+
+# The final figures ranked in the comparison's table: which end is best.
+RANKED_FIGURES = {
+    "Reward": max,
+    "Success rate": max,
+    "Best held-out success": max,
+    "Best path efficiency": max,
+    "Loss": min,
+}
+
+
+def shown_number(text: str) -> float | None:
+    """A table cell's figure as shown ("-0.123", "95%", "1,234"; "—" when none), its "best" tag aside."""
+    match = re.match(r"-?[\d,]*\.?\d+", text.strip())
+    return float(match.group().replace(",", "")) if match else None
+
+
+def assert_best_figures_marked(table: Any, order: list[str], bodies: dict[str, dict[str, Any]]) -> None:
+    """Each ranked row marks its best figure as shown, in words ("best") and bold, and no other; a
+    row where every run shows the same figure marks none."""
+    marked = 0
+    for label, best in RANKED_FIGURES.items():
+        cells = table.get_by_role("row", name=re.compile(f"^{label}")).get_by_role("cell")
+        texts = cells.all_inner_texts()
+        numbers = [shown_number(text) for text in texts]
+        ranked = [n for n in numbers if n is not None]
+        top = best(ranked) if len(ranked) >= 2 and len(set(ranked)) > 1 else None
+        for index, (text, number) in enumerate(zip(texts, numbers, strict=True)):
+            is_best = top is not None and number == top
+            assert ("best" in text) == is_best, (label, texts)
+            if is_best:
+                expect(cells.nth(index).locator("strong")).to_have_text(text.replace("best", "").strip())
+                marked += 1
+    assert marked, "no figure differed between the runs: nothing was marked best"
+    # The marked loss is the lower of the two runs' (the column is the run's).
+    losses = [bodies[run_id]["training"]["loss"] for run_id in order]
+    loss_cells = table.get_by_role("row", name=re.compile("^Loss")).get_by_role("cell").all_inner_texts()
+    lower = losses.index(min(losses))
+    if len(set(shown_number(text) for text in loss_cells)) > 1:
+        assert "best" in loss_cells[lower], (losses, loss_cells)
+
+
+def smoothed(values: list[float], weight: float) -> list[float]:
+    """TensorBoard's smoothing (the dashboard's): a moving average, debiased at the start."""
+    average, out = 0.0, []
+    for index, value in enumerate(values):
+        average = average * weight + (1 - weight) * value
+        out.append(average / (1 - weight ** (index + 1)))
+    return out
+
+
+def assert_smoothing_of_every_run(
+    page: Page, order: list[str], labels: dict[str, str], bodies: dict[str, dict[str, Any]]
+) -> None:
+    """The comparison's Smoothing slider (keyboard) smooths each run's curve as a run's page does: the
+    text alternative gives each run's raw and smoothed latest values, the raw points stay drawn."""
+    reward = page.get_by_role("figure", name=re.compile("Reward"))
+    drawn = reward.get_attribute("data-points")
+    expect(reward).not_to_contain_text("(smoothed ")
+    slider = page.get_by_role("slider", name="Smoothing")
+    slider.focus()
+    page.keyboard.press("End")
+    expect(slider).to_have_value("0.99")
+    for run_id in order:
+        label = re.escape(labels[run_id])
+        expect(reward).to_contain_text(re.compile(rf"{label}: \S+ \(smoothed \S+\) at step"))
+        readout = reward.inner_text()
+        match = re.search(rf"{label}: (\S+) \(smoothed (\S+)\) at step", readout)
+        assert match, readout
+        by_step = {int(p["step"]): float(p["value"]) for p in bodies[run_id]["history"]["reward"]}
+        values = [by_step[step] for step in sorted(by_step)]
+        assert float(match.group(1)) == pytest.approx(values[-1], rel=0.01, abs=1e-9), readout
+        assert float(match.group(2)) == pytest.approx(smoothed(values, 0.99)[-1], rel=0.01, abs=1e-9), readout
+    expect(reward).to_have_attribute("data-points", drawn or "")
+    for name in ("Success rate", "Loss"):
+        expect(page.get_by_role("figure", name=re.compile(name))).to_contain_text("(smoothed ")
+    screenshot(page, "compare-smoothed")

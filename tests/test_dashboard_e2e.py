@@ -122,7 +122,7 @@ def test_form_shows_the_apis_validation_messages_next_to_fields(
     expected = api_error(api, too_big, "maze_size")
     dashboard.open()
     dashboard.fill_start_form({"maze_size": 99})
-    dashboard.page.click('#start-form button[type="submit"]')
+    dashboard.page.get_by_role("button", name="Start training").click()
     expect(dashboard.field_error("maze_size")).to_have_text(expected)
     expect(dashboard.page.locator('#start-form .field[data-field="maze_size"]')).to_have_class(
         re.compile("invalid")
@@ -133,12 +133,12 @@ def test_form_shows_the_apis_validation_messages_next_to_fields(
     bad_hyper = {**too_big, "maze_size": 5, "hyperparameters": {"not_a_knob": 1}}
     expected = api_error(api, bad_hyper, "hyperparameters")
     dashboard.fill_start_form({"maze_size": 5, "hyperparameters": '{"not_a_knob": 1}'})
-    dashboard.page.click('#start-form button[type="submit"]')
+    dashboard.page.get_by_role("button", name="Start training").click()
     expect(dashboard.field_error("hyperparameters")).to_have_text(expected)
     expect(dashboard.field_error("maze_size")).to_have_text("")
 
     dashboard.fill_start_form({"hyperparameters": "{oops"})
-    dashboard.page.click('#start-form button[type="submit"]')
+    dashboard.page.get_by_role("button", name="Start training").click()
     expect(dashboard.field_error("hyperparameters")).to_contain_text("not valid JSON")
     screenshot(dashboard.page, "form-hyperparameters-error")
     assert not RUN_URL.search(dashboard.page.url), "no run may start from an invalid form"
@@ -152,9 +152,21 @@ def test_form_shows_the_apis_validation_messages_next_to_fields(
 def test_start_from_form_watch_live_progress_and_stop(dashboard: Dashboard, api: httpx.Client) -> None:
     page = dashboard.page
     dashboard.open()
+    policy = page.get_by_label("Policy")
+    expect(policy).to_have_value("planner")
+    choices = policy.get_by_role("option")
+    expect(choices).to_have_count(4)
+    for index, name in enumerate(("planner", "planner_learned", "cnn", "mlp")):
+        expect(choices.nth(index)).to_have_text(re.compile(rf"^{name} — \S.+"))  # each with its hint
     dashboard.fill_start_form({**ENDLESS_PPO, "target_success_rate": ""})  # cleared: no early end
-    page.click('#start-form button[type="submit"]')
+    policy.select_option("cnn")
+    with page.expect_request(lambda r: r.url.endswith("/training/start")) as start_request:
+        page.get_by_role("button", name="Start training").click()
+    sent = start_request.value.post_data_json
+    assert sent is not None and sent["policy"] == "cnn", sent
     run_id = dashboard.run_id_from_url()
+    assert api.get(f"/training/status/{run_id}").json()["policy"] == "cnn"
+    expect(page.get_by_text(re.compile(r"^PPO · policy cnn · 5×5 fixed maze"))).to_be_visible()
 
     expect(page.locator("#d-socket")).to_have_attribute("data-state", "live", timeout=30_000)
     expect(page.locator("#d-status")).to_have_text("running", timeout=60_000)
@@ -177,7 +189,7 @@ def test_start_from_form_watch_live_progress_and_stop(dashboard: Dashboard, api:
     expect(page.locator("#d-progress-text")).to_contain_text("ETA")
     screenshot(page, "run-live")
 
-    page.click("#d-stop")
+    page.get_by_role("button", name="Stop run").click()
     expect(page.locator("#d-status")).to_have_text("stopped", timeout=90_000)
     expect(page.locator("#d-stop")).to_be_hidden()
     model_link = page.get_by_role("link", name="SB3 model (.zip)")
@@ -187,12 +199,13 @@ def test_start_from_form_watch_live_progress_and_stop(dashboard: Dashboard, api:
     screenshot(page, "run-stopped")
     # The ONNX export finishes after the run ends: the page looks again by itself and enables the player.
     expect(page.get_by_role("link", name="ONNX model")).to_be_visible(timeout=120_000)
-    expect(page.locator('#rollout-form button[type="submit"]')).to_be_enabled()
+    expect(page.get_by_role("button", name="Play", exact=True)).to_be_enabled()
 
-    page.click("text=← All runs")
-    row = page.locator(f'#runs-table tbody tr[data-run-id="{run_id}"]')
-    expect(row).to_have_attribute("data-status", "stopped", timeout=15_000)
-    expect(row).to_contain_text("PPO")
+    page.get_by_role("link", name="← All runs").click()
+    row = page.get_by_role("row").filter(has=page.get_by_role("link", name=re.compile(run_id[:8])))
+    expect(row.get_by_role("cell", name="stopped", exact=True)).to_be_visible(timeout=15_000)
+    expect(row.get_by_role("cell", name="PPO", exact=True)).to_be_visible()
+    expect(row.get_by_role("cell", name="cnn", exact=True)).to_be_visible()  # the Policy column
     expect(row).to_contain_text("5×5 fixed")
     screenshot(page, "runs-list")
     page.set_viewport_size(PHONE)
@@ -257,7 +270,7 @@ def test_completed_run_shows_history_downloads_and_rollout_reaches_goal(
     expect(page.get_by_role("link", name="SB3 model (.zip)")).to_be_visible()
     assert_download_sends_api_key(page, onnx_link, api.get(onnx_href).content)
 
-    page.click('#rollout-form button[type="submit"]')  # empty seed: the run's own fixed maze
+    page.get_by_role("button", name="Play", exact=True).click()  # empty seed: the run's own fixed maze
     canvas = page.locator("#maze")
     expect(canvas).to_have_attribute("data-state", "done", timeout=30_000)
     result = page.locator("#rollout-result")

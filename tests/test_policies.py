@@ -21,7 +21,7 @@ from onnx_export import collect_observations, export_policy
 from records.database import alembic_config, create_db_engine, make_session_factory, upgrade_schema
 from records.store import RunStore
 from records.tables import run_policy
-from records.views import training_status
+from records.views import experiment_summary, training_status
 from rl_maze.planner import MazePlannerExtractor
 from tests.conftest import SMALL_RUN, settings_for_tests
 from training.job import JobControl, TrainingJob
@@ -114,6 +114,7 @@ def test_a_run_trains_records_shows_and_exports_its_policy(settings: Settings, s
     record = store.get(run.id)
     assert record.status == "completed" and record.policy == "cnn"
     assert training_status(record, settings).policy == "cnn"
+    assert experiment_summary(record, settings, None).policy == "cnn"  # the runs list, GET /experiments
     metadata = OnnxPolicy(settings.run_dir(run.id) / "model.onnx").metadata
     assert metadata["policy"] == "cnn"
     assert record.effective_hyperparameters is not None

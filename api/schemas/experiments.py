@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agents.policies import DEFAULT_POLICY, PolicyName
 from api.schemas.common import (
     ALGORITHM,
     CREATED_AT,
@@ -38,6 +39,7 @@ class ExperimentSummary(BaseModel):
     algorithm: Algorithm = Field(description=ALGORITHM)
     maze_size: int = Field(description=MAZE_SIZE)
     maze_mode: MazeMode = Field(description=MAZE_MODE)
+    policy: PolicyName = Field(DEFAULT_POLICY, description="The network the run trains (see the request).")
     episode: int = Field(description=EPISODE)
     total_episodes: int = Field(description=TOTAL_EPISODES)
     progress: float = Field(description=PROGRESS)

@@ -2,6 +2,7 @@
 // read-out (uPlot's live legend) and optional smoothing.
 import uPlot from "../vendor/uplot/uPlot.esm.js";
 import { el, formatNumber } from "./format.js";
+import { latestText, showSmoothedSeries, smooth, smoothableSeries } from "./smoothing.js";
 
 const CHART_HEIGHT = 180;
 
@@ -31,8 +32,6 @@ export const CHARTS = [
   },
   { key: "loss", label: "loss", axis: "loss", color: "#dc2626", format: number },
 ];
-// The raw curve behind a smoothed one, as TensorBoard draws it.
-const FAINT = "55";
 
 export function legendValue(format) {
   return (u, value) => (value === null || value === undefined ? "—" : format(value));
@@ -56,25 +55,7 @@ export function metricChartOptions(spec, width, height, series) {
 }
 
 function chartOptions(spec, width, chart) {
-  return metricChartOptions(spec, width, CHART_HEIGHT, [
-      {
-        label: spec.label,
-        stroke: () => (chart.weight > 0 ? spec.color + FAINT : spec.color),
-        width: 2,
-        points: { size: 5 },
-        value: legendValue(spec.format),
-      },
-      { label: `${spec.label}, smoothed`, stroke: spec.color, width: 2, points: { show: false }, show: false, value: legendValue(spec.format) },
-  ]);
-}
-
-/** TensorBoard's smoothing: an exponential moving average, debiased at the start. */
-export function smooth(values, weight) {
-  let average = 0;
-  return values.map((value, index) => {
-    average = average * weight + (1 - weight) * value;
-    return weight > 0 ? average / (1 - weight ** (index + 1)) : value;
-  });
+  return metricChartOptions(spec, width, CHART_HEIGHT, smoothableSeries(spec.label, spec.color, legendValue(spec.format), chart));
 }
 
 function finite(value) {
@@ -170,7 +151,7 @@ export class MetricChart {
   /** 0 draws the values as logged; up to 0.99 smooths more (the raw curve stays, faint). */
   setSmoothing(weight) {
     this.weight = weight;
-    if (this.plot.series[2].show !== weight > 0) this.plot.setSeries(2, { show: weight > 0 });
+    showSmoothedSeries(this.plot, weight);
     this.render();
   }
 
@@ -180,8 +161,7 @@ export class MetricChart {
     this.figure.dataset.points = String(this.xs.length);
     this.figure.dataset.lastStep = this.xs.length ? String(this.xs[this.xs.length - 1]) : "";
     const last = this.xs.length - 1;
-    const format = this.spec.format;
-    const value = this.weight > 0 ? `${format(this.ys[last])} (smoothed ${format(smoothed[last])})` : format(this.ys[last]);
+    const value = latestText(this.spec.format, this.ys[last], smoothed[last], this.weight);
     this.readout.textContent = last < 0
       ? "no data yet"
       : `${this.spec.label}: latest ${value} at step ${this.xs[last].toLocaleString()} (${last + 1} points)`;

@@ -7,26 +7,34 @@ import { CompareChart, runColor } from "./compare-charts.js";
 import { showMessage } from "./form.js";
 import { el, formatDuration, formatNumber, formatPercent, isFinal } from "./format.js";
 import { runTitle } from "./selection.js";
+import { bindSmoothing } from "./smoothing.js";
 import { openRunSocket } from "./socket.js";
 
 const RELOAD_RETRY_MS = 3000;
 
-// Final figures: [label, value of a run's state].
+const asIs = (value) => value;
+// Final figures: the label, a run's value (from its state) and its format; `best` says which end of a
+// ranked figure is best, and the best run's cell is marked (bold and the word "best").
 const RESULTS = [
-  ["State", (s) => s.status],
-  ["Ended because", (s) => s.stop_reason || "—"],
-  ["Timesteps", (s) => `${(s.timesteps || 0).toLocaleString()} / ${(s.total_timesteps || 0).toLocaleString()}`],
-  ["Reward (last 100 maze episodes)", (s) => formatNumber(s.reward)],
-  ["Success rate", (s) => formatPercent(s.success_rate)],
-  ["Best held-out success", (s) => formatPercent(s.best_eval_success_rate)],
-  ["Best path efficiency", (s) => formatPercent(s.best_eval_path_efficiency)],
-  ["Loss", (s) => formatNumber(s.loss)],
-  ["Steps/s", (s) => formatNumber(s.fps)],
-  ["Training time", (s) => formatDuration(s.elapsed_s)],
+  { label: "State", value: (s) => s.status, format: asIs },
+  { label: "Ended because", value: (s) => s.stop_reason || "—", format: asIs },
+  {
+    label: "Timesteps",
+    value: (s) => `${(s.timesteps || 0).toLocaleString()} / ${(s.total_timesteps || 0).toLocaleString()}`,
+    format: asIs,
+  },
+  { label: "Reward (last 100 maze episodes)", value: (s) => s.reward, format: formatNumber, best: "higher" },
+  { label: "Success rate", value: (s) => s.success_rate, format: formatPercent, best: "higher" },
+  { label: "Best held-out success", value: (s) => s.best_eval_success_rate, format: formatPercent, best: "higher" },
+  { label: "Best path efficiency", value: (s) => s.best_eval_path_efficiency, format: formatPercent, best: "higher" },
+  { label: "Loss", value: (s) => s.loss, format: formatNumber, best: "lower" },
+  { label: "Steps/s", value: (s) => s.fps, format: formatNumber },
+  { label: "Training time", value: (s) => s.elapsed_s, format: formatDuration },
 ];
 // Settings every run has, whether or not MLflow holds its parameters yet.
 const BASE_SETTINGS = [
   ["algorithm", (r) => r.algorithm],
+  ["policy", (r) => policyOf(r)],
   ["maze_size", (r) => String(r.maze_size)],
   ["maze_mode", (r) => r.maze_mode],
   ["seed", (r) => String(r.training.seed)],
@@ -35,8 +43,17 @@ const BASE_SETTINGS = [
   ["total_timesteps", (r) => String(r.training.total_timesteps)],
 ];
 
+function policyOf(run) {
+  return run.policy || (run.training || {}).policy || "planner";
+}
+
+/** How the legend and the table's head describe a run beside its name: "PPO · 5×5 · planner". */
+function runTraits(run) {
+  return `${run.algorithm} · ${run.maze_size}×${run.maze_size} · ${policyOf(run)}`;
+}
+
 function runLabel(run) {
-  return `${runTitle(run)} · ${run.algorithm} · ${run.maze_size}×${run.maze_size}`;
+  return `${runTitle(run)} · ${runTraits(run)}`;
 }
 
 /** Rows of [setting, [value per run]]: the base settings, then every MLflow parameter of any run. */
@@ -55,7 +72,7 @@ function headRow(entries) {
       { scope: "col" },
       el("span", { className: "swatch", style: `background:${runColor(index)}`, "aria-hidden": "true" }),
       el("a", { href: `#/runs/${encodeURIComponent(entry.id)}` }, runTitle(entry.run)),
-      el("small", { className: "muted" }, ` ${entry.run.algorithm} · ${entry.run.maze_size}×${entry.run.maze_size}`),
+      el("small", { className: "muted" }, ` ${runTraits(entry.run)}`),
     ),
   );
   return el("thead", {}, el("tr", {}, el("td", {}), ...cells));
@@ -65,18 +82,44 @@ function section(title, count) {
   return el("tr", { className: "compare-section" }, el("th", { scope: "colgroup", colSpan: count + 1 }, title));
 }
 
-function valueRow(label, values, highlight) {
-  const differs = highlight && new Set(values).size > 1;
+function valueRow(label, values) {
+  const differs = new Set(values).size > 1;
   const name = el("th", { scope: "row" }, label);
   if (differs) name.append(" ", el("span", { className: "diff-tag" }, "differs"));
   return el("tr", { className: differs ? "differs" : "", dataset: { key: label } }, name, ...values.map((v) => el("td", {}, v)));
 }
 
-/** The table of final figures (per run state) and settings (differences highlighted). */
+/**
+ * The columns holding a ranked figure's best value (as shown: runs that show the same text tie), or
+ * none when fewer than two runs have the figure or all of them show the same.
+ */
+function bestColumns(values, texts, best) {
+  const ranked = values.map((value, index) => [value, index]).filter(([value]) => Number.isFinite(value));
+  if (!best || ranked.length < 2) return new Set();
+  const numbers = ranked.map(([value]) => value);
+  const top = best === "higher" ? Math.max(...numbers) : Math.min(...numbers);
+  const topText = texts[ranked.find(([value]) => value === top)[1]];
+  const winners = ranked.filter(([, index]) => texts[index] === topText).map(([, index]) => index);
+  return winners.length === ranked.length ? new Set() : new Set(winners);
+}
+
+function figureRow({ label, value, format, best }, states) {
+  const values = states.map((state) => value(state));
+  const texts = values.map((each) => format(each));
+  const winners = bestColumns(values, texts, best);
+  const cells = texts.map((shown, index) =>
+    winners.has(index)
+      ? el("td", { className: "best" }, el("strong", {}, shown), " ", el("span", { className: "best-tag" }, "best"))
+      : el("td", {}, shown),
+  );
+  return el("tr", { dataset: { key: label } }, el("th", { scope: "row" }, label), ...cells);
+}
+
+/** The table of final figures (per run state, the best marked) and settings (differences highlighted). */
 export function compareTable(entries) {
   const count = entries.length;
-  const results = RESULTS.map(([label, value]) => valueRow(label, entries.map((e) => value(e.state)), false));
-  const settings = settingRows(entries.map((e) => e.run)).map(([key, values]) => valueRow(key, values, true));
+  const results = RESULTS.map((figure) => figureRow(figure, entries.map((e) => e.state)));
+  const settings = settingRows(entries.map((e) => e.run)).map(([key, values]) => valueRow(key, values));
   return [
     el("caption", { className: "visually-hidden" }, "Final figures and settings of the compared runs"),
     headRow(entries),
@@ -100,6 +143,7 @@ class Comparison {
     this.charts = {};
     this.disposed = false;
     this.retryTimer = null;
+    this.unbindSmoothing = () => {};
     this.onlyDifferences = () => {
       this.$("#compare-table").classList.toggle("only-differences", this.$("#c-only-differences").checked);
     };
@@ -142,6 +186,8 @@ class Comparison {
       ),
     );
     for (const spec of CHARTS) this.charts[spec.key] = new CompareChart(this.$(`#compare-${spec.key}`), spec, runs);
+    const charts = () => Object.values(this.charts);
+    this.unbindSmoothing = bindSmoothing(this.$("#c-smoothing"), this.$("#c-smoothing-value"), charts);
     this.entries.forEach((entry, index) => this.showHistory(index));
     this.renderTable();
     this.entries.forEach((entry, index) => this.follow(index));
@@ -216,6 +262,7 @@ class Comparison {
   dispose() {
     this.disposed = true;
     window.clearTimeout(this.retryTimer);
+    this.unbindSmoothing();
     this.$("#c-only-differences").removeEventListener("change", this.onlyDifferences);
     for (const entry of this.entries) if (entry.socket) entry.socket.close();
     for (const chart of Object.values(this.charts)) chart.destroy();

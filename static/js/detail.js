@@ -16,6 +16,7 @@ import {
   shortId,
 } from "./format.js";
 import { animateRollout } from "./maze.js";
+import { bindSmoothing } from "./smoothing.js";
 import { openRunSocket } from "./socket.js";
 
 const RELOAD_RETRY_MS = 3000;
@@ -75,7 +76,8 @@ function statItems(state) {
 
 function summaryText(run) {
   const training = run.training || {};
-  const parts = [run.algorithm, `${run.maze_size}×${run.maze_size} ${run.maze_mode} maze`];
+  const policy = run.policy || training.policy || "planner";
+  const parts = [run.algorithm, `policy ${policy}`, `${run.maze_size}×${run.maze_size} ${run.maze_mode} maze`];
   if (run.name) parts.unshift(`“${run.name}”`);
   const tags = Object.entries(run.tags || {}).map(([key, value]) => `${key}=${value}`);
   if (tags.length) parts.push(`tags ${tags.join(", ")}`);
@@ -184,13 +186,8 @@ class RunDetail {
   start() {
     this.resetView();
     this.charts = createCharts(this.root);
-    const smoothing = $(this.root, "#smoothing");
-    const applySmoothing = () => {
-      $(this.root, "#smoothing-value").textContent = smoothing.value;
-      for (const chart of Object.values(this.charts)) chart.setSmoothing(Number(smoothing.value));
-    };
-    applySmoothing();
-    this.on(smoothing, "input", applySmoothing);
+    const charts = () => Object.values(this.charts);
+    this.listeners.push(bindSmoothing($(this.root, "#smoothing"), $(this.root, "#smoothing-value"), charts));
     this.on($(this.root, "#d-stop"), "click", () => this.stop());
     this.on($(this.root, "#rollout-form"), "submit", (event) => {
       event.preventDefault();

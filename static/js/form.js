@@ -68,7 +68,7 @@ function numberValue(input) {
 /** The request body, or throws {field, message} for input the API cannot receive (bad JSON). */
 function readStartRequest(form) {
   const elements = form.elements;
-  const body = { algorithm: elements.algorithm.value };
+  const body = { algorithm: elements.algorithm.value, policy: elements.policy.value };
   for (const name of REQUIRED_NUMBERS) body[name] = numberValue(elements[name]);
   for (const name of OPTIONAL_NUMBERS) {
     const value = numberValue(elements[name]);

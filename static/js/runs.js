@@ -73,6 +73,7 @@ function runRow(run, store, openHints, selection) {
     cell("Run", ...detailLink(run)),
     cell("State", statusBadge(run.status)),
     cell("Algorithm", run.algorithm),
+    cell("Policy", run.policy || "planner"),
     cell("Maze", `${run.maze_size}×${run.maze_size} ${run.maze_mode}`),
     cell("Progress", ...progressCell(run)),
     cell("Success", successCell(run)),
