@@ -264,7 +264,8 @@ class TrainingService:
             )
         if request.register_as is not None and not self.settings.mlflow_enabled:
             raise InvalidRequest(
-                "register_as", "needs MLflow's model registry, and this server runs with MLFLOW_ENABLED=false"
+                "register_as",
+                "needs MLflow's model registry, which is off on this server (MLFLOW_ENABLED=false)",
             )
         return NewRun(
             algorithm=request.algorithm,

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 ONNX_ARTIFACT_PATH = "onnx_model"  # the run's copy; records/files.py ARTIFACT_PATHS downloads from it
 LOGGED_MODEL_NAME = "maze_policy"
-PROMPT_TAG = "mlflow.prompt.is_prompt"  # MLflow keeps prompts as registered models with this tag
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,8 +140,10 @@ def register_logged_model(client: MlflowClient, name: str, model_id: str, run_id
     except MlflowException as error:
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-        if client.get_registered_model(name).tags.get(PROMPT_TAG, "").lower() == "true":
-            raise RegistrationRefused(f"the name {name!r} belongs to an MLflow prompt, not a model") from None
+        # MLflow keeps prompts as registered models, which its model searches leave out.
+        if not client.search_registered_models(f"name = '{name}'"):
+            # Not naming it: the sender would take a name holding "connect" or "Timeout" for an outage.
+            raise RegistrationRefused("the name belongs to an MLflow prompt, not a model") from None
     created = client.create_model_version(
         name, source, run_id=run_id, await_creation_for=0, model_id=model_id
     )
