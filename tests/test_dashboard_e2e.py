@@ -20,6 +20,7 @@ from tests.browser import (
     Dashboard,
     launch_chromium,
     screenshot,
+    serious_accessibility_violations,
     skip_or_fail,
     wait_until,
 )
@@ -258,6 +259,7 @@ def test_a_runs_name_and_tags_show_in_the_runs_table_and_on_its_page(
         timeout=int(TRAINING_TIMEOUT_S * 1000)
     )
     screenshot(page, "run-labels")
+    assert serious_accessibility_violations(page) == []  # the tag chips' contrast among others
     dashboard.assert_no_page_errors()
 
 
