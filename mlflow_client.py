@@ -15,18 +15,24 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import structlog
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from records.mlflow_models import (
     ONNX_ARTIFACT_PATH,
+    ModelHandOn,
     create_logged_model,
+    log_model_metrics,
+    register_logged_model,
     upload_logged_model,
     upload_onnx_artifact,
 )
 from records.mlflow_runs import MlflowRuns, open_client
 from records.mlflow_sender import MlflowSender, Operation, metrics_operation
+
+log = structlog.get_logger(__name__)
 
 MAX_PARAM_LENGTH = 500
 RUN_TAG = "experiment_id"  # our run id, on the MLflow run and its logged model
@@ -65,6 +71,8 @@ class Tracker:
     :param artifact_dir: artifact root for a newly created experiment on a local store.
     :param on_run_created: called with (our run id, MLflow run id) once MLflow knows the run.
     :param on_tracking_status: called with (our run id, "ok" | "degraded", error) when that changes.
+    :param on_registration: called with (our run id, "registered" | "failed", version, error) once a
+        run's model is registered in the model registry, or that was given up.
 
     `runs` reads the same store; it knows the experiment id as soon as the sender has set it up.
     """
@@ -76,8 +84,10 @@ class Tracker:
         artifact_dir: Path | None = None,
         on_run_created: Callable[[str, str], None] | None = None,
         on_tracking_status: Callable[[str, str, str | None], None] | None = None,
+        on_registration: Callable[[str, str, int | None, str | None], None] | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
+        self._on_registration = on_registration
         self.experiment_name = experiment_name
         self._artifact_dir = artifact_dir
         self._on_run_created = on_run_created
@@ -194,10 +204,14 @@ class Tracker:
 
         self._sender.enqueue(Operation(tracked.run_key, f"upload {artifact_path}/", send))
 
-    def log_onnx_model(self, tracked: TrackedRun, onnx_path: Path) -> None:
+    def log_onnx_model(
+        self, tracked: TrackedRun, onnx_path: Path, hand_on: ModelHandOn | None = None
+    ) -> None:
         """Log the ONNX policy as an MLflow `onnx` flavour model with a signature and an input example:
         as the run's artifact `onnx_model/` (what the service downloads) and as an MLflow 3 logged
-        model (`search_logged_models`, `models:/<model_id>`), linked to the run."""
+        model (`search_logged_models`, `models:/<model_id>`), linked to the run; then `hand_on`'s
+        metrics on that logged model, and its registration (reported to `on_registration`)."""
+        facts = hand_on or ModelHandOn()
 
         def upload(client: MlflowClient) -> None:
             upload_onnx_artifact(client, self._run_id(tracked), onnx_path)
@@ -214,6 +228,45 @@ class Tracker:
             upload_logged_model(client, onnx_path, run_id, model_id)
 
         self._sender.enqueue(Operation(tracked.run_key, "log model", log_model))
+
+        def logged_model() -> str:
+            if model_id is None:
+                raise RuntimeError("the ONNX model could not be logged to MLflow (see the run's log)")
+            return model_id
+
+        if facts.metrics:
+
+            def log_metrics(client: MlflowClient) -> None:
+                log_model_metrics(client, self._run_id(tracked), logged_model(), facts.metrics, facts.step)
+
+            self._sender.enqueue(Operation(tracked.run_key, "log model metrics", log_metrics))
+        if facts.register_as is not None:
+            self._register(tracked, facts.register_as, logged_model)
+
+    def _register(self, tracked: TrackedRun, name: str, logged_model: Callable[[], str]) -> None:
+        """Queue the registration of the run's logged model as a new version of `name`; never fails the
+        run: an error the sender gives up on is logged and reported as "failed"."""
+        served = is_tracking_server(self.tracking_uri)
+
+        def register(client: MlflowClient) -> None:
+            version = register_logged_model(client, name, logged_model(), self._run_id(tracked), served)
+            log.info("model_registered", experiment_id=tracked.run_key, name=name, version=version)
+            self._report_registration(tracked.run_key, "registered", version, None)
+
+        def give_up(error: str) -> None:
+            log.error("model_registration_failed", experiment_id=tracked.run_key, name=name, error=error)
+            self._report_registration(tracked.run_key, "failed", None, error)
+
+        operation = Operation(tracked.run_key, f"register model {name}", register, on_give_up=give_up)
+        self._sender.enqueue(operation)
+
+    def _report_registration(self, run_key: str, status: str, version: int | None, error: str | None) -> None:
+        if self._on_registration is None:
+            return
+        try:
+            self._on_registration(run_key, status, version, error)
+        except Exception as report_error:  # the database may be down; MLflow holds the truth
+            log.warning("registration_not_recorded", experiment_id=run_key, error=str(report_error))
 
     def end_run(self, tracked: TrackedRun, status: str) -> None:
         mlflow_status = TERMINAL_STATUS.get(status, "KILLED")

@@ -262,6 +262,11 @@ class TrainingService:
             raise InvalidRequest(
                 "eval_episodes", "a target_success_rate needs held-out evaluation: set eval_episodes ≥ 1"
             )
+        if request.register_as is not None and not self.settings.mlflow_enabled:
+            raise InvalidRequest(
+                "register_as",
+                "needs MLflow's model registry, which is off on this server (MLFLOW_ENABLED=false)",
+            )
         return NewRun(
             algorithm=request.algorithm,
             total_episodes=request.total_episodes,
@@ -283,6 +288,8 @@ class TrainingService:
             notes=request.notes,
             notify_url=request.notify_url,
             notify_state="pending" if request.notify_url else None,
+            register_as=request.register_as,
+            registry_status="pending" if request.register_as else None,
         )
 
     # --- scheduling --------------------------------------------------------------------------------

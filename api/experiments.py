@@ -33,7 +33,7 @@ from api.schemas import (
 from api.schemas.labels import MAX_NAME_LENGTH, MAX_TAGS, TAG_FILTER_PATTERN, LabelsUpdate
 from records.files import ARTIFACT_PATHS, LAST_MODEL_FILE, model_available, saved_file
 from records.tables import TrainingRun
-from records.views import experiment_summary, onnx_info, training_status
+from records.views import experiment_summary, onnx_info, registered_model, training_status
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 
@@ -119,6 +119,7 @@ async def get_experiment(
         },
         artifacts=[_artifact(run, name, size) for name, size in (details.artifacts if details else [])],
         onnx=onnx_info(run),
+        registered_model=registered_model(run),
         model_zip_url=f"/experiments/{run.id}/model.zip" if model_available(settings, run) else None,
         last_model_zip_url=(
             f"/experiments/{run.id}/{LAST_MODEL_FILE}" if saved_file(settings, run, LAST_MODEL_FILE) else None

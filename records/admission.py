@@ -41,6 +41,8 @@ class NewRun:
     notes: str | None = None
     notify_url: str | None = None
     notify_state: str | None = None
+    register_as: str | None = None
+    registry_status: str | None = None
     sweep_id: str | None = None
     sweep_trial: int | None = None
 

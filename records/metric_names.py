@@ -19,7 +19,13 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "learning_rate",
         "td_loss",
     ),
-    "eval": ("eval_success_rate", "eval_path_efficiency"),
+    # best_*: the kept model's, once, on the run and its logged model (see records/mlflow_models.py).
+    "eval": (
+        "eval_success_rate",
+        "eval_path_efficiency",
+        "best_eval_success_rate",
+        "best_eval_path_efficiency",
+    ),
     "time": ("fps",),
     "export": ("onnx_export_seconds", "onnx_action_agreement"),
 }

@@ -43,6 +43,8 @@ class Operation:
     # such operations of a run are sent as one batch.
     metrics: list[Metric] | None = None
     send_metrics: SendMetrics | None = None
+    # Called with the error when the sender gives up on the operation (a permanent failure).
+    on_give_up: Callable[[str], None] | None = None
 
 
 def metrics_operation(run_key: str, send_metrics: SendMetrics, metrics: list[Metric]) -> Operation:
@@ -172,6 +174,11 @@ class MlflowSender:
         log.error(
             "mlflow_operation_failed", run=operation.run_key, operation=operation.description, error=message
         )
+        if operation.on_give_up is not None:
+            try:
+                operation.on_give_up(message)
+            except Exception as report_error:  # reporting must not stop the sender
+                log.warning("mlflow_failure_not_reported", run=operation.run_key, error=str(report_error))
         return False
 
     def _mark_recovered(self, run_key: str) -> None:

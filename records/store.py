@@ -128,6 +128,13 @@ class RunStore(RunAdmission, RunLiveness):
     def record_tracking_status(self, run_id: str, status: str, error: str | None) -> None:
         self._update(run_id, tracking_status=status, tracking_error=error)
 
+    def record_registration(self, run_id: str, status: str, version: int | None, error: str | None) -> None:
+        """Where registering the run's model in the MLflow registry got: "registered" or "failed"."""
+        values: dict[str, Any] = {"registry_status": status, "registry_error": error}
+        if version is not None:
+            values["registered_model_version"] = version
+        self._update(run_id, **values)
+
     def record_fixed_maze_seed(self, run_id: str, maze_seed: int) -> None:
         self._update(run_id, fixed_maze_seed=maze_seed)
 
@@ -256,6 +263,9 @@ class RunStore(RunAdmission, RunLiveness):
                     stop_reason=None,
                     # A resumed run ends again: its notify_url hears of that end too.
                     notify_state=case((TrainingRun.notify_url.is_not(None), "pending"), else_=None),
+                    # ...and its new model is registered again (a new version).
+                    registry_status=case((TrainingRun.register_as.is_not(None), "pending"), else_=None),
+                    registry_error=None,
                     progress_version=TrainingRun.progress_version + 1,
                 )
             )

@@ -158,6 +158,13 @@ class TrainingRun(Base):
     onnx_export_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     onnx_parity_passed: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
+    # The MLflow model registry (`register_as`): the name asked for, and how far registering the run's
+    # ONNX model got: "pending" → "registered" (with the version) | "failed" (with the error).
+    register_as: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    registry_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    registered_model_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    registry_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
     # A sweep's trial (sweeps/): the sweep and the Optuna trial number; None for a run started by hand.
     sweep_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
     sweep_trial: Mapped[int | None] = mapped_column(Integer, nullable=True)

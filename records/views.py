@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from api.schemas import ExperimentSummary, OnnxInfo, TrainingStatus
+from api.schemas import ExperimentSummary, OnnxInfo, RegisteredModelInfo, TrainingStatus
 from core.settings import Settings
 from records.files import model_available
 from records.mlflow_runs import ui_url
@@ -70,6 +70,18 @@ def training_status(run: TrainingRun, settings: Settings) -> TrainingStatus:
         onnx=onnx_info(run),
         sweep_id=run.sweep_id,
         sweep_trial=run.sweep_trial,
+        registered_model=registered_model(run),
+    )
+
+
+def registered_model(run: TrainingRun) -> RegisteredModelInfo | None:
+    if run.register_as is None or run.registry_status is None:
+        return None
+    return RegisteredModelInfo(
+        name=run.register_as,
+        status=run.registry_status,
+        version=run.registered_model_version,
+        error=run.registry_error,
     )
 
 

@@ -20,6 +20,7 @@ from tests.browser import (
     Dashboard,
     launch_chromium,
     screenshot,
+    serious_accessibility_violations,
     skip_or_fail,
     wait_until,
 )
@@ -240,6 +241,38 @@ def test_the_form_stops_at_a_95_percent_target_by_default_and_the_run_page_draws
     expect(held_out).to_have_attribute("data-points", str(len(evaluations)), timeout=15_000)
     expect(held_out).to_contain_text("100%")
     screenshot(page, "run-target-reached")
+    dashboard.assert_no_page_errors()
+
+
+def test_a_runs_name_and_tags_show_in_the_runs_table_and_on_its_page(
+    dashboard: Dashboard, api: httpx.Client
+) -> None:
+    name, notes, model_name = "baseline maze run", "Reference run for the 5×5 maze.", "dashboard-maze-ppo"
+    labels = {"name": name, "tags": {"team": "maze", "goal": "baseline"}, "notes": notes}
+    short = {**SOLVABLE_PPO, "total_episodes": 2, "timesteps_per_episode": 128}
+    started = api.post("/training/start", json={**short, **labels, "register_as": model_name})
+    run_id = started.raise_for_status().json()["experiment_id"]
+    page = dashboard.page
+    dashboard.open()
+    row = page.get_by_role("row", name=re.compile(name))
+    expect(row).to_have_count(1, timeout=15_000)
+    expect(row.get_by_role("link", name=f"{name} ({run_id[:8]})")).to_be_visible()
+    expect(row).to_contain_text("team=maze")
+    expect(row).to_contain_text("goal=baseline")
+    screenshot(page, "runs-list-labels")
+
+    row.get_by_role("link", name=re.compile(name)).click()
+    assert dashboard.run_id_from_url() == run_id
+    expect(page.get_by_role("heading", name=re.compile(f"Run “{name}”"))).to_be_visible()
+    tags = page.get_by_role("list", name="Tags").get_by_role("listitem")
+    expect(tags).to_have_text(["team=maze", "goal=baseline"])
+    expect(page.get_by_text(notes)).to_be_visible()
+    # Registered in the service's own MLflow store once the run ended: the page looks again by itself.
+    expect(page.get_by_text(f"Registered in MLflow as {model_name}, version 1.")).to_be_visible(
+        timeout=int(TRAINING_TIMEOUT_S * 1000)
+    )
+    screenshot(page, "run-labels")
+    assert serious_accessibility_violations(page) == []  # the tag chips' contrast among others
     dashboard.assert_no_page_errors()
 
 

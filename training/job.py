@@ -38,7 +38,7 @@ from sweeps.pruning import trial_pruning
 from training.callbacks import final_progress, run_callbacks
 from training.checkpoints import fetch_last_model, load_newest_readable
 from training.evaluation_callback import EvaluationCallback
-from training.onnx_publish import ONNX_FILE, export_error, export_run_policy, exported_fields
+from training.onnx_publish import ONNX_FILE, export_error, export_run_policy, exported_fields, model_hand_on
 from training.record_writes import write_until_recorded
 from training.run_metadata import fixed_maze_seed, run_parameters
 from training.stopping import StopSignal, TrainingStopped, stop_between_gradient_steps
@@ -210,7 +210,7 @@ class TrainingJob:
             kept = (
                 model if kept_is_last else load_model(self.run.algorithm, model_path, None, model.device.type)
             )
-            self._export_onnx(kept, env, tracked)
+            self._export_onnx(kept, env, tracked, best)
         return final_status
 
     def _keep_models(self, model: BaseAlgorithm, last_is_best: bool) -> Path:
@@ -266,7 +266,9 @@ class TrainingJob:
         if self.remote and self.tracker is not None and not self.tracker.flush(ARTIFACT_UPLOAD_WAIT_S):
             self.log.warning("artifact_upload_pending", waited_s=ARTIFACT_UPLOAD_WAIT_S)
 
-    def _export_onnx(self, model: BaseAlgorithm, env: VecEnv, tracked: TrackedRun | None) -> None:
+    def _export_onnx(
+        self, model: BaseAlgorithm, env: VecEnv, tracked: TrackedRun | None, best: EvaluationState | None
+    ) -> None:
         """Export, verify and publish the policy; a failed export is recorded and keeps the SB3 model.
 
         `_finish` has already marked the export pending, with the run's final state.
@@ -283,7 +285,7 @@ class TrainingJob:
             )
             return
         if tracked is not None and self.tracker is not None:
-            self.tracker.log_onnx_model(tracked, out_path)
+            self.tracker.log_onnx_model(tracked, out_path, model_hand_on(run, best))
             self.tracker.log_metrics(
                 tracked,
                 mlflow_metrics(

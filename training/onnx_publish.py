@@ -15,7 +15,9 @@ import onnx_export
 from agents.building import load_model, make_vec_env
 from core.settings import Settings
 from mlflow_client import TrackedRun, Tracker
-from records.store import RunStore
+from records.metric_names import mlflow_metrics
+from records.mlflow_models import ModelHandOn
+from records.store import EvaluationState, RunStore
 from records.tables import TrainingRun
 from training.run_metadata import onnx_metadata
 
@@ -53,6 +55,18 @@ def export_error(error: Exception) -> str:
     )
 
 
+def model_hand_on(run: TrainingRun, best: EvaluationState | None = None) -> ModelHandOn:
+    """What goes with the run's logged model: the kept (best) model's held-out evaluation (`best`, else as
+    the record has it), when there was one, and the registered name asked for at start."""
+    source = best or run
+    held_out = {
+        "best_eval_success_rate": source.best_eval_success_rate,
+        "best_eval_path_efficiency": source.best_eval_path_efficiency,
+    }
+    metrics = {key: value for key, value in held_out.items() if value is not None}
+    return ModelHandOn(mlflow_metrics(metrics), source.best_eval_timesteps or 0, run.register_as)
+
+
 def export_saved_model(
     settings: Settings, store: RunStore, tracker: Tracker | None, run: TrainingRun
 ) -> TrainingRun:
@@ -75,7 +89,7 @@ def export_saved_model(
     finally:
         env.close()
     if tracker is not None and run.mlflow_run_id:
-        tracker.log_onnx_model(TrackedRun(run.id, run.mlflow_run_id), out_path)
+        tracker.log_onnx_model(TrackedRun(run.id, run.mlflow_run_id), out_path, model_hand_on(run))
     store.record_onnx(run.id, **exported_fields(report))
     bound.info("onnx_exported", seconds=round(report.export_seconds, 3), export="again")
     return store.get(run.id)

@@ -25,6 +25,7 @@ from api.schemas.players import EvaluateRequest, EvaluateResponse, RolloutReques
 from api.schemas.training import (
     START_EXAMPLES,
     OnnxInfo,
+    RegisteredModelInfo,
     StartTrainingRequest,
     StartTrainingResponse,
     StopTrainingResponse,
@@ -49,6 +50,7 @@ __all__ = [
     "MazeMode",
     "MetricPoint",
     "OnnxInfo",
+    "RegisteredModelInfo",
     "RolloutRequest",
     "RolloutResponse",
     "RunLogs",

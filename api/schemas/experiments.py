@@ -28,7 +28,7 @@ from api.schemas.common import (
     RunStatusName,
     StopReasonName,
 )
-from api.schemas.training import OnnxInfo, TrainingStatus
+from api.schemas.training import OnnxInfo, RegisteredModelInfo, TrainingStatus
 
 
 class ExperimentSummary(BaseModel):
@@ -91,6 +91,9 @@ class ExperimentDetail(ExperimentSummary):
     history: dict[str, list[MetricPoint]] = Field(description="reward, success_rate and loss over timesteps.")
     artifacts: list[ArtifactInfo] = Field(description="Files logged to the run's MLflow run.")
     onnx: OnnxInfo | None = Field(description="ONNX export of the trained policy, once attempted.")
+    registered_model: RegisteredModelInfo | None = Field(
+        None, description="The run's model in the MLflow model registry (null: no `register_as`)."
+    )
     model_zip_url: str | None = Field(description="The kept model: the best held-out evaluation's.")
     last_model_zip_url: str | None = Field(
         None, description="The model at the run's last step, when it is not the kept one."

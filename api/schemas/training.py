@@ -4,13 +4,14 @@ and the answers to start, stop and resume."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     JsonValue,
+    StringConstraints,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
@@ -72,6 +73,18 @@ START_EXAMPLES: list[JsonValue] = [
         "maze_mode": "fixed",
         "hyperparameters": {"learning_rate": 0.0005, "exploration_fraction": 0.3},
     },
+]
+
+
+# A registered model name that every MLflow registry takes (no '/' or ':', which MLflow refuses; dots allow
+# Unity Catalog's catalog.schema.model), and safe in a registry search filter (no quotes or spaces).
+MAX_REGISTERED_MODEL_NAME_LENGTH = 128
+REGISTERED_MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+RegisteredModelName = Annotated[
+    str,
+    StringConstraints(
+        min_length=1, max_length=MAX_REGISTERED_MODEL_NAME_LENGTH, pattern=REGISTERED_MODEL_NAME_PATTERN
+    ),
 ]
 
 
@@ -188,6 +201,16 @@ class StartTrainingRequest(Strict):
         examples=["https://hooks.example.com/maze-runs"],
     )
 
+    register_as: RegisteredModelName | None = Field(
+        None,
+        description="Register the run's ONNX model in the MLflow model registry under this name (a new "
+        "version of it), with its held-out success rate as a model metric: "
+        f"1–{MAX_REGISTERED_MODEL_NAME_LENGTH} characters of A–Z a–z 0–9 _ . -, starting with a letter "
+        "or digit. Needs MLflow. A registry failure never fails the run: status `registered_model` "
+        "says what happened.",
+        examples=["maze-ppo"],
+    )
+
     @field_validator("tags")
     @classmethod
     def _no_reserved_tags(cls, value: dict[str, str]) -> dict[str, str]:
@@ -291,6 +314,21 @@ class TrainingStatus(BaseModel):
     onnx: OnnxInfo | None = Field(None, description="ONNX export of the trained policy, once attempted.")
     sweep_id: str | None = Field(None, description=SWEEP_ID)
     sweep_trial: int | None = Field(None, description=SWEEP_TRIAL)
+    registered_model: RegisteredModelInfo | None = Field(
+        None, description="The run's model in the MLflow model registry (null: no `register_as`)."
+    )
+
+
+class RegisteredModelInfo(BaseModel):
+    """Where a run's ONNX model stands in the MLflow model registry (`register_as`)."""
+
+    name: str = Field(description="The registered model name asked for at start.")
+    status: Literal["pending", "registered", "failed"] = Field(
+        description="'pending' until the run's ONNX model is logged to MLflow and registered; then "
+        "'registered', or 'failed' (the run itself is not affected; `error` says why)."
+    )
+    version: int | None = Field(None, description="The model version registered for this run (latest).")
+    error: str | None = Field(None, description="Why the registration failed.")
 
 
 class OnnxInfo(BaseModel):

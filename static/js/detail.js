@@ -78,9 +78,6 @@ function summaryText(run) {
   const training = run.training || {};
   const policy = run.policy || training.policy || "planner";
   const parts = [run.algorithm, `policy ${policy}`, `${run.maze_size}×${run.maze_size} ${run.maze_mode} maze`];
-  if (run.name) parts.unshift(`“${run.name}”`);
-  const tags = Object.entries(run.tags || {}).map(([key, value]) => `${key}=${value}`);
-  if (tags.length) parts.push(`tags ${tags.join(", ")}`);
   if (run.sweep_id) parts.push(`trial ${run.sweep_trial} of sweep ${shortId(run.sweep_id)}`);
   if (training.seed !== undefined) parts.push(`seed ${training.seed}`);
   if (training.n_envs) parts.push(`${training.n_envs} envs`);
@@ -88,8 +85,27 @@ function summaryText(run) {
   parts.push(`created ${formatTime(run.created_at)}`);
   if (run.finished_at) parts.push(`finished ${formatTime(run.finished_at)}`);
   if (training.stop_reason) parts.push(`ended: ${training.stop_reason}`);
-  if (run.notes) parts.push(`notes: ${run.notes}`);
   return parts.join(" · ");
+}
+
+/** The run's name (in the heading), tags and notes: what a team labelled it with. */
+function renderLabels(root, run) {
+  $(root, "#d-name").textContent = run.name ? `“${run.name}”` : "";
+  const tags = Object.entries(run.tags || {}).map(([key, value]) => el("li", {}, `${key}=${value}`));
+  const list = $(root, "#d-tags");
+  list.replaceChildren(...tags);
+  list.hidden = !tags.length;
+  const notes = $(root, "#d-notes");
+  notes.textContent = run.notes || "";
+  notes.hidden = !run.notes;
+}
+
+/** Where the run's model stands in the MLflow model registry (`register_as`). */
+function registryText(model) {
+  if (!model) return "";
+  if (model.status === "registered") return `Registered in MLflow as ${model.name}, version ${model.version}.`;
+  if (model.status === "failed") return `Registering as ${model.name} failed: ${model.error}`;
+  return `To be registered in MLflow as ${model.name} once its model is logged.`;
 }
 
 /** The service's own files are fetched with the API key; other links (the MLflow UI's) stay plain. */
@@ -245,9 +261,12 @@ class RunDetail {
     else if (this.awaitingFinalData(run)) this.reloadTimer = window.setTimeout(() => this.load(), RELOAD_RETRY_MS);
   }
 
-  /** A finished run whose ONNX export is still running: look again shortly. */
+  /** A finished run whose ONNX export or model registration is still running: look again shortly. */
   awaitingFinalData(run) {
-    return Boolean(run.onnx && run.onnx.status === "pending");
+    const onnx = run.onnx ? run.onnx.status : null;
+    const registry = run.registered_model ? run.registered_model.status : null;
+    // Registering follows the export, on MLflow's sender thread: seconds later.
+    return onnx === "pending" || (onnx === "exported" && registry === "pending");
   }
 
   showUnknown(error) {
@@ -260,6 +279,10 @@ class RunDetail {
     this.state = { ...run.training, ...this.pick(run) };
     for (const [key, chart] of Object.entries(this.charts)) chart.reset((run.history || {})[key]);
     $(this.root, "#d-summary").textContent = summaryText(run);
+    renderLabels(this.root, run);
+    const registry = $(this.root, "#d-registry");
+    registry.textContent = registryText(run.registered_model);
+    registry.hidden = !run.registered_model;
     this.renderLinks(run);
     this.renderDownloads(run);
     this.renderRolloutControls(run);

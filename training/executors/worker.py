@@ -66,12 +66,13 @@ def tracker_artifact_dir(settings: Settings) -> Path | None:
 
 
 def make_tracker(settings: Settings, store: RunStore, artifact_dir: Path | None) -> Tracker:
-    """The MLflow client of a process that trains runs, reporting its runs' MLflow ids and tracking
-    health to their records."""
+    """The MLflow client of a process that trains runs, reporting its runs' MLflow ids, tracking
+    health and model registrations to their records."""
     return Tracker(
         settings.mlflow_tracking_uri,
         settings.mlflow_experiment_name,
         artifact_dir=artifact_dir,
         on_run_created=store.record_mlflow_run,
         on_tracking_status=store.record_tracking_status,
+        on_registration=store.record_registration,
     )
