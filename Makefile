@@ -56,8 +56,9 @@ typecheck: install install-ray
 PYTEST_WORKERS ?= 0
 PYTEST := $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
+# --durations=30: CI's log lists the 30 slowest tests (set-up and teardown apart), to watch the time budget.
 unit: install install-ray
-	$(PYTEST)
+	$(PYTEST) --durations=30
 
 test: system-deps lint typecheck unit
 
