@@ -139,6 +139,26 @@ def settings_for_tests(data_dir: Path, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
+@pytest.fixture
+def job_settings(tmp_path: Path) -> Settings:
+    """Settings for a `TrainingJob` run directly, without a service: MLflow off, a few evaluation mazes."""
+    settings = settings_for_tests(tmp_path / "data", mlflow_enabled=False, eval_episodes=4)
+    # As the service and every worker set it before a job runs: torch's default (a thread per core) makes
+    # these tiny ops crawl on a busy machine.
+    torch.set_num_threads(settings.torch_threads)
+    return settings
+
+
+@pytest.fixture
+def job_store(job_settings: Settings) -> Iterator[RunStore]:
+    """A RunStore on `job_settings`' own SQLite file, migrated."""
+    job_settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_db_engine(job_settings.database_url)
+    upgrade_schema(engine)
+    yield RunStore(make_session_factory(engine))
+    engine.dispose()
+
+
 @pytest.fixture(scope="session")
 def mlflow_store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An empty local MLflow store (`mlflow.db`), created and migrated once per session.
@@ -281,8 +301,9 @@ class LiveService:
     ) -> None:
         """:param run_as: a command that runs the service with other privileges (setpriv, runuser).
         :param mlflow_store: a migrated MLflow store (the `mlflow_store_template` fixture) that a
-            one-worker service over its own local store starts from: creating a store costs seconds of
-            CPU. Several workers keep a fresh one: their race to create it is what its init lock is for.
+            service over its own local store starts from: creating a store costs seconds of CPU (with
+            several workers, one creates it while the others wait on its init lock). None: a fresh
+            store, created by the service; the `live_service` fixture's `fresh_mlflow_store=True`.
         """
         self.data_dir = data_dir
         self.mlflow_store = mlflow_store
@@ -325,7 +346,7 @@ class LiveService:
         if self.workers > 1:
             command += ["--workers", str(self.workers)]
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        own_store = self.workers == 1 and "MLFLOW_TRACKING_URI" not in self.extra_env
+        own_store = "MLFLOW_TRACKING_URI" not in self.extra_env
         if self.mlflow_store is not None and own_store:
             copy_mlflow_store(self.mlflow_store, self.data_dir)
         log_file = self.log_path.open("ab")
@@ -376,19 +397,37 @@ class LiveService:
                 self.process.wait(timeout=30)
 
 
+@contextlib.contextmanager
+def running_service(data_dir: Path, mlflow_store: Path, **env: str) -> Iterator[LiveService]:
+    """One started single-worker LiveService over `data_dir`, stopped on exit: for a module-scoped
+    service shared by tests that each work on runs of their own (each start and stop of a service costs
+    seconds: a Python process importing torch, SB3 and MLflow). The module marks itself `service`."""
+    service = LiveService(data_dir, env=env, mlflow_store=mlflow_store)
+    try:
+        yield service.start()
+    finally:
+        service.stop()
+
+
 @pytest.fixture
 def live_service(tmp_path: Path, mlflow_store_template: Path) -> Iterator[Callable[..., LiveService]]:
     services: list[LiveService] = []
 
     def factory(
-        workers: int = 1, data_dir: Path | None = None, run_as: Sequence[str] = (), **env: str
+        workers: int = 1,
+        data_dir: Path | None = None,
+        run_as: Sequence[str] = (),
+        fresh_mlflow_store: bool = False,
+        **env: str,
     ) -> LiveService:
+        """:param fresh_mlflow_store: the service creates its MLflow store itself (several workers race
+        to), instead of starting from a copy of the migrated template."""
         service = LiveService(
             data_dir or tmp_path / "data",
             workers=workers,
             env=env,
             run_as=run_as,
-            mlflow_store=mlflow_store_template,
+            mlflow_store=None if fresh_mlflow_store else mlflow_store_template,
         )
         services.append(service)
         return service.start()

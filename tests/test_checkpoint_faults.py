@@ -29,7 +29,6 @@ import torch
 
 from agents.building import make_vec_env
 from core.settings import Settings
-from records.database import create_db_engine, make_session_factory, upgrade_schema
 from records.store import RunStore
 from records.tables import RunStatus, TrainingRun
 from tests.conftest import SMALL_RUN, LiveService, as_user, settings_for_tests, wait_for_status
@@ -97,7 +96,8 @@ def fill(disk: Path) -> Path:
 
 @pytest.fixture
 def job_settings(small_disk: Path, tmp_path: Path) -> Settings:
-    # Only the run files are on the small disk: the database is not what this test is about.
+    """Overrides tests/conftest.py's `job_settings` (its `job_store` follows): only the run files are on
+    the small disk; the database is not what this test is about."""
     settings = settings_for_tests(
         small_disk / "data",
         mlflow_enabled=False,
@@ -109,14 +109,6 @@ def job_settings(small_disk: Path, tmp_path: Path) -> Settings:
     return settings
 
 
-@pytest.fixture
-def store(job_settings: Settings) -> Iterator[RunStore]:
-    engine = create_db_engine(job_settings.database_url)
-    upgrade_schema(engine)
-    yield RunStore(make_session_factory(engine))
-    engine.dispose()
-
-
 def claim(store: RunStore) -> TrainingRun:
     run = store.claim_next_queued("tests:1:faults", max_running=10)
     assert run is not None
@@ -124,25 +116,25 @@ def claim(store: RunStore) -> TrainingRun:
 
 
 def test_a_full_disk_skips_checkpoints_and_training_goes_on(
-    job_settings: Settings, store: RunStore, small_disk: Path
+    job_settings: Settings, job_store: RunStore, small_disk: Path
 ) -> None:
-    store.create(LONG_RUN)
-    run = claim(store)
+    job_store.create(LONG_RUN)
+    run = claim(job_store)
     control = JobControl()
     outcome: list[RunStatus] = []
     thread = threading.Thread(
-        target=lambda: outcome.append(TrainingJob(job_settings, store, None, run, control).execute())
+        target=lambda: outcome.append(TrainingJob(job_settings, job_store, None, run, control).execute())
     )
     checkpoints = job_settings.run_dir(run.id) / "checkpoints"
     thread.start()
     try:
         before = wait_until(lambda: periodic_checkpoints(checkpoints), 120, "a first checkpoint")[0]
         filler = fill(small_disk)
-        full_at = store.get(run.id).timesteps
+        full_at = job_store.get(run.id).timesteps
         iteration = run.timesteps_per_episode
         # Several checkpoints are due (one per iteration) and fail with ENOSPC while the disk is full.
-        wait_until(lambda: store.get(run.id).timesteps >= full_at + 4 * iteration, 120, "training on")
-        assert store.get(run.id).status == "running" and thread.is_alive()
+        wait_until(lambda: job_store.get(run.id).timesteps >= full_at + 4 * iteration, 120, "training on")
+        assert job_store.get(run.id).status == "running" and thread.is_alive()
         assert periodic_checkpoints(checkpoints)[0] == before, "no checkpoint saved on a full disk"
         assert not [path.name for path in checkpoints.iterdir() if path.name.startswith(".partial-")]
 
@@ -151,22 +143,22 @@ def test_a_full_disk_skips_checkpoints_and_training_goes_on(
     finally:
         control.stop.set()
         thread.join(timeout=120)
-    assert outcome == [RunStatus.STOPPED], store.get(run.id).error
+    assert outcome == [RunStatus.STOPPED], job_store.get(run.id).error
     assert len(periodic_checkpoints(checkpoints)) == 2  # the two newest are kept, older ones removed
 
 
 def test_a_run_failed_by_a_full_disk_resumes_from_its_newest_readable_checkpoint(
-    job_settings: Settings, store: RunStore, small_disk: Path
+    job_settings: Settings, job_store: RunStore, small_disk: Path
 ) -> None:
-    store.create(FAILING_RUN)
-    run = claim(store)
+    job_store.create(FAILING_RUN)
+    run = claim(job_store)
     checkpoints = job_settings.run_dir(run.id) / "checkpoints"
-    thread = threading.Thread(target=TrainingJob(job_settings, store, None, run, JobControl()).execute)
+    thread = threading.Thread(target=TrainingJob(job_settings, job_store, None, run, JobControl()).execute)
     thread.start()
     wait_until(lambda: len(periodic_checkpoints(checkpoints)) >= 2, 120, "two checkpoints")
     filler = fill(small_disk)
     thread.join(timeout=300)
-    failed = store.get(run.id)
+    failed = job_store.get(run.id)
     assert failed.status == "failed" and "No space left on device" in (failed.error or ""), failed.error
 
     filler.unlink()
@@ -176,12 +168,12 @@ def test_a_run_failed_by_a_full_disk_resumes_from_its_newest_readable_checkpoint
     chosen = load_newest_readable(run.algorithm, job_settings.run_dir(run.id), env, "cpu", run.id)
     env.close()
     assert chosen is not None and chosen[1] == previous  # the damaged newest one is skipped
-    assert store.requeue_for_resume(run.id), "a run failed by an I/O error can be resumed"
-    resumed = claim(store)
+    assert job_store.requeue_for_resume(run.id), "a run failed by an I/O error can be resumed"
+    resumed = claim(job_store)
 
-    status = TrainingJob(job_settings, store, None, resumed, JobControl()).execute()
+    status = TrainingJob(job_settings, job_store, None, resumed, JobControl()).execute()
 
-    record = store.get(run.id)
+    record = job_store.get(run.id)
     assert status is RunStatus.COMPLETED, record.error
     assert record.timesteps >= record.total_timesteps
 

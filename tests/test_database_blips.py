@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from sqlalchemy import event
+from sqlalchemy.engine import ExceptionContext
 
 from mlflow_client import Tracker
 from records.admission import NewRun
@@ -78,11 +80,24 @@ def test_health_reports_a_database_it_cannot_write(
 
 
 class JobInThread:
-    """A real TrainingJob of one run over a real database and a real MLflow store, on a thread."""
+    """A real TrainingJob of one run over a real database and a real MLflow store, on a thread.
 
-    def __init__(self, url: str, data_dir: Path, total_episodes: int) -> None:
-        engine = create_db_engine(url)
+    :param sqlite_busy_timeout_ms: how long the job's SQLite writes wait for a lock before they fail.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        data_dir: Path,
+        total_episodes: int,
+        sqlite_busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
+    ) -> None:
+        engine = create_db_engine(url, sqlite_busy_timeout_ms=sqlite_busy_timeout_ms)
         upgrade_schema(engine)
+        # Every error the database gave the job's store (refused connections, locked writes): what the
+        # test waits for, instead of a fixed time, before it ends the blip.
+        self.database_errors: list[BaseException] = []
+        event.listen(engine, "handle_error", self._saw_error)
         self.store = RunStore(make_session_factory(engine))
         self.tracking_uri = f"sqlite:///{data_dir / 'mlflow.db'}"
         self.tracker = Tracker(self.tracking_uri, "blips", data_dir / "artifacts")
@@ -94,6 +109,16 @@ class JobInThread:
         self.run_id = run_id
         self.onnx_path = settings.run_dir(run_id) / "model.onnx"
         self.thread = threading.Thread(target=job.execute, daemon=True)
+
+    def _saw_error(self, context: ExceptionContext) -> None:
+        self.database_errors.append(context.original_exception)
+
+    def wait_for_database_error(self, timeout_s: float = 180) -> None:
+        """Until a write or read of the job's store has failed (the blip hit it)."""
+        deadline = time.monotonic() + timeout_s
+        while not self.database_errors:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "the job never met the blip"
+            time.sleep(0.05)
 
     def record(self) -> TrainingRun:
         return self.store.get(self.run_id)
@@ -126,7 +151,7 @@ def test_a_blip_as_a_run_starts_does_not_fail_it(
 
     server.stop(mode="fast")
     job.thread.start()
-    time.sleep(5)  # the job builds its model and tries to record its set-up into the outage
+    job.wait_for_database_error()  # the job built its model and tried to record its set-up: refused
     server.start()
 
     assert_completed_and_exported(job)
@@ -134,7 +159,8 @@ def test_a_blip_as_a_run_starts_does_not_fail_it(
 
 def test_a_blip_as_a_run_exports_leaves_it_completed_and_exported(tmp_path: Path) -> None:
     database = tmp_path / "runs.db"
-    job = JobInThread(f"sqlite:///{database}", tmp_path, total_episodes=2)
+    # The production busy timeout (30 s) made this test wait 40 s; a write fails the same way after 2 s.
+    job = JobInThread(f"sqlite:///{database}", tmp_path, total_episodes=2, sqlite_busy_timeout_ms=2_000)
     job.thread.start()
     deadline = time.monotonic() + 120
     while (record := job.record()).onnx_status != "pending":
@@ -146,12 +172,15 @@ def test_a_blip_as_a_run_exports_leaves_it_completed_and_exported(tmp_path: Path
     holder = sqlite3.connect(database, isolation_level=None)
     try:
         holder.execute("BEGIN IMMEDIATE")
+        job.database_errors.clear()  # only what the lock causes from here on
         deadline = time.monotonic() + 180
         while not job.onnx_path.exists():
             assert time.monotonic() < deadline and job.thread.is_alive(), "no ONNX export"
             time.sleep(0.05)
-        # The export verifies its file, then writes its outcome: that write waits out the busy timeout.
-        time.sleep(SQLITE_BUSY_TIMEOUT_MS / 1000 + 10)
+        # The export verifies its file, then writes its outcome: that write waits out the busy timeout
+        # and fails ("database is locked"); the job retries it after the lock is gone.
+        job.wait_for_database_error()
+        assert any("locked" in str(error) for error in job.database_errors), job.database_errors
         holder.execute("ROLLBACK")
     finally:
         holder.close()

@@ -20,10 +20,27 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 from websockets.typing import Origin
 
-from tests.conftest import TINY_PPO, LiveService, as_user, wait_for_status
+from tests.conftest import TINY_PPO, LiveService, as_user, running_service, wait_for_status
+
+pytestmark = pytest.mark.service
 
 KEY = "s3cret-key"
 Service = Callable[..., LiveService]
+
+
+@pytest.fixture(scope="module")
+def default_service(
+    tmp_path_factory: pytest.TempPathFactory, mlflow_store_template: Path
+) -> Iterator[LiveService]:
+    """A service with the default settings, for the tests below that need nothing else of their own."""
+    with running_service(tmp_path_factory.mktemp("guards") / "data", mlflow_store_template) as service:
+        yield service
+
+
+@pytest.fixture(scope="module")
+def trained(default_service: LiveService) -> tuple[LiveService, str]:
+    """`default_service` and one finished run of it. Each test damages a different file of the run."""
+    return default_service, trained_run(default_service)
 
 
 def trained_run(service: LiveService) -> str:
@@ -74,9 +91,8 @@ def test_evaluations_beyond_the_cap_get_429_and_health_stays_fast(live_service: 
 # --- item 9: corrupt or unreadable model files get a clear answer ------------------------------------
 
 
-def test_a_truncated_onnx_model_gets_409_on_rollout_and_evaluate(live_service: Service) -> None:
-    service = live_service()
-    run_id = trained_run(service)
+def test_a_truncated_onnx_model_gets_409_on_rollout_and_evaluate(trained: tuple[LiveService, str]) -> None:
+    service, run_id = trained
     onnx = service.data_dir / "runs" / run_id / "model.onnx"
     onnx.write_bytes(onnx.read_bytes()[:100])
 
@@ -89,9 +105,10 @@ def test_a_truncated_onnx_model_gets_409_on_rollout_and_evaluate(live_service: S
         assert "model.onnx is not a valid ONNX model" in answer.json()["detail"]
 
 
-def test_a_truncated_sb3_model_gets_409_instead_of_a_broken_download(live_service: Service) -> None:
-    service = live_service()
-    run_id = trained_run(service)
+def test_a_truncated_sb3_model_gets_409_instead_of_a_broken_download(
+    trained: tuple[LiveService, str],
+) -> None:
+    service, run_id = trained
     model = service.data_dir / "runs" / run_id / "model.zip"
     model.write_bytes(model.read_bytes()[:-200])
 
@@ -142,9 +159,12 @@ def test_an_unreadable_model_gets_503_not_a_truncated_body(
 # --- item 10: the key is checked first, docs are closed with it, foreign host names are refused ------
 
 
-@pytest.fixture
-def guarded(live_service: Service) -> LiveService:
-    return live_service(API_KEY=KEY)
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory, mlflow_store_template: Path) -> Iterator[LiveService]:
+    """A service with API_KEY set, shared: its tests only read, or start a run of their own."""
+    data_dir = tmp_path_factory.mktemp("guarded") / "data"
+    with running_service(data_dir, mlflow_store_template, API_KEY=KEY) as service:
+        yield service
 
 
 @pytest.mark.parametrize("path", ["/docs", "/redoc", "/openapi.json"])
@@ -186,10 +206,10 @@ def test_websockets_accept_the_key_header(guarded: LiveService) -> None:
     assert first["experiment_id"] == run_id
 
 
-def test_a_foreign_host_name_is_refused_for_rest_and_websocket(live_service: Service) -> None:
+def test_a_foreign_host_name_is_refused_for_rest_and_websocket(default_service: LiveService) -> None:
     # DNS rebinding: a page of evil.example, its name now resolving to 127.0.0.1, calls the service
     # same-origin (Origin and Host both evil.example); no API_KEY is set.
-    service = live_service()
+    service = default_service
     foreign = {"Host": f"evil.example:{service.port}", "Origin": f"http://evil.example:{service.port}"}
     with service.client() as http:
         assert http.get("/experiments", headers=foreign).status_code == 400

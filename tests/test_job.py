@@ -3,37 +3,12 @@ off. What each way a job can end leaves in the record and on disk."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-import torch
-
 from agents.onnx_policy import OnnxPolicy
 from core.settings import Settings
-from records.database import create_db_engine, make_session_factory, upgrade_schema
 from records.store import RunStore
 from records.tables import RunStatus, TrainingRun
-from tests.conftest import SMALL_RUN, settings_for_tests
+from tests.conftest import SMALL_RUN
 from training.job import JobControl, TrainingJob
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    settings = settings_for_tests(tmp_path / "data", mlflow_enabled=False, eval_episodes=4)
-    # As the service and every worker set it before a job runs: torch's default (a thread per core) makes
-    # these tiny ops crawl on a busy machine.
-    torch.set_num_threads(settings.torch_threads)
-    return settings
-
-
-@pytest.fixture
-def store(settings: Settings) -> Iterator[RunStore]:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = create_db_engine(settings.database_url)
-    upgrade_schema(engine)
-    yield RunStore(make_session_factory(engine))
-    engine.dispose()
 
 
 def claimed_run(store: RunStore) -> TrainingRun:
@@ -44,13 +19,13 @@ def claimed_run(store: RunStore) -> TrainingRun:
 
 
 def test_a_job_trains_its_budget_then_records_saves_evaluates_and_exports(
-    settings: Settings, store: RunStore
+    job_settings: Settings, job_store: RunStore
 ) -> None:
-    run = claimed_run(store)
+    run = claimed_run(job_store)
 
-    status = TrainingJob(settings, store, None, run, JobControl()).execute()
+    status = TrainingJob(job_settings, job_store, None, run, JobControl()).execute()
 
-    record = store.get(run.id)
+    record = job_store.get(run.id)
     assert status is RunStatus.COMPLETED
     assert record.status == "completed" and record.error is None
     assert record.timesteps >= record.total_timesteps
@@ -58,7 +33,7 @@ def test_a_job_trains_its_budget_then_records_saves_evaluates_and_exports(
     assert record.effective_hyperparameters is not None
     assert record.effective_hyperparameters["n_envs"] == SMALL_RUN.n_envs
     assert record.eval_success_rate is not None and 0.0 <= record.eval_success_rate <= 1.0
-    run_dir = settings.run_dir(run.id)
+    run_dir = job_settings.run_dir(run.id)
     assert record.model_path == str(run_dir / "model.zip") and (run_dir / "model.zip").is_file()
     assert record.onnx_status == "exported" and record.onnx_parity_passed is True
     metadata = OnnxPolicy(run_dir / "model.onnx").metadata
@@ -66,49 +41,49 @@ def test_a_job_trains_its_budget_then_records_saves_evaluates_and_exports(
 
 
 def test_a_stopped_job_saves_and_exports_what_it_learned_without_evaluating(
-    settings: Settings, store: RunStore
+    job_settings: Settings, job_store: RunStore
 ) -> None:
-    run = claimed_run(store)
+    run = claimed_run(job_store)
     control = JobControl()
     control.stop.set()  # asked to stop before its first step
 
-    status = TrainingJob(settings, store, None, run, control).execute()
+    status = TrainingJob(job_settings, job_store, None, run, control).execute()
 
-    record = store.get(run.id)
+    record = job_store.get(run.id)
     assert status is RunStatus.STOPPED and record.status == "stopped"
     assert record.timesteps < record.total_timesteps
     assert record.eval_success_rate is None
-    assert (settings.run_dir(run.id) / "model.zip").is_file()
+    assert (job_settings.run_dir(run.id) / "model.zip").is_file()
     assert record.onnx_status == "exported"
 
 
 def test_a_job_whose_host_shuts_down_ends_interrupted_with_its_model_and_no_export(
-    settings: Settings, store: RunStore
+    job_settings: Settings, job_store: RunStore
 ) -> None:
-    run = claimed_run(store)
+    run = claimed_run(job_store)
     control = JobControl(shutting_down=True)
     control.stop.set()
 
-    status = TrainingJob(settings, store, None, run, control).execute()
+    status = TrainingJob(job_settings, job_store, None, run, control).execute()
 
-    record = store.get(run.id)
+    record = job_store.get(run.id)
     assert status is RunStatus.INTERRUPTED and record.status == "interrupted"
     assert record.error == "the service shut down during training"
-    assert (settings.run_dir(run.id) / "model.zip").is_file(), "resume needs the saved model"
+    assert (job_settings.run_dir(run.id) / "model.zip").is_file(), "resume needs the saved model"
     assert record.onnx_status is None
 
 
 def test_a_job_that_cannot_save_its_model_ends_failed_with_the_reason(
-    settings: Settings, store: RunStore
+    job_settings: Settings, job_store: RunStore
 ) -> None:
-    run = claimed_run(store)
+    run = claimed_run(job_store)
     # A real fault: a file where the run's directory should be, so the model cannot be saved there.
-    settings.models_dir.mkdir(parents=True, exist_ok=True)
-    settings.run_dir(run.id).write_text("not a directory")
+    job_settings.models_dir.mkdir(parents=True, exist_ok=True)
+    job_settings.run_dir(run.id).write_text("not a directory")
 
-    status = TrainingJob(settings, store, None, run, JobControl()).execute()
+    status = TrainingJob(job_settings, job_store, None, run, JobControl()).execute()
 
-    record = store.get(run.id)
+    record = job_store.get(run.id)
     assert status is RunStatus.FAILED and record.status == "failed"
     assert record.error is not None and record.error.startswith(("FileExistsError", "NotADirectoryError"))
     assert record.finished_at is not None

@@ -88,34 +88,20 @@ def test_each_policy_exports_to_onnx_with_parity(algorithm: str, policy: str, tm
     assert OnnxPolicy(out_path).metadata["policy"] == policy
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    settings = settings_for_tests(tmp_path / "data", mlflow_enabled=False, eval_episodes=4)
-    torch.set_num_threads(settings.torch_threads)
-    return settings
-
-
-@pytest.fixture
-def store(settings: Settings) -> Iterator[RunStore]:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = create_db_engine(settings.database_url)
-    upgrade_schema(engine)
-    yield RunStore(make_session_factory(engine))
-    engine.dispose()
-
-
-def test_a_run_trains_records_shows_and_exports_its_policy(settings: Settings, store: RunStore) -> None:
-    store.create(dataclasses.replace(SMALL_RUN, policy="cnn"))
-    run = store.claim_next_queued("tests:1:policy", max_running=10)
+def test_a_run_trains_records_shows_and_exports_its_policy(
+    job_settings: Settings, job_store: RunStore
+) -> None:
+    job_store.create(dataclasses.replace(SMALL_RUN, policy="cnn"))
+    run = job_store.claim_next_queued("tests:1:policy", max_running=10)
     assert run is not None
 
-    TrainingJob(settings, store, None, run, JobControl()).execute()
+    TrainingJob(job_settings, job_store, None, run, JobControl()).execute()
 
-    record = store.get(run.id)
+    record = job_store.get(run.id)
     assert record.status == "completed" and record.policy == "cnn"
-    assert training_status(record, settings).policy == "cnn"
-    assert experiment_summary(record, settings, None).policy == "cnn"  # the runs list, GET /experiments
-    metadata = OnnxPolicy(settings.run_dir(run.id) / "model.onnx").metadata
+    assert training_status(record, job_settings).policy == "cnn"
+    assert experiment_summary(record, job_settings, None).policy == "cnn"  # the runs list, GET /experiments
+    metadata = OnnxPolicy(job_settings.run_dir(run.id) / "model.onnx").metadata
     assert metadata["policy"] == "cnn"
     assert record.effective_hyperparameters is not None
     params = run_parameters(record, "cpu", record.effective_hyperparameters)

@@ -21,7 +21,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, inspect, text
 
 from core.settings import Settings
-from main import create_app
 from records.admission import NewRun
 from records.database import alembic_config, create_db_engine, make_session_factory, upgrade_schema
 from records.store import RunStore
@@ -31,8 +30,8 @@ from tests.conftest import (
     LONG_PPO,
     TINY_PPO,
     LiveService,
+    app_client,
     app_state,
-    settings_for_tests,
     wait_for_status,
 )
 from tests.postgres_server import PostgresServer
@@ -48,15 +47,6 @@ def engine_for(url: str) -> Iterator[Engine]:
         yield engine
     finally:
         engine.dispose()
-
-
-@contextmanager
-def app_client(data_dir: Path, database_url: str, **overrides: Any) -> Iterator[TestClient]:
-    """The real app (lifespan included: migrations, scheduler, heartbeats) on `database_url`."""
-    with TestClient(
-        create_app(settings_for_tests(data_dir, database_url=database_url, **overrides))
-    ) as client:
-        yield client
 
 
 def head_revision(url: str) -> str:
@@ -234,8 +224,10 @@ def test_a_password_that_needs_url_encoding_works_for_the_app_and_alembic(
 # --- runs through the app ----------------------------------------------------------------------------
 
 
-def test_a_run_trains_to_completion_with_its_record_in_postgresql(postgres_url: str, tmp_path: Path) -> None:
-    with app_client(tmp_path / "data", postgres_url) as client:
+def test_a_run_trains_to_completion_with_its_record_in_postgresql(
+    postgres_url: str, tmp_path: Path, mlflow_store_template: Path
+) -> None:
+    with app_client(tmp_path / "data", mlflow_store_template, database_url=postgres_url) as client:
         run_id = start_run(client, TINY_PPO)
 
         status = wait_for_status(client.get, run_id, lambda s: s["status"] in FINAL_STATES)
@@ -257,8 +249,10 @@ def test_a_run_trains_to_completion_with_its_record_in_postgresql(postgres_url: 
     )
 
 
-def test_a_running_run_stops_with_its_model_saved(postgres_url: str, tmp_path: Path) -> None:
-    with app_client(tmp_path / "data", postgres_url) as client:
+def test_a_running_run_stops_with_its_model_saved(
+    postgres_url: str, tmp_path: Path, mlflow_store_template: Path
+) -> None:
+    with app_client(tmp_path / "data", mlflow_store_template, database_url=postgres_url) as client:
         run_id = start_run(client, LONG_PPO)
         wait_for_status(client.get, run_id, lambda s: s["timesteps"] > 0)
 
@@ -365,11 +359,11 @@ def test_four_uvicorn_workers_share_runs_and_the_cap_through_postgresql(
 
 
 def test_a_database_outage_answers_503_and_the_service_recovers_by_itself(
-    disposable_postgres_server: PostgresServer, tmp_path: Path
+    disposable_postgres_server: PostgresServer, tmp_path: Path, mlflow_store_template: Path
 ) -> None:
     server = disposable_postgres_server
     url = server.url(server.create_database())
-    with app_client(tmp_path / "data", url) as client:
+    with app_client(tmp_path / "data", mlflow_store_template, database_url=url) as client:
         run_id = start_run(client, LONG_PPO)
         wait_for_status(client.get, run_id, lambda s: s["timesteps"] > 0)
 
@@ -405,11 +399,11 @@ def test_a_database_outage_answers_503_and_the_service_recovers_by_itself(
 
 
 def test_a_run_caught_by_a_database_outage_records_its_true_outcome(
-    disposable_postgres_server: PostgresServer, tmp_path: Path
+    disposable_postgres_server: PostgresServer, tmp_path: Path, mlflow_store_template: Path
 ) -> None:
     server = disposable_postgres_server
     url = server.url(server.create_database())
-    with app_client(tmp_path / "data", url) as client:
+    with app_client(tmp_path / "data", mlflow_store_template, database_url=url) as client:
         run_id = start_run(client, MEDIUM_PPO)
         wait_for_status(client.get, run_id, lambda s: s["timesteps"] > 0 and s["status"] == "running")
 

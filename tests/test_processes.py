@@ -57,7 +57,10 @@ def test_sigterm_stops_runs_gracefully_as_interrupted_with_their_model(
 
 
 def test_status_and_stop_work_from_any_of_several_workers(live_service: Callable[..., LiveService]) -> None:
-    service = live_service(workers=3)
+    # A fresh MLflow store, as a first deployment has: three workers race to create it (other tests
+    # start from a migrated copy); the race ends in one usable store.
+    service = live_service(workers=3, fresh_mlflow_store=True)
+    service.wait_for_mlflow()
     with service.client() as http:
         run_id = http.post("/training/start", json=LONG_PPO).json()["experiment_id"]
 

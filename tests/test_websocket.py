@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from tests.conftest import FINAL_STATES, LONG_PPO, TINY_PPO, LiveService, wait_for_status
+from tests.conftest import FINAL_STATES, LONG_PPO, TINY_PPO, LiveService, running_service, wait_for_status
+
+pytestmark = pytest.mark.service
 
 MESSAGE_FIELDS = {
     "type", "experiment_id", "status", "episode", "total_episodes", "timesteps", "total_timesteps",
@@ -23,6 +26,15 @@ MESSAGE_FIELDS = {
     # The metric points logged since the previous message (dense live charts).
     "points", "points_after",
 }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def one_worker(
+    tmp_path_factory: pytest.TempPathFactory, mlflow_store_template: Path
+) -> Iterator[LiveService]:
+    """One single-worker service for the tests that each watch runs of their own and stop them."""
+    with running_service(tmp_path_factory.mktemp("websocket") / "data", mlflow_store_template) as service:
+        yield service
 
 
 def ws_url(service: LiveService, run_id: str) -> str:
@@ -41,9 +53,9 @@ def start_running(service: LiveService, body: dict[str, Any]) -> str:
 
 
 def test_progress_arrives_every_interval_then_a_final_message_and_a_normal_close(
-    live_service: Callable[..., LiveService],
+    one_worker: LiveService,
 ) -> None:
-    service = live_service()
+    service = one_worker
     run_id = start_running(service, LONG_PPO)
 
     with connect(ws_url(service, run_id)) as ws:
@@ -67,9 +79,9 @@ def test_progress_arrives_every_interval_then_a_final_message_and_a_normal_close
 
 
 def test_a_late_client_of_a_finished_run_gets_the_final_message_and_a_normal_close(
-    live_service: Callable[..., LiveService],
+    one_worker: LiveService,
 ) -> None:
-    service = live_service()
+    service = one_worker
     with service.client() as http:
         run_id = http.post("/training/start", json=TINY_PPO).json()["experiment_id"]
         done = wait_for_status(http.get, run_id, lambda s: s["status"] in FINAL_STATES)
@@ -86,8 +98,8 @@ def test_a_late_client_of_a_finished_run_gets_the_final_message_and_a_normal_clo
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
 
 
-def test_an_unknown_run_is_closed_with_4404(live_service: Callable[..., LiveService]) -> None:
-    service = live_service()
+def test_an_unknown_run_is_closed_with_4404(one_worker: LiveService) -> None:
+    service = one_worker
 
     for run_id in ("00000000-0000-4000-8000-000000000000", "not-a-uuid"):
         with connect(ws_url(service, run_id)) as ws, pytest.raises(ConnectionClosed) as closed:
@@ -99,9 +111,9 @@ def test_an_unknown_run_is_closed_with_4404(live_service: Callable[..., LiveServ
 
 
 def test_many_clients_and_vanishing_ones_do_not_disturb_each_other(
-    live_service: Callable[..., LiveService],
+    one_worker: LiveService,
 ) -> None:
-    service = live_service()
+    service = one_worker
     run_id = start_running(service, LONG_PPO)
     received: dict[int, list[dict[str, Any]]] = {i: [] for i in range(20)}
     errors: list[BaseException] = []

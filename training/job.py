@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,25 +27,21 @@ from agents.evaluation import EvaluationStopped
 from agents.hyperparameters import effective_hyperparameters
 from core.errors import describe
 from core.settings import Settings
-from mlflow_client import TrackedRun, Tracker
+from mlflow_client import Tracker
 from records.files import LAST_MODEL_FILE, keep_best_model
-from records.labels import mlflow_run_labels
-from records.metric_names import mlflow_metrics
 from records.store import EvaluationState, ProgressSnapshot, RunStore
 from records.tables import RunStatus, StopReason, TrainingRun, run_policy
 from sweeps.pruning import trial_pruning
 from training.callbacks import final_progress, run_callbacks
 from training.checkpoints import fetch_last_model, load_newest_readable
 from training.evaluation_callback import EvaluationCallback
+from training.job_tracking import JobTracking
 from training.onnx_publish import ONNX_FILE, export_error, export_run_policy, exported_fields, model_hand_on
 from training.record_writes import write_until_recorded
 from training.run_metadata import fixed_maze_seed, run_parameters
 from training.stopping import StopSignal, TrainingStopped, stop_between_gradient_steps
 
 log = structlog.get_logger(__name__)
-
-# A remote job waits this long for its files to reach the artifact store before it reports them ready.
-ARTIFACT_UPLOAD_WAIT_S = 120.0
 
 
 @dataclasses.dataclass
@@ -96,7 +91,7 @@ class TrainingJob:
     def execute(self) -> RunStatus:
         """Train, keep the best model, export; every error ends the run `failed` with its message."""
         run = self.run
-        tracked = self._start_tracking()
+        tracking = JobTracking(self.tracker, run, self.remote, self.log)
         env: VecEnv | None = None
         final_status = RunStatus.FAILED
         try:
@@ -123,8 +118,8 @@ class TrainingJob:
             if run.maze_mode == "fixed":
                 maze_seed = fixed_maze_seed(env)
                 self._write("maze seed", lambda: self.store.record_fixed_maze_seed(run.id, maze_seed))
-            if tracked is not None and self.tracker is not None and checkpoint is None:
-                self.tracker.log_params(tracked, run_parameters(run, device, used))
+            if checkpoint is None:
+                tracking.log_params(run_parameters(run, device, used))
             remaining = max(0, run.total_timesteps - model.num_timesteps)
             self.log.info(
                 "run_started", device=device, remaining_timesteps=remaining, resumed=checkpoint is not None
@@ -134,15 +129,13 @@ class TrainingJob:
                 self.settings,
                 env,
                 signal.is_set,
-                lambda state: self._record_evaluation(state, tracked),
+                lambda state: self._record_evaluation(state, tracking),
                 extra_rule=trial_pruning(run, self.settings),  # None unless the run is a sweep's trial
             )
-            tracker, log_metrics = self.tracker, None
-            if tracked is not None and tracker is not None:
-                log_metrics = partial(_log_grouped, tracker, tracked)
+            log_metrics = tracking.log_metrics if tracking.tracked is not None else None
             callbacks = run_callbacks(run, self.settings, self._publish, log_metrics, evaluation, signal)
             self._train(model, callbacks, remaining, checkpoint is None, evaluation)
-            final_status = self._conclude(model, env, tracked, final_progress(callbacks), evaluation)
+            final_status = self._conclude(model, env, tracking, final_progress(callbacks), evaluation)
         except Exception as error:
             self.log.exception("run_failed")
             final_status = RunStatus.FAILED
@@ -150,10 +143,7 @@ class TrainingJob:
         finally:
             if env is not None:
                 env.close()
-            if tracked is not None and self.tracker is not None:
-                if final_status is RunStatus.FAILED:
-                    self.tracker.set_tags(tracked, {"stop_reason": StopReason.FAILED.value})
-                self.tracker.end_run(tracked, final_status.value)
+            tracking.end(final_status)
         return final_status
 
     def _train(
@@ -177,7 +167,7 @@ class TrainingJob:
         self,
         model: BaseAlgorithm,
         env: VecEnv,
-        tracked: TrackedRun | None,
+        tracking: JobTracking,
         progress: ProgressSnapshot,
         evaluation: EvaluationCallback | None,
     ) -> RunStatus:
@@ -192,7 +182,7 @@ class TrainingJob:
             stop_reason = (evaluation.stop_reason if evaluation else None) or StopReason.BUDGET_EXHAUSTED
         best = evaluation.state if evaluation else None
         model_path = self._keep_models(model, evaluation is None or evaluation.last_is_best)
-        self._log_outcome(tracked, model_path, stop_reason)
+        tracking.log_outcome(model_path, stop_reason)
         export = not self.control.shutting_down
         self._finish(
             final_status,
@@ -210,7 +200,7 @@ class TrainingJob:
             kept = (
                 model if kept_is_last else load_model(self.run.algorithm, model_path, None, model.device.type)
             )
-            self._export_onnx(kept, env, tracked, best)
+            self._export_onnx(kept, env, tracking, best)
         return final_status
 
     def _keep_models(self, model: BaseAlgorithm, last_is_best: bool) -> Path:
@@ -230,44 +220,20 @@ class TrainingJob:
         fetched = fetch_last_model(self.tracker.runs, self.run.mlflow_run_id, run_dir)
         return None if fetched is None else (load_model(self.run.algorithm, fetched, env, device), fetched)
 
-    def _record_evaluation(self, state: EvaluationState, tracked: TrackedRun | None) -> None:
+    def _record_evaluation(self, state: EvaluationState, tracking: JobTracking) -> None:
         try:
             self.store.record_evaluation(self.run.id, state)
         except Exception as error:
             # As for progress: the next evaluation writes it again, and the final state carries the best.
             self.log.warning("evaluation_not_recorded", error=str(error))
-        if tracked is not None and self.tracker is not None:
-            metrics = {
-                "eval_success_rate": state.eval_success_rate,
-                "eval_path_efficiency": state.eval_path_efficiency,
-            }
-            self.tracker.log_metrics(tracked, mlflow_metrics(metrics), state.eval_timesteps)
-
-    def _start_tracking(self) -> TrackedRun | None:
-        if self.tracker is None:
-            return None
-        run = self.run
-        name, tags = mlflow_run_labels(run)
-        tags.update(experiment_id=run.id, algorithm=run.algorithm, maze_size=str(run.maze_size))
-        return self.tracker.start_run(run.id, name, tags)
-
-    def _log_outcome(self, tracked: TrackedRun | None, model_path: Path, stop_reason: StopReason) -> None:
-        if tracked is None or self.tracker is None:
-            return
-        self.tracker.set_tags(tracked, {"stop_reason": stop_reason.value})
-        self.tracker.log_artifact(tracked, model_path, "sb3_model")
-        last = model_path.parent / LAST_MODEL_FILE
-        if last.is_file():
-            self.tracker.log_artifact(tracked, last, "sb3_model")
-        self._wait_for_uploads()
-
-    def _wait_for_uploads(self) -> None:
-        """A remote job's files exist for the service only once uploaded: report them after that."""
-        if self.remote and self.tracker is not None and not self.tracker.flush(ARTIFACT_UPLOAD_WAIT_S):
-            self.log.warning("artifact_upload_pending", waited_s=ARTIFACT_UPLOAD_WAIT_S)
+        metrics = {
+            "eval_success_rate": state.eval_success_rate,
+            "eval_path_efficiency": state.eval_path_efficiency,
+        }
+        tracking.log_metrics(metrics, state.eval_timesteps)
 
     def _export_onnx(
-        self, model: BaseAlgorithm, env: VecEnv, tracked: TrackedRun | None, best: EvaluationState | None
+        self, model: BaseAlgorithm, env: VecEnv, tracking: JobTracking, best: EvaluationState | None
     ) -> None:
         """Export, verify and publish the policy; a failed export is recorded and keeps the SB3 model.
 
@@ -284,19 +250,7 @@ class TrainingJob:
                 "onnx", lambda: self.store.record_onnx(run.id, onnx_status="failed", onnx_error=message)
             )
             return
-        if tracked is not None and self.tracker is not None:
-            self.tracker.log_onnx_model(tracked, out_path, model_hand_on(run, best))
-            self.tracker.log_metrics(
-                tracked,
-                mlflow_metrics(
-                    {
-                        "onnx_export_seconds": report.export_seconds,
-                        "onnx_action_agreement": report.parity.action_agreement,
-                    }
-                ),
-                model.num_timesteps,
-            )
-            self._wait_for_uploads()
+        tracking.log_onnx(out_path, report, model.num_timesteps, model_hand_on(run, best))
         self._write("onnx", lambda: self.store.record_onnx(run.id, **exported_fields(report)))
         self.log.info("onnx_exported", seconds=round(report.export_seconds, 3))
 
@@ -350,7 +304,3 @@ def describe_error(error: BaseException) -> str:
             'or train on the CPU with "device": "cpu".'
         )
     return f"{type(error).__name__}: {error}"
-
-
-def _log_grouped(tracker: Tracker, tracked: TrackedRun, metrics: dict[str, float], step: int) -> None:
-    tracker.log_metrics(tracked, mlflow_metrics(metrics), step)
