@@ -54,6 +54,7 @@ def service_without_file_privileges(tmp_path: Path, mlflow_store_template: Path)
         service.stop()
 
 
+@pytest.mark.service
 def test_health_reports_a_database_it_cannot_write(
     service_without_file_privileges: LiveService, tmp_path: Path
 ) -> None:
@@ -157,6 +158,7 @@ def test_a_blip_as_a_run_starts_does_not_fail_it(
     assert_completed_and_exported(job)
 
 
+@pytest.mark.training
 def test_a_blip_as_a_run_exports_leaves_it_completed_and_exported(tmp_path: Path) -> None:
     database = tmp_path / "runs.db"
     # The production busy timeout (30 s) made this test wait 40 s; a write fails the same way after 2 s.

@@ -74,6 +74,7 @@ def claimed(store: RunStore, kind: str = "small") -> TrainingRun:
     return run
 
 
+@pytest.mark.training
 def test_the_service_keeps_to_the_cap_and_fills_a_freed_slot(
     tmp_path: Path, store_for: Callable[[Settings], RunStore]
 ) -> None:
@@ -113,6 +114,7 @@ def test_the_service_keeps_to_the_cap_and_fills_a_freed_slot(
         service.shutdown(timeout_s=30)
 
 
+@pytest.mark.training
 @pytest.mark.parametrize(
     ("kind", "engine"), [("thread", ThreadExecutor), ("process", ProcessExecutor)], ids=["thread", "process"]
 )

@@ -135,6 +135,7 @@ def test_unknown_experiments_are_404(client: TestClient) -> None:
     assert client.get("/experiments/not-a-uuid").status_code == 422
 
 
+@pytest.mark.training
 def test_a_finished_runs_models_can_be_downloaded_played_and_evaluated(client: TestClient) -> None:
     status = run_to_end(client, TINY_PPO)
     run_id = status["experiment_id"]

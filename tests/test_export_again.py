@@ -10,11 +10,14 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from records.tables import TrainingRun, utcnow
 from tests.conftest import FINAL_STATES, LONG_PPO, TINY_PPO, app_state, wait_for_status
+
+pytestmark = pytest.mark.training  # every test trains a run before it exports it again
 
 
 def export_attempted(status: dict[str, Any]) -> bool:

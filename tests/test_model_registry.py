@@ -87,6 +87,7 @@ def test_a_run_registered_on_a_tracking_server_is_a_new_version_of_its_logged_mo
     )
 
 
+@pytest.mark.training
 def test_the_default_local_store_holds_the_registry_and_a_second_run_is_the_next_version(
     client: TestClient, tmp_path: Path
 ) -> None:
@@ -132,6 +133,7 @@ def test_the_default_local_store_holds_the_registry_and_a_second_run_is_the_next
     np.testing.assert_array_equal(np.load(actions_file), OnnxPolicy(onnx_file).predict(observations))
 
 
+@pytest.mark.training
 def test_a_registry_that_refuses_the_name_leaves_the_run_completed_and_says_why(client: TestClient) -> None:
     settings = app_state(client).settings
     name = unique_name()

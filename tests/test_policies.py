@@ -88,6 +88,7 @@ def test_each_policy_exports_to_onnx_with_parity(algorithm: str, policy: str, tm
     assert OnnxPolicy(out_path).metadata["policy"] == policy
 
 
+@pytest.mark.training
 def test_a_run_trains_records_shows_and_exports_its_policy(
     job_settings: Settings, job_store: RunStore
 ) -> None:

@@ -80,6 +80,7 @@ def test_two_threads_export_at_once(tmp_path: Path) -> None:
     assert len(list(tmp_path.glob("*.onnx"))) == len(models) * exports_each
 
 
+@pytest.mark.training
 def test_two_runs_finishing_together_both_export(make_client: Callable[..., TestClient]) -> None:
     client = make_client(executor="thread", max_concurrent_runs=2)
     run_ids = [client.post("/training/start", json=VALID_START).json()["experiment_id"] for _ in range(2)]
@@ -240,6 +241,7 @@ def test_an_oversized_chunked_body_gets_413(http: httpx.Client) -> None:
     assert http.get("/health").status_code == 200
 
 
+@pytest.mark.training
 def test_a_small_chunked_body_is_accepted(http: httpx.Client) -> None:
     body = start_body(total_episodes="1").encode()
     response = http.post(
@@ -271,6 +273,7 @@ def test_the_openapi_document_has_no_prefix_items(http: httpx.Client) -> None:
     assert square.items() <= rollout["path"]["items"].items()
 
 
+@pytest.mark.training
 def test_a_rollout_answers_squares_as_row_col_pairs(client: TestClient) -> None:
     run_id = client.post("/training/start", json=VALID_START).json()["experiment_id"]
     assert wait_for_status(client.get, run_id, export_attempted)["onnx"]["status"] == "exported"
