@@ -25,8 +25,9 @@ from typing import Any
 
 import httpx
 
-from bench.bench_service import Service, load_average, log, machine_line
+from bench.machine import load_average, log, machine_line
 from bench.results_file import RESULTS_FILE, write_section
+from bench.service_process import Service
 
 HEADING = "## Hyperparameter sweep"
 TARGET = 0.95
