@@ -33,8 +33,8 @@ import httpx
 import torch
 from websockets.asyncio.client import connect
 
-from bench.bench_service import Service
 from bench.results_file import write_section
+from bench.service_process import Service
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SECTION_HEADING = "## GPU check"

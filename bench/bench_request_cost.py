@@ -17,19 +17,10 @@ from typing import Any
 
 from fastapi import FastAPI, Response
 
-from bench.bench_service import (
-    POLL_CLIENTS,
-    POLL_INTERVAL_S,
-    CpuMeter,
-    PollStats,
-    Service,
-    http_client,
-    machine_line,
-    poller,
-    settled,
-    start_run,
-    wait_for_status,
-)
+from bench.machine import machine_line
+from bench.process_cpu import CpuMeter
+from bench.service_clients import POLL_CLIENTS, POLL_INTERVAL_S, PollStats, poller
+from bench.service_process import Service, http_client, settled, start_run, wait_for_status
 
 THIS_MODULE = "bench.bench_request_cost"
 TINY_RUN = {"algorithm": "PPO", "total_episodes": 1, "timesteps_per_episode": 128, "maze_size": 5}

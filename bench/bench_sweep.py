@@ -25,8 +25,9 @@ from typing import Any
 
 import httpx
 
-from bench.bench_service import Service, load_average, log, machine_line
+from bench.machine import load_average, log, machine_line
 from bench.results_file import RESULTS_FILE, write_section
+from bench.service_process import Service, settled
 
 HEADING = "## Hyperparameter sweep"
 TARGET = 0.95
@@ -120,12 +121,6 @@ def wall_s(status: dict[str, Any]) -> float | None:
         return None
     started = datetime.datetime.fromisoformat(status["started_at"])
     return (datetime.datetime.fromisoformat(status["finished_at"]) - started).total_seconds()
-
-
-def settled(status: dict[str, Any]) -> bool:
-    """Ended, and its ONNX export (which /evaluate plays) is over."""
-    ended = status["status"] in ("completed", "failed", "stopped", "interrupted")
-    return ended and (status.get("onnx") or {}).get("status") not in (None, "pending")
 
 
 def compare(

@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 from mlflow.tracking import MlflowClient
 
-from bench.bench_service import parent_pids, process_tree
+from bench.process_cpu import parent_pids, process_tree
 from tests.conftest import FINAL_STATES, LONG_PPO, TINY_PPO, LiveService, wait_for_status
 from training.executors.processes import describe_exit
 
