@@ -82,9 +82,9 @@ def small_disk() -> Iterator[Path]:
 
 
 def fill(disk: Path) -> Path:
-    """Write a file until the disk is full (ENOSPC); its path."""
+    """Write (or add to) a file until the disk is full (ENOSPC); its path."""
     filler = disk / "filler"
-    with filler.open("wb") as file:
+    with filler.open("ab") as file:
         try:
             while True:
                 file.write(b"\0" * (1 << 16))
@@ -92,6 +92,35 @@ def fill(disk: Path) -> Path:
         except OSError:
             pass
     return filler
+
+
+def iteration_ended(store: RunStore, run_id: str, iteration: int) -> Callable[[], bool]:
+    """A condition: the run has trained one more iteration than it had now."""
+    due = store.get(run_id).timesteps + iteration
+    return lambda: store.get(run_id).timesteps >= due
+
+
+def settled_on_a_full_disk(
+    disk: Path, store: RunStore, run_id: str, iteration: int, checkpoints: Path
+) -> Path:
+    """The newest checkpoint once two iterations have passed on the full disk without a new one.
+
+    A save that had written its file just before the disk filled up succeeds, and removing the oldest
+    checkpoint then frees room that the next save takes, and so on: the disk is topped up again after
+    every iteration that saved one, until none does.
+    """
+    newest, quiet = periodic_checkpoints(checkpoints)[0], 0
+    for _ in range(20):
+        wait_until(iteration_ended(store, run_id, iteration), 120, "an iteration on a full disk")
+        current = periodic_checkpoints(checkpoints)[0]
+        if current == newest:
+            quiet += 1
+            if quiet == 2:
+                return current
+        else:
+            newest, quiet = current, 0
+            fill(disk)
+    raise AssertionError("checkpoints were still saved after the disk had been topped up 20 times")
 
 
 @pytest.fixture
@@ -128,10 +157,11 @@ def test_a_full_disk_skips_checkpoints_and_training_goes_on(
     checkpoints = job_settings.run_dir(run.id) / "checkpoints"
     thread.start()
     try:
-        before = wait_until(lambda: periodic_checkpoints(checkpoints), 120, "a first checkpoint")[0]
-        filler = fill(small_disk)
-        full_at = job_store.get(run.id).timesteps
+        wait_until(lambda: periodic_checkpoints(checkpoints), 120, "a first checkpoint")
         iteration = run.timesteps_per_episode
+        filler = fill(small_disk)
+        before = settled_on_a_full_disk(small_disk, job_store, run.id, iteration, checkpoints)
+        full_at = job_store.get(run.id).timesteps
         # Several checkpoints are due (one per iteration) and fail with ENOSPC while the disk is full.
         wait_until(lambda: job_store.get(run.id).timesteps >= full_at + 4 * iteration, 120, "training on")
         assert job_store.get(run.id).status == "running" and thread.is_alive()
