@@ -94,9 +94,9 @@ def fill(disk: Path) -> Path:
     return filler
 
 
-def iteration_ended(store: RunStore, run_id: str, iteration: int) -> Callable[[], bool]:
-    """A condition: the run has trained one more iteration than it had now."""
-    due = store.get(run_id).timesteps + iteration
+def trained_on(store: RunStore, run_id: str, steps: int) -> Callable[[], bool]:
+    """A condition: the run has trained `steps` more env steps than it had now."""
+    due = store.get(run_id).timesteps + steps
     return lambda: store.get(run_id).timesteps >= due
 
 
@@ -111,7 +111,7 @@ def settled_on_a_full_disk(
     """
     newest, quiet = periodic_checkpoints(checkpoints)[0], 0
     for _ in range(20):
-        wait_until(iteration_ended(store, run_id, iteration), 120, "an iteration on a full disk")
+        wait_until(trained_on(store, run_id, iteration), 120, "an iteration on a full disk")
         current = periodic_checkpoints(checkpoints)[0]
         if current == newest:
             quiet += 1
@@ -161,9 +161,8 @@ def test_a_full_disk_skips_checkpoints_and_training_goes_on(
         iteration = run.timesteps_per_episode
         filler = fill(small_disk)
         before = settled_on_a_full_disk(small_disk, job_store, run.id, iteration, checkpoints)
-        full_at = job_store.get(run.id).timesteps
         # Several checkpoints are due (one per iteration) and fail with ENOSPC while the disk is full.
-        wait_until(lambda: job_store.get(run.id).timesteps >= full_at + 4 * iteration, 120, "training on")
+        wait_until(trained_on(job_store, run.id, 4 * iteration), 120, "training on")
         assert job_store.get(run.id).status == "running" and thread.is_alive()
         assert periodic_checkpoints(checkpoints)[0] == before, "no checkpoint saved on a full disk"
         assert not [path.name for path in checkpoints.iterdir() if path.name.startswith(".partial-")]
