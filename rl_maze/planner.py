@@ -21,9 +21,11 @@ import gymnasium
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.type_aliases import Schedule
 from stable_baselines3.dqn.policies import DQNPolicy, QNetwork
 from torch import nn
 
+from rl_maze.feature_memo import FeatureMemo
 from rl_maze.observation import ACTION_DELTAS, AGENT_CHANNEL, GOAL_CHANNEL, N_OBS_CHANNELS
 
 # Read-out features: 4 neighbour value differences, 4 passage bits, 1 own value.
@@ -98,6 +100,8 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
                 self.goal_bias.normal_(0.0, 0.5)
                 self.raw_step_cost.uniform_(-1.0, 0.5)
         self.requires_grad_(learn_planner)
+        # Features of a frozen planner are looked up rather than planned again (see rl_maze.feature_memo).
+        self.memo = FeatureMemo(PLANNER_FEATURES)
         # One fixed 3x3 kernel per direction picks that neighbour's value (zero outside the maze): used
         # once per forward for the read-out at the agent.
         kernels = torch.zeros(4, 1, 3, 3)
@@ -170,7 +174,23 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
         return values
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
-        """Plan and read out features at the agent.
+        """Features at the agent: planned, or for a frozen planner on CPU looked up in ``memo`` when seen.
+
+        :param observations: float observations ``(B, 6, N, N)`` with 0/1 entries.
+        """
+        frozen = not any(parameter.requires_grad for parameter in self.parameters())
+        on_cpu = observations.device.type == "cpu"
+        if frozen and on_cpu and not observations.requires_grad and not _exporting():
+            return self.memo.features(self._weights(), observations, self.plan)
+        return self.plan(observations)
+
+    def _weights(self) -> bytes:
+        """Everything the features depend on besides the observation, as bytes (the memo's validity)."""
+        flat = torch.cat([parameter.detach().reshape(-1) for parameter in self.parameters()])
+        return flat.cpu().numpy().tobytes() + self.sweeps.to_bytes(4, "little")
+
+    def plan(self, observations: torch.Tensor) -> torch.Tensor:
+        """Plan and read out features at the agent (always computed; ``forward`` may look them up).
 
         :param observations: float observations ``(B, 6, N, N)`` with 0/1 entries.
         """
@@ -231,6 +251,14 @@ class MazeDQNPolicy(DQNPolicy):
 
     With any other feature extractor (a user override) it is SB3's ordinary Q-network.
     """
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        super()._build(lr_schedule)
+        # The target network's frozen planner has the online one's weights: one memo serves both (each
+        # memo entry is checked against the weights it was planned with).
+        online, target = self.q_net.features_extractor, self.q_net_target.features_extractor
+        if isinstance(online, MazePlannerExtractor) and isinstance(target, MazePlannerExtractor):
+            target.memo = online.memo
 
     def make_q_net(self) -> QNetwork:
         """Build a Q-network (online or target) with the shared-action head."""

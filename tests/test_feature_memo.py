@@ -1,0 +1,112 @@
+"""The frozen planner's feature memo: the same features as planning, fewer plans, never stale."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3 import DQN
+
+import maze_env
+from agents import building
+from rl_maze.feature_memo import FeatureMemo
+from rl_maze.planner import MazePlannerExtractor
+from tests.test_planner import maze_observations
+
+
+def extractor(maze_size: int, *, frozen: bool, seed: int = 0) -> MazePlannerExtractor:
+    torch.manual_seed(seed)
+    space = spaces.Box(0, 1, shape=(maze_env.N_OBS_CHANNELS, maze_size, maze_size), dtype=np.uint8)
+    return MazePlannerExtractor(space, learn_planner=not frozen, prior=True)
+
+
+class CountingPlans:
+    """Wraps an extractor's ``plan`` and counts the observations it was asked to plan."""
+
+    def __init__(self, module: MazePlannerExtractor) -> None:
+        self.planned = 0
+        self._plan = module.plan
+        module.plan = self  # type: ignore[method-assign]
+
+    def __call__(self, observations: torch.Tensor) -> torch.Tensor:
+        self.planned += len(observations)
+        return self._plan(observations)
+
+
+def test_a_frozen_planner_gives_the_planned_features_and_plans_each_observation_once() -> None:
+    module = extractor(7, frozen=True)
+    observations = maze_observations(7, 24, seed=1)
+    expected = module.plan(observations)
+    counter = CountingPlans(module)
+
+    first = module(observations)
+    again = module(observations[torch.randperm(24)[:10]])  # a minibatch of seen observations
+    mixed = module(torch.cat((observations[:4], maze_observations(7, 3, seed=2))))
+
+    torch.testing.assert_close(first, expected, atol=1e-5, rtol=0)
+    assert counter.planned == 24 + 3  # the minibatch planned nothing, the mixed batch only its 3 new ones
+    torch.testing.assert_close(mixed[:4], expected[:4], atol=1e-5, rtol=0)
+    assert again.shape == (10, 9) and len(module.memo) == 27
+
+
+def test_changed_weights_are_never_answered_from_the_memo() -> None:
+    module = extractor(6, frozen=True)
+    observations = maze_observations(6, 8, seed=3)
+    before = module(observations)
+    with torch.no_grad():
+        module.raw_step_cost.add_(0.7)  # what loading other weights would do
+
+    after = module(observations)
+
+    torch.testing.assert_close(after, module.plan(observations), atol=1e-5, rtol=0)
+    assert not torch.allclose(after, before)
+
+
+def test_what_the_memo_does_not_cover_is_planned_every_time() -> None:
+    learned = extractor(6, frozen=False)
+    observations = maze_observations(6, 5, seed=4)
+    learned(observations)
+    assert len(learned.memo) == 0  # weights that train are never memoised
+
+    frozen = extractor(6, frozen=True)
+    counter = CountingPlans(frozen)
+    blurred = observations * 0.5  # not a 0/1 grid: no key for it
+    frozen(blurred)
+    frozen(blurred)
+    assert counter.planned == 10 and len(frozen.memo) == 0
+
+
+def test_a_full_memo_forgets_the_oldest_rows_and_still_answers_right() -> None:
+    module = extractor(6, frozen=True)
+    module.memo = FeatureMemo(9, capacity=4)
+    observations = maze_observations(6, 7, seed=5)
+    expected = module.plan(observations)
+
+    for row in range(7):
+        module(observations[row : row + 1])
+    counter = CountingPlans(module)
+    answer = module(observations[2:6])
+
+    torch.testing.assert_close(answer, expected[2:6], atol=1e-5, rtol=0)
+    assert len(module.memo) == 4 and counter.planned == 1  # rows 3-6 were kept, row 2 was forgotten
+    torch.testing.assert_close(module(observations), expected, atol=1e-5, rtol=0)
+    assert counter.planned == 1 + 7  # a batch larger than the memo is planned whole
+
+
+def test_copies_start_empty_and_dqn_networks_share_one_memo() -> None:
+    module = extractor(5, frozen=True)
+    module(maze_observations(5, 6, seed=6))
+    assert len(module.memo) == 6
+    assert len(copy.deepcopy(module).memo) == 0 and len(pickle.loads(pickle.dumps(module.memo))) == 0
+
+    env = building.make_vec_env(5, "random", 0, 2)
+    dqn = building.build_model("DQN", env, {}, seed=0, device="cpu", timesteps_per_episode=64)
+    assert isinstance(dqn, DQN)
+    online = dqn.q_net.features_extractor
+    target = dqn.q_net_target.features_extractor
+    assert isinstance(online, MazePlannerExtractor) and online.memo is target.memo
+    observations = maze_observations(5, 4, seed=7)
+    torch.testing.assert_close(dqn.q_net_target(observations), dqn.q_net(observations))
