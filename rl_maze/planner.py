@@ -100,6 +100,8 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
                 self.goal_bias.normal_(0.0, 0.5)
                 self.raw_step_cost.uniform_(-1.0, 0.5)
         self.requires_grad_(learn_planner)
+        # The Parameter objects (loading weights or moving devices keeps them): read on every forward.
+        self._parameters_list = list(self.parameters())
         # Features of a frozen planner are looked up rather than planned again (see rl_maze.feature_memo).
         self.memo = FeatureMemo(PLANNER_FEATURES)
         # One fixed 3x3 kernel per direction picks that neighbour's value (zero outside the maze): used
@@ -178,7 +180,7 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
 
         :param observations: float observations ``(B, 6, N, N)`` with 0/1 entries.
         """
-        frozen = not any(parameter.requires_grad for parameter in self.parameters())
+        frozen = not any(parameter.requires_grad for parameter in self._parameters_list)
         on_cpu = observations.device.type == "cpu"
         if frozen and on_cpu and not observations.requires_grad and not _exporting():
             return self.memo.features(self._weights(), observations, self.plan)
@@ -186,7 +188,7 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
 
     def _weights(self) -> bytes:
         """Everything the features depend on besides the observation, as bytes (the memo's validity)."""
-        flat = torch.cat([parameter.detach().reshape(-1) for parameter in self.parameters()])
+        flat = torch.cat([parameter.detach().reshape(-1) for parameter in self._parameters_list])
         return flat.cpu().numpy().tobytes() + self.sweeps.to_bytes(4, "little")
 
     def plan(self, observations: torch.Tensor) -> torch.Tensor:
@@ -204,13 +206,17 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
         settle_sweeps = max(0, self.sweeps - GRAD_SWEEPS)
         if _exporting():
             values = reward
-            for _ in range(settle_sweeps):
+            for _ in range(self.sweeps):
                 values = self._sweep(values, reward, move_index, step_cost)
+        elif not reward.requires_grad:
+            # Nothing to differentiate (a frozen planner, or no_grad): all K sweeps may stop early. The
+            # same values as below: once converged the last sweeps change nothing.
+            values = self._settle(reward, move_index, step_cost, self.sweeps)
         else:
             with torch.no_grad():
                 values = self._settle(reward.detach(), move_index, step_cost.detach(), settle_sweeps)
-        for _ in range(min(GRAD_SWEEPS, self.sweeps)):
-            values = self._sweep(values, reward, move_index, step_cost)
+            for _ in range(min(GRAD_SWEEPS, self.sweeps)):
+                values = self._sweep(values, reward, move_index, step_cost)
         values = values.view_as(reward_map)
         own = (values * agent).sum(dim=(2, 3))
         around = (self._neighbours(values) * agent).sum(dim=(2, 3))
