@@ -4,7 +4,7 @@
 import { api, ApiError, errorMessage, experimentPath, isUnauthorized } from "./api.js";
 import { createCharts } from "./charts.js";
 import { showMessage } from "./form.js";
-import { isFinal } from "./format.js";
+import { $, isFinal } from "./format.js";
 import { RolloutPlayer } from "./rollout-player.js";
 import { renderProgressState, renderRecord } from "./run-panels.js";
 import { bindSmoothing } from "./smoothing.js";
@@ -30,10 +30,6 @@ const SOCKET_LABELS = {
   unknown: "unknown run",
   idle: "",
 };
-
-function $(root, selector) {
-  return root.querySelector(selector);
-}
 
 /**
  * The detail view of `runId` inside `root`; `mlflowStore()` is the MLflow store's location ("" when

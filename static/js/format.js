@@ -16,6 +16,11 @@ export function el(tag, props = {}, ...children) {
   return node;
 }
 
+/** The first element under `root` that matches `selector` (null when none). */
+export function $(root, selector) {
+  return root.querySelector(selector);
+}
+
 /** The API's datetimes may lack a zone; the service stores UTC. */
 export function parseTime(value) {
   if (!value) return null;

@@ -2,11 +2,8 @@
 // the run's own) through `POST /experiments/{id}/rollout` and animates the agent's path.
 import { api, ApiError, errorMessage, experimentPath } from "./api.js";
 import { clearErrors, showFieldError, showMessage } from "./form.js";
+import { $ } from "./format.js";
 import { animateRollout } from "./maze.js";
-
-function $(root, selector) {
-  return root.querySelector(selector);
-}
 
 function rolloutSummary(rollout) {
   const shortest = `shortest path ${rollout.shortest_path_steps} steps`;

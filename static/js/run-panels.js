@@ -3,6 +3,7 @@
 import { downloadFile, errorMessage } from "./api.js";
 import { showMessage } from "./form.js";
 import {
+  $,
   el,
   formatBytes,
   formatDuration,
@@ -14,10 +15,6 @@ import {
   safeUrl,
   shortId,
 } from "./format.js";
-
-function $(root, selector) {
-  return root.querySelector(selector);
-}
 
 function progressOf(state) {
   if (state.total_timesteps) return Math.min(1, (state.timesteps || 0) / state.total_timesteps);
