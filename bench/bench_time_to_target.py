@@ -6,7 +6,7 @@ store with MLflow off, in this process, with the service's defaults (TORCH_THREA
 adaptive evaluation interval, default n_envs and hyperparameters): the same request a user sends to
 `POST /training/start`, minus the HTTP layer and MLflow. Measured:
 
-* **Time to target**: PPO and DQN, maze 10, random mode, 3 training seeds each, the request
+* **Time to target**: PPO and DQN, maze 10 (``--maze-sizes``), random mode, 3 training seeds each, the request
   `total_episodes=1000 × timesteps_per_episode=2048` with `target_success_rate=0.95`; wall time, CPU time
   and environment steps until the job ends (`stop_reason` `target_reached`), including building the
   model and exporting ONNX. A run that has not reached the target after `--cap-steps` steps (or
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import tempfile
@@ -40,6 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--algorithms", default="PPO,DQN")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--maze-sizes", type=int, nargs="+", default=[10], help="time-to-target maze sizes")
     parser.add_argument("--cap-steps", type=int, default=300_000, help="stop a run that has not ended")
     parser.add_argument("--cap-s", type=float, default=600.0, help="stop a run after this wall time")
     parser.add_argument("--overhead-algorithms", default="PPO")
@@ -79,11 +81,12 @@ def main() -> None:
 
         if not args.skip_target:
             for algorithm in args.algorithms.split(","):
-                for seed in args.seeds:
+                for maze_size, seed in itertools.product(args.maze_sizes, args.seeds):
                     target_results.append(
                         job(
                             algorithm=algorithm,
                             seed=seed,
+                            maze_size=maze_size,
                             total_episodes=TOTAL_EPISODES,
                             target=TARGET,
                             eval_episodes=100,

@@ -58,6 +58,7 @@ class JobResult:
     eval_wall_s: float | None = None  # time inside held-out evaluations (None: not timed)
     eval_cpu_s: float | None = None
     fps: float | None = None  # the run's own steps/s as status reports it (learn() only, evaluations in)
+    maze_size: int = MAZE_SIZE
 
     @property
     def training_steps_per_s(self) -> float:
@@ -79,6 +80,7 @@ def run_job(
     eval_episodes: int,
     cap_steps: int,
     cap_s: float,
+    maze_size: int = MAZE_SIZE,
 ) -> JobResult:
     """Run one job to its end, stopping it (as a user's stop would) past the caps."""
     settings = Settings(
@@ -97,7 +99,7 @@ def run_job(
         algorithm=algorithm,
         total_episodes=total_episodes,
         timesteps_per_episode=TIMESTEPS_PER_EPISODE,
-        maze_size=MAZE_SIZE,
+        maze_size=maze_size,
         maze_mode="random",
         seed=seed,
         n_envs=default_n_envs(algorithm),
@@ -163,4 +165,5 @@ def run_job(
         eval_wall_s=in_evaluation[0],
         eval_cpu_s=in_evaluation[1],
         fps=record.fps,
+        maze_size=maze_size,
     )

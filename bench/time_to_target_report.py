@@ -42,29 +42,31 @@ def evaluating(r: JobResult) -> str:
 
 def time_to_target_section(results: list[JobResult]) -> list[str]:
     lines = [
-        "| algo | seed | ended | stop_reason | env steps | wall | CPU | of which evaluating (wall) | "
+        "| algo | maze | seed | ended | stop_reason | env steps | wall | CPU | of which evaluating (wall) | "
         "steps/s (run's fps) | evaluations (timestep: held-out success) | "
         "full budget 2.048M steps, **projected** |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|---|---:|",
+        "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in results:
         curve = ", ".join(f"{step:,}: {rate:.0%}" for _, step, rate in r.evaluations)
         ended = r.status + (" (cap)" if r.capped else "")
         lines.append(
-            f"| {r.algorithm} | {r.seed} | {ended} | {r.stop_reason} | {r.timesteps:,} | {r.wall_s:.0f} s | "
+            f"| {r.algorithm} | {r.maze_size} | {r.seed} | {ended} | {r.stop_reason} | {r.timesteps:,} | "
+            f"{r.wall_s:.0f} s | "
             f"{r.cpu_s:.0f} s | {evaluating(r)} | {r.projection_steps_per_s:,.0f} | {curve} | "
             f"{minutes(BUDGET / r.projection_steps_per_s)} |"
         )
     lines.append("")
-    for algorithm in sorted({r.algorithm for r in results}):
-        runs = [r for r in results if r.algorithm == algorithm]
+    for algorithm, maze_size in sorted({(r.algorithm, r.maze_size) for r in results}):
+        runs = [r for r in results if (r.algorithm, r.maze_size) == (algorithm, maze_size)]
+        label = f"{algorithm}, maze {maze_size}"
         reached = [r for r in runs if r.stop_reason == "target_reached"]
         projected = [BUDGET / r.projection_steps_per_s for r in runs]
         if reached:
             walls = [r.wall_s for r in reached]
             steps = [r.timesteps for r in reached]
             lines.append(
-                f"- **{algorithm}**: target reached by {len(reached)}/{len(runs)} seeds; wall time median "
+                f"- **{label}**: target reached by {len(reached)}/{len(runs)} seeds; wall time median "
                 f"{statistics.median(walls):.0f} s, worst {max(walls):.0f} s; env steps median "
                 f"{statistics.median(steps):,.0f}, worst {max(steps):,}. Full budget, projected from the "
                 f"same runs' steps/s: median {minutes(statistics.median(projected))}, worst "
@@ -73,7 +75,7 @@ def time_to_target_section(results: list[JobResult]) -> list[str]:
         else:
             best = max((r.best_eval_success_rate or 0.0) for r in runs)
             lines.append(
-                f"- **{algorithm}**: target not reached by any seed within the cap; best held-out success "
+                f"- **{label}**: target not reached by any seed within the cap; best held-out success "
                 f"{best:.0%}. Full budget, projected: median {minutes(statistics.median(projected))}."
             )
     return lines
@@ -184,7 +186,9 @@ def render(
         "",
         "How: the real job (`TrainingJob`, as every executor runs it) in one process, a real SQLite store, "
         "MLflow off, service defaults (1 torch thread, EVAL_EPISODES=100 held-out mazes, adaptive "
-        "evaluation interval, default n_envs and hyperparameters), maze 10, random mode. Wall time runs from "
+        "evaluation interval, default n_envs and hyperparameters), random mode, maze "
+        f"{'/'.join(str(size) for size in getattr(args, 'maze_sizes', [10]))} (the overhead pairs: maze 10). "
+        "Wall time runs from "
         "the job's start (building the env and model) to its end (best model kept, ONNX exported).",
         "",
     ]
