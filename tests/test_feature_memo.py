@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import torch
 from gymnasium import spaces
-from stable_baselines3 import DQN
+from stable_baselines3 import DQN, PPO
 
 import maze_env
 from agents import building
@@ -110,3 +110,17 @@ def test_copies_start_empty_and_dqn_networks_share_one_memo() -> None:
     assert isinstance(online, MazePlannerExtractor) and online.memo is target.memo
     observations = maze_observations(5, 4, seed=7)
     torch.testing.assert_close(dqn.q_net_target(observations), dqn.q_net(observations))
+
+
+def test_ppo_epochs_plan_nothing_that_the_rollout_did_not() -> None:
+    env = building.make_vec_env(5, "random", 0, 4)
+    ppo = building.build_model("PPO", env, {"batch_size": 64}, 0, "cpu", timesteps_per_episode=128)
+    assert isinstance(ppo, PPO)
+    ppo.learn(128)  # one rollout of 4 x 32 observations and the update over it
+    planner = ppo.policy.features_extractor
+    assert isinstance(planner, MazePlannerExtractor) and len(planner.memo) > 0
+    counter = CountingPlans(planner)
+
+    ppo.train()  # the update's epochs over the same rollout again
+
+    assert counter.planned == 0
