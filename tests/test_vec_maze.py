@@ -134,3 +134,14 @@ def test_cell_distances_equal_the_square_bfs(maze_size: int) -> None:
         maze = generate_maze(maze_size, seed)
         expected = bfs_distances(maze.grid, maze.goal)[1::2, 1::2] // 2
         np.testing.assert_array_equal(cell_distances_to_goal(maze), expected)
+
+
+def test_many_envs_timing_out_together_match_the_reference() -> None:
+    """Enough envs that their shared time-limit resets generate mazes as one batch (``mazes.batch``)."""
+    n_envs, seed = 48, 23
+    ours = VecMazeEnv(4, "random", seed, n_envs)
+    ours.seed(seed)
+    reference = reference_vec_env(4, "random", seed, n_envs)
+    # Time limit 32: most envs time out on the same step, three times over.
+    assert replay(ours, reference, 100, action_seed=7) >= 2 * n_envs
+    assert [m.seed for m in ours.get_attr("maze")] == [m.seed for m in reference.get_attr("maze")]
