@@ -66,9 +66,19 @@ def test_mazes_of_300_seeds_are_pinned() -> None:
     assert digest.hexdigest() == "d33544c6f2e88c4cbe6f3918740c4574a43f601acdad0ed4f9c087bf1a970394"
 
 
+def force_path(monkeypatch: pytest.MonkeyPatch, batched: bool) -> None:
+    """Make ``passages_and_distances`` take the numpy batch path for any batch, or never."""
+    monkeypatch.setattr(batch, "BATCH_MIN_MAZES", 1 if batched else 10**9)
+    monkeypatch.setattr(batch, "BATCH_MAX_SIZE", grid.MAX_MAZE_SIZE)
+
+
+@pytest.mark.parametrize("batched", [True, False])
 @pytest.mark.parametrize("size", [2, 4, 10, 30])
-@pytest.mark.parametrize("n_seeds", [1, 5, batch.BATCH_THRESHOLD, 150])
-def test_batch_arrays_equal_those_of_each_generated_maze(size: int, n_seeds: int) -> None:
+@pytest.mark.parametrize("n_seeds", [1, 5, 60])
+def test_batch_arrays_equal_those_of_each_generated_maze(
+    monkeypatch: pytest.MonkeyPatch, size: int, n_seeds: int, batched: bool
+) -> None:
+    force_path(monkeypatch, batched)
     seeds = [(size * 7919 + k * 104729) % 2**30 for k in range(n_seeds - 1)] + [2**30 + 3]
     walls, distances = batch.passages_and_distances(size, seeds)
     assert walls.shape == (n_seeds, 4, size, size) and walls.dtype == np.uint8
@@ -79,12 +89,23 @@ def test_batch_arrays_equal_those_of_each_generated_maze(size: int, n_seeds: int
         np.testing.assert_array_equal(distances[k], cell_distances_to_goal(maze))
 
 
+def test_the_default_thresholds_batch_only_hundreds_of_small_mazes() -> None:
+    assert batch.BATCH_MIN_MAZES >= 100 and batch.BATCH_MAX_SIZE <= 20
+    seeds = list(range(batch.BATCH_MIN_MAZES))
+    walls, distances = batch.passages_and_distances(10, seeds)
+    for k in (0, 17, len(seeds) - 1):
+        maze = generate_maze(10, seeds[k])
+        np.testing.assert_array_equal(walls[k], open_directions(maze))
+        np.testing.assert_array_equal(distances[k], cell_distances_to_goal(maze))
+
+
 def test_running_out_of_predrawn_words_draws_more_and_changes_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    seeds = list(range(batch.BATCH_THRESHOLD + 8))
+    seeds = list(range(40))
     expected = [original_grid(6, seed) for seed in seeds]
     expected_walls, expected_distances = batch.passages_and_distances(6, seeds)
+    force_path(monkeypatch, batched=True)
     # Far fewer words than a shuffle of 60 edges uses: the one-by-one path redraws, the batch falls back.
     monkeypatch.setattr(grid, "shuffle_word_count", lambda n_items: 8)
     monkeypatch.setattr(batch, "shuffle_word_count", lambda n_items: 8)

@@ -13,6 +13,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 from agents import building
 from agents.vec_maze import VecMazeEnv
 from maze_env import ACTION_DELTAS, MazeEnv
+from mazes import batch
 from mazes.grid import (
     Maze,
     bfs_distances,
@@ -136,8 +137,9 @@ def test_cell_distances_equal_the_square_bfs(maze_size: int) -> None:
         np.testing.assert_array_equal(cell_distances_to_goal(maze), expected)
 
 
-def test_many_envs_timing_out_together_match_the_reference() -> None:
-    """Enough envs that their shared time-limit resets generate mazes as one batch (``mazes.batch``)."""
+def test_many_envs_timing_out_together_match_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Envs whose shared time-limit resets generate their mazes as one numpy batch (``mazes.batch``)."""
+    monkeypatch.setattr(batch, "BATCH_MIN_MAZES", 16)  # 48 envs stand for the benchmark's 1,024
     n_envs, seed = 48, 23
     ours = VecMazeEnv(4, "random", seed, n_envs)
     ours.seed(seed)
