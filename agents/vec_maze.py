@@ -104,7 +104,10 @@ class VecMazeEnv(VecEnv):
         if maze_mode == "fixed":
             self._load(np.arange(n_envs), self._fixed_walls, self._fixed_potential)
         # Square coordinates of each cell, as MazeEnv reports agent_pos: one shared tuple per cell.
-        self._squares = [(2 * (c // maze_size) + 1, 2 * (c % maze_size) + 1) for c in range(maze_size**2)]
+        # An object array, so one gather gives every env's tuple (no Python loop per env).
+        self._squares = np.empty(maze_size * maze_size, dtype=object)
+        for c in range(maze_size * maze_size):
+            self._squares[c] = (2 * (c // maze_size) + 1, 2 * (c % maze_size) + 1)
         self._actions = np.zeros(n_envs, dtype=np.int64)
         observation_space = spaces.Box(0, 1, shape=(N_OBS_CHANNELS, maze_size, maze_size), dtype=np.uint8)
         super().__init__(n_envs, observation_space, spaces.Discrete(len(ACTIONS)))
@@ -187,12 +190,11 @@ class VecMazeEnv(VecEnv):
         self._obs_flat[self._agent_base + new_cells] = 1
         self._cells = new_cells
         dones = terminated | truncated
-        squares = self._squares
         # TimeLimit.truncated is False for every env that goes on; the done ones get their value below.
         infos: list[dict[str, Any]] = [
             {"maze_seed": s, "agent_pos": p, "steps": n, "TimeLimit.truncated": False}
             for s, p, n in zip(
-                self._maze_seeds, [squares[c] for c in new_cells.tolist()], self._steps.tolist(), strict=True
+                self._maze_seeds, self._squares[new_cells].tolist(), self._steps.tolist(), strict=True
             )
         ]
         done_envs = np.flatnonzero(dones).tolist()

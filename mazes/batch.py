@@ -94,8 +94,13 @@ def _spanning_trees(size: int, seeds: Sequence[int]) -> np.ndarray:
     for t in range(order.shape[0]):
         label_a, label_b = flat_labels[flat_a[t]], flat_labels[flat_b[t]]
         np.not_equal(label_a, label_b, out=opened[t])
-        # Where a and b already share a label this rewrites it with itself: no join, no change.
-        np.copyto(labels, label_b[:, None], where=labels == label_a[:, None])
+        joining = np.flatnonzero(opened[t])
+        if joining.size < m // 2:  # late edges mostly close loops: relabel only the mazes they join
+            rows = labels[joining]
+            np.copyto(rows, label_b[joining, None], where=rows == label_a[joining, None])
+            labels[joining] = rows
+        else:  # where a and b already share a label this rewrites it with itself: no change
+            np.copyto(labels, label_b[:, None], where=labels == label_a[:, None])
         joined += opened[t]
         if t % 8 == 0 and joined.min() == cells - 1:
             break  # every tree is complete: each later edge would close a loop
