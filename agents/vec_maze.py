@@ -4,8 +4,10 @@ Behaves exactly like ``DummyVecEnv([MazeEnv(...) for each sub-env])`` as ``agent
 before (same seeds, mazes, observations, rewards, dones and infos; ``tests/test_vec_maze.py`` replays both),
 but one ``step`` is a handful of numpy operations over all envs instead of a Python call per env: at
 hundreds of envs the per-env Python overhead, not the maze logic, was the cost. ``maze_env.MazeEnv`` stays
-the single-maze reference (gymnasium's checker, rollouts, replay). Maze generation (Kruskal) and the
-goal distances stay per maze in Python, run once per reset; fixed mode computes its one maze once.
+the single-maze reference (gymnasium's checker, rollouts, replay). The sub-envs that reset on one step get
+their mazes' passage bits and goal distances together from ``mazes.batch`` (hundreds at a shared time
+limit as numpy operations over all of them); fixed mode computes its one maze once. What remains per env
+and step is SB3's info dict, copied from a per-env template.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ class VecMazeEnv(VecEnv):
         self._fixed_seed = seed % TRAIN_SEED_LIMIT
         self._maze_seeds = [s % TRAIN_SEED_LIMIT for s in env_seeds]
         self._arrays_loaded = [maze_mode == "fixed"] * n_envs
+        self._info_templates = [_info_template(s) for s in self._maze_seeds]
         goal = maze_size - 1
         # Agents are tracked as flat cell indices (row * N + col); stepping indexes flat views of the
         # observation and potential buffers, one gather per quantity instead of four-array fancy indexing.
@@ -148,6 +151,7 @@ class VecMazeEnv(VecEnv):
         self._steps[index] = 0
         for k in envs:
             self.reset_infos[k] = self._info(k)
+            self._info_templates[k] = _info_template(self._maze_seeds[k])
 
     def _load(self, envs: np.ndarray, walls: np.ndarray, potential: np.ndarray) -> None:
         for k in envs.tolist():
@@ -190,13 +194,14 @@ class VecMazeEnv(VecEnv):
         self._obs_flat[self._agent_base + new_cells] = 1
         self._cells = new_cells
         dones = terminated | truncated
-        # TimeLimit.truncated is False for every env that goes on; the done ones get their value below.
-        infos: list[dict[str, Any]] = [
-            {"maze_seed": s, "agent_pos": p, "steps": n, "TimeLimit.truncated": False}
-            for s, p, n in zip(
-                self._maze_seeds, self._squares[new_cells].tolist(), self._steps.tolist(), strict=True
-            )
-        ]
+        # Copying a per-env template (C) and setting two keys is cheaper than a dict display per env.
+        # TimeLimit.truncated stays False for every env that goes on; the done ones get their value below.
+        infos: list[dict[str, Any]] = list(map(dict.copy, self._info_templates))
+        for info, square, steps in zip(
+            infos, self._squares[new_cells].tolist(), self._steps.tolist(), strict=True
+        ):
+            info["agent_pos"] = square
+            info["steps"] = steps
         done_envs = np.flatnonzero(dones).tolist()
         if done_envs:
             for k in done_envs:
@@ -271,3 +276,8 @@ class VecMazeEnv(VecEnv):
 def _potential(distances: np.ndarray) -> np.ndarray:
     """Shaping potentials ``-SHAPING_SCALE * d``: the same float64 values ``MazeEnv._potential`` computes."""
     return -SHAPING_SCALE * distances.astype(np.float64)
+
+
+def _info_template(maze_seed: int) -> dict[str, Any]:
+    """A step's info (``MazeEnv``'s keys and DummyVecEnv's ``TimeLimit.truncated``) before the agent moves."""
+    return {"maze_seed": maze_seed, "agent_pos": None, "steps": 0, "TimeLimit.truncated": False}
