@@ -40,7 +40,9 @@ def _passage_bit_indices(size: int) -> tuple[np.ndarray, np.ndarray]:
     horizontal = [b == a + 1 for a, b in zip(a_of, b_of, strict=True)]
     from_a = [(1 if h else 2) * cells + a for a, h in zip(a_of, horizontal, strict=True)]
     from_b = [(3 if h else 0) * cells + b for b, h in zip(b_of, horizontal, strict=True)]
-    return np.array(from_a, dtype=np.intp), np.array(from_b, dtype=np.intp)
+    bits_a, bits_b = np.array(from_a, dtype=np.intp), np.array(from_b, dtype=np.intp)
+    bits_a.flags.writeable = bits_b.flags.writeable = False  # cached: shared by every caller
+    return bits_a, bits_b
 
 
 def _shuffled_indices(n_items: int, seeds: Sequence[int]) -> np.ndarray:

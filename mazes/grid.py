@@ -72,22 +72,23 @@ def square_to_cell(square: tuple[int, int]) -> tuple[int, int]:
 
 
 @functools.cache
-def edge_layout(size: int) -> tuple[list[int], list[int], np.ndarray, np.ndarray]:
+def edge_layout(size: int) -> tuple[tuple[int, ...], tuple[int, ...], np.ndarray, np.ndarray]:
     """Kruskal's edge list for ``size``, in its order before shuffling: cells ``a`` and ``b`` it joins, and
     the square between them (row, col). Horizontal edges (``b = a + 1``) first, then vertical ones."""
     edges = [(i, j, 0) for i in range(size) for j in range(size - 1)]
     edges += [(i, j, 1) for i in range(size - 1) for j in range(size)]
-    a = [i * size + j for i, j, _ in edges]
-    b = [i * size + j + (size if vertical else 1) for i, j, vertical in edges]
+    a = tuple(i * size + j for i, j, _ in edges)
+    b = tuple(i * size + j + (size if vertical else 1) for i, j, vertical in edges)
     rows = np.array([2 * i + 1 + vertical for i, _, vertical in edges], dtype=np.intp)
     cols = np.array([2 * j + 2 - vertical for _, j, vertical in edges], dtype=np.intp)
+    rows.flags.writeable = cols.flags.writeable = False  # cached: shared by every caller
     return a, b, rows, cols
 
 
 @functools.cache
-def shuffle_draws(n_items: int) -> list[tuple[int, int]]:
+def shuffle_draws(n_items: int) -> tuple[tuple[int, int], ...]:
     """``(i + 1, 32 - (i + 1).bit_length())`` for ``i = n_items - 1 .. 1``: what ``random.shuffle`` draws."""
-    return [(i + 1, 32 - (i + 1).bit_length()) for i in range(n_items - 1, 0, -1)]
+    return tuple((i + 1, 32 - (i + 1).bit_length()) for i in range(n_items - 1, 0, -1))
 
 
 def shuffle_word_count(n_items: int) -> int:
