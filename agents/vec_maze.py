@@ -4,8 +4,10 @@ Behaves exactly like ``DummyVecEnv([MazeEnv(...) for each sub-env])`` as ``agent
 before (same seeds, mazes, observations, rewards, dones and infos; ``tests/test_vec_maze.py`` replays both),
 but one ``step`` is a handful of numpy operations over all envs instead of a Python call per env: at
 hundreds of envs the per-env Python overhead, not the maze logic, was the cost. ``maze_env.MazeEnv`` stays
-the single-maze reference (gymnasium's checker, rollouts, replay). Maze generation (Kruskal) and the
-goal distances stay per maze in Python, run once per reset; fixed mode computes its one maze once.
+the single-maze reference (gymnasium's checker, rollouts, replay). The sub-envs that reset on one step get
+their mazes' passage bits and goal distances together from ``mazes.batch`` (hundreds at a shared time
+limit as numpy operations over all of them); fixed mode computes its one maze once. What remains per env
+and step is SB3's info dict, copied from a per-env template.
 """
 
 from __future__ import annotations
@@ -31,20 +33,17 @@ from maze_env import (
     TRAIN_SEED_LIMIT,
     WALL_PENALTY,
 )
-from mazes.grid import Maze, cell_distances_to_goal, check_maze_size, generate_maze, open_directions
+from mazes.batch import passages_and_distances
+from mazes.grid import check_maze_size, generate_maze
 
-_ROW_STEP = np.array([dr for dr, _ in ACTION_DELTAS], dtype=np.int64)
-_COL_STEP = np.array([dc for _, dc in ACTION_DELTAS], dtype=np.int64)
-
-
-class _LoadedMaze:
-    """What stepping needs of one maze, computed once per maze: passage bits and shaping potentials."""
-
-    def __init__(self, maze: Maze) -> None:
-        self.maze = maze
-        self.walls = open_directions(maze)
-        # -SHAPING_SCALE * float(d): the same float64 values MazeEnv._potential computes per step.
-        self.potential = -SHAPING_SCALE * cell_distances_to_goal(maze).astype(np.float64)
+# Reward before shaping, indexed by 2 * terminated + moved: MazeEnv.step's float64 operations, in its order.
+_BASE_REWARD = np.array(
+    [
+        (-STEP_PENALTY + (GOAL_REWARD if t else 0.0)) - (0.0 if m else WALL_PENALTY)
+        for t in (0, 1)
+        for m in (0, 1)
+    ]
+)
 
 
 class VecMazeEnv(VecEnv):
@@ -82,71 +81,92 @@ class VecMazeEnv(VecEnv):
         env_seeds = [seed if maze_mode == "fixed" else seed + k for k in range(n_envs)]
         self._streams = [np.random.Generator(np.random.PCG64(s)) for s in env_seeds]
         # MazeEnv starts on the maze its seed names; in random mode that maze only lives until the first
-        # reset, so it is generated on demand (get_attr before reset) rather than n_envs times up front.
-        self._fixed = _LoadedMaze(generate_maze(maze_size, seed % TRAIN_SEED_LIMIT))
-        self._initial_seeds = [s % TRAIN_SEED_LIMIT for s in env_seeds]
-        self._loaded: list[_LoadedMaze | None] = [self._fixed if maze_mode == "fixed" else None] * n_envs
-        self._goal = maze_size - 1
-        self._rows = np.zeros(n_envs, dtype=np.int64)
-        self._cols = np.zeros(n_envs, dtype=np.int64)
+        # reset, so its arrays are loaded on demand (a forced reset onto it) rather than n_envs times.
+        self._fixed_seed = seed % TRAIN_SEED_LIMIT
+        self._maze_seeds = [s % TRAIN_SEED_LIMIT for s in env_seeds]
+        self._arrays_loaded = [maze_mode == "fixed"] * n_envs
+        self._info_templates = [_info_template(s) for s in self._maze_seeds]
+        goal = maze_size - 1
+        # Agents are tracked as flat cell indices (row * N + col); stepping indexes flat views of the
+        # observation and potential buffers, one gather per quantity instead of four-array fancy indexing.
+        cells = maze_size * maze_size
+        self._goal_cell = goal * maze_size + goal
+        self._cell_step = np.array([dr * maze_size + dc for dr, dc in ACTION_DELTAS], dtype=np.int64)
+        self._cells = np.zeros(n_envs, dtype=np.int64)
         self._steps = np.zeros(n_envs, dtype=np.int64)
-        self._walls = np.zeros((n_envs, 4, maze_size, maze_size), dtype=np.uint8)
         self._potential = np.zeros((n_envs, maze_size, maze_size), dtype=np.float64)
         self._obs = np.zeros((n_envs, N_OBS_CHANNELS, maze_size, maze_size), dtype=np.uint8)
-        self._obs[:, GOAL_CHANNEL, self._goal, self._goal] = 1
+        self._obs[:, GOAL_CHANNEL, goal, goal] = 1
+        self._obs_flat = self._obs.reshape(-1)
+        self._potential_flat = self._potential.reshape(-1)
+        self._obs_base = np.arange(n_envs, dtype=np.int64) * (N_OBS_CHANNELS * cells)
+        self._agent_base = self._obs_base + AGENT_CHANNEL * cells
+        self._potential_base = np.arange(n_envs, dtype=np.int64) * cells
+        fixed_walls, fixed_dist = passages_and_distances(maze_size, [self._fixed_seed])
+        self._fixed_walls, self._fixed_potential = fixed_walls[0], _potential(fixed_dist[0])
         if maze_mode == "fixed":
-            self._walls[:] = self._fixed.walls
-            self._obs[:, :4] = self._fixed.walls
-            self._potential[:] = self._fixed.potential
-        self._index = np.arange(n_envs)
+            self._load(np.arange(n_envs), self._fixed_walls, self._fixed_potential)
+        # Square coordinates of each cell, as MazeEnv reports agent_pos: one shared tuple per cell.
+        # An object array, so one gather gives every env's tuple (no Python loop per env).
+        self._squares = np.empty(maze_size * maze_size, dtype=object)
+        for c in range(maze_size * maze_size):
+            self._squares[c] = (2 * (c // maze_size) + 1, 2 * (c % maze_size) + 1)
         self._actions = np.zeros(n_envs, dtype=np.int64)
         observation_space = spaces.Box(0, 1, shape=(N_OBS_CHANNELS, maze_size, maze_size), dtype=np.uint8)
         super().__init__(n_envs, observation_space, spaces.Discrete(len(ACTIONS)))
 
-    def _maze_of(self, k: int) -> _LoadedMaze:
-        loaded = self._loaded[k]
-        if loaded is None:
-            loaded = _LoadedMaze(generate_maze(self.maze_size, self._initial_seeds[k]))
-            self._loaded[k] = loaded
-        return loaded
+    def _reset_many(
+        self, envs: list[int], seeds: Sequence[int | None], options: Sequence[dict[str, Any]]
+    ) -> None:
+        """``MazeEnv.reset`` for the sub-envs ``envs``: choose their mazes, put the agents on the start.
 
-    def _reset_one(self, k: int, seed: int | None, options: dict[str, Any]) -> None:
-        """``MazeEnv.reset`` for sub-env ``k``: choose its maze, put the agent on the start."""
-        forced = options.get("maze_seed")
-        current = self._loaded[k]
-        if forced is not None:
-            if current is None or int(forced) != current.maze.seed:
-                self._load(k, _LoadedMaze(generate_maze(self.maze_size, int(forced))))
-        elif self.maze_mode == "random":
-            if seed is not None:
-                self._streams[k] = np.random.Generator(np.random.PCG64(seed))
-            maze_seed = int(self._streams[k].integers(0, TRAIN_SEED_LIMIT))
-            self._load(k, _LoadedMaze(generate_maze(self.maze_size, maze_seed)))
-        elif current is not self._fixed:
-            self._load(k, self._fixed)  # back from a forced evaluation maze
-        self._obs[k, AGENT_CHANNEL, self._rows[k], self._cols[k]] = 0
-        self._rows[k] = 0
-        self._cols[k] = 0
-        self._obs[k, AGENT_CHANNEL, 0, 0] = 1
-        self._steps[k] = 0
-        self.reset_infos[k] = self._info(k)
+        New mazes are generated together (``passages_and_distances``): at a shared time limit hundreds of
+        sub-envs reset on the same step.
+        """
+        to_generate: list[int] = []
+        back_to_fixed: list[int] = []
+        for k, seed, option in zip(envs, seeds, options, strict=True):
+            forced = option.get("maze_seed")
+            if forced is not None:
+                if not self._arrays_loaded[k] or int(forced) != self._maze_seeds[k]:
+                    self._maze_seeds[k] = int(forced)
+                    to_generate.append(k)
+            elif self.maze_mode == "random":
+                if seed is not None:
+                    self._streams[k] = np.random.Generator(np.random.PCG64(seed))
+                self._maze_seeds[k] = int(self._streams[k].integers(0, TRAIN_SEED_LIMIT))
+                to_generate.append(k)
+            elif self._maze_seeds[k] != self._fixed_seed or not self._arrays_loaded[k]:
+                self._maze_seeds[k] = self._fixed_seed  # back from a forced evaluation maze
+                back_to_fixed.append(k)
+        if to_generate:
+            walls, dist = passages_and_distances(self.maze_size, [self._maze_seeds[k] for k in to_generate])
+            self._load(np.array(to_generate), walls, _potential(dist))
+        if back_to_fixed:
+            self._load(np.array(back_to_fixed), self._fixed_walls, self._fixed_potential)
+        index = np.array(envs)
+        self._obs_flat[self._agent_base[index] + self._cells[index]] = 0
+        self._cells[index] = 0
+        self._obs_flat[self._agent_base[index]] = 1
+        self._steps[index] = 0
+        for k in envs:
+            self.reset_infos[k] = self._info(k)
+            self._info_templates[k] = _info_template(self._maze_seeds[k])
 
-    def _load(self, k: int, loaded: _LoadedMaze) -> None:
-        self._loaded[k] = loaded
-        self._walls[k] = loaded.walls
-        self._obs[k, :4] = loaded.walls
+    def _load(self, envs: np.ndarray, walls: np.ndarray, potential: np.ndarray) -> None:
+        for k in envs.tolist():
+            self._arrays_loaded[k] = True
+        self._obs[envs, :4] = walls
         if self.reward_shaping:
-            self._potential[k] = loaded.potential
+            self._potential[envs] = potential
 
     def _info(self, k: int) -> dict[str, Any]:
-        maze = self._maze_of(k).maze
-        agent_pos = (2 * int(self._rows[k]) + 1, 2 * int(self._cols[k]) + 1)
-        return {"maze_seed": maze.seed, "agent_pos": agent_pos, "steps": int(self._steps[k])}
+        agent_pos = self._squares[int(self._cells[k])]
+        return {"maze_seed": self._maze_seeds[k], "agent_pos": agent_pos, "steps": int(self._steps[k])}
 
     def reset(self) -> VecEnvObs:
         """Reset every sub-env (seeds from ``seed()`` and options from ``set_options()`` apply once)."""
-        for k in range(self.num_envs):
-            self._reset_one(k, self._seeds[k], self._options[k] or {})
+        self._reset_many(list(range(self.num_envs)), self._seeds, [o or {} for o in self._options])
         self._reset_seeds()
         self._reset_options()
         return self._obs.copy()
@@ -160,35 +180,36 @@ class VecMazeEnv(VecEnv):
 
     def step_wait(self) -> VecEnvStepReturn:
         """Move every agent one cell where the passage is open; reset the sub-envs whose episode ended."""
-        actions, rows, cols, index = self._actions, self._rows, self._cols, self._index
-        moved = self._walls[index, actions, rows, cols].astype(bool)
-        new_rows = rows + _ROW_STEP[actions] * moved
-        new_cols = cols + _COL_STEP[actions] * moved
+        actions, cells, cells_per_env = self._actions, self._cells, self.maze_size * self.maze_size
+        moved = self._obs_flat[self._obs_base + actions * cells_per_env + cells].view(bool)
+        new_cells = cells + self._cell_step[actions] * moved
         self._steps += 1
-        terminated = (new_rows == self._goal) & (new_cols == self._goal)
+        terminated = new_cells == self._goal_cell
         truncated = ~terminated & (self._steps >= self.max_episode_steps)
-        # Same float64 operations in the same order as MazeEnv.step, so rewards match bit for bit.
-        rewards = (-STEP_PENALTY + np.where(terminated, GOAL_REWARD, 0.0)) - np.where(
-            moved, 0.0, WALL_PENALTY
-        )
+        rewards = _BASE_REWARD[2 * terminated + moved]
         if self.reward_shaping:
-            potential = self._potential
-            rewards = rewards + (potential[index, new_rows, new_cols] - potential[index, rows, cols])
-        self._obs[index, AGENT_CHANNEL, rows, cols] = 0
-        self._obs[index, AGENT_CHANNEL, new_rows, new_cols] = 1
-        self._rows, self._cols = new_rows, new_cols
+            potential, base = self._potential_flat, self._potential_base
+            rewards += potential[base + new_cells] - potential[base + cells]
+        self._obs_flat[self._agent_base + cells] = 0
+        self._obs_flat[self._agent_base + new_cells] = 1
+        self._cells = new_cells
         dones = terminated | truncated
-        seeds = [loaded.maze.seed if loaded is not None else 0 for loaded in self._loaded]
-        positions = zip((2 * new_rows + 1).tolist(), (2 * new_cols + 1).tolist(), strict=True)
-        infos: list[dict[str, Any]] = [
-            {"maze_seed": s, "agent_pos": p, "steps": n, "TimeLimit.truncated": t}
-            for s, p, n, t in zip(seeds, positions, self._steps.tolist(), truncated.tolist(), strict=True)
-        ]
-        for k in np.flatnonzero(dones).tolist():
-            info = infos[k]
-            info["is_success"] = bool(terminated[k])
-            info["terminal_observation"] = self._obs[k].copy()
-            self._reset_one(k, None, {})
+        # Copying a per-env template (C) and setting two keys is cheaper than a dict display per env.
+        # TimeLimit.truncated stays False for every env that goes on; the done ones get their value below.
+        infos: list[dict[str, Any]] = list(map(dict.copy, self._info_templates))
+        for info, square, steps in zip(
+            infos, self._squares[new_cells].tolist(), self._steps.tolist(), strict=True
+        ):
+            info["agent_pos"] = square
+            info["steps"] = steps
+        done_envs = np.flatnonzero(dones).tolist()
+        if done_envs:
+            for k in done_envs:
+                info = infos[k]
+                info["TimeLimit.truncated"] = bool(truncated[k])
+                info["is_success"] = bool(terminated[k])
+                info["terminal_observation"] = self._obs[k].copy()
+            self._reset_many(done_envs, [None] * len(done_envs), [{}] * len(done_envs))
         return self._obs.copy(), rewards.astype(np.float32), dones, infos
 
     def close(self) -> None:
@@ -209,7 +230,7 @@ class VecMazeEnv(VecEnv):
         """
         targets = list(self._get_indices(indices))
         if attr_name == "maze":
-            return [self._maze_of(k).maze for k in targets]
+            return [generate_maze(self.maze_size, self._maze_seeds[k]) for k in targets]
         if attr_name == "agent_pos":
             return [self._info(k)["agent_pos"] for k in targets]
         if attr_name in ("maze_size", "maze_mode", "max_episode_steps", "reward_shaping", "render_mode"):
@@ -250,3 +271,13 @@ class VecMazeEnv(VecEnv):
     def get_images(self) -> Sequence[np.ndarray | None]:
         """No rendering (``render_mode`` is None), as for the sub-envs it replaces."""
         return [None] * self.num_envs
+
+
+def _potential(distances: np.ndarray) -> np.ndarray:
+    """Shaping potentials ``-SHAPING_SCALE * d``: the same float64 values ``MazeEnv._potential`` computes."""
+    return -SHAPING_SCALE * distances.astype(np.float64)
+
+
+def _info_template(maze_seed: int) -> dict[str, Any]:
+    """A step's info (``MazeEnv``'s keys and DummyVecEnv's ``TimeLimit.truncated``) before the agent moves."""
+    return {"maze_seed": maze_seed, "agent_pos": None, "steps": 0, "TimeLimit.truncated": False}

@@ -13,6 +13,7 @@ The grid knows nothing of agents, rewards or episodes: ``maze_env.py`` plays it 
 
 from __future__ import annotations
 
+import functools
 import random
 from collections import deque
 from dataclasses import dataclass
@@ -70,11 +71,97 @@ def square_to_cell(square: tuple[int, int]) -> tuple[int, int]:
     return ((square[0] - 1) // 2, (square[1] - 1) // 2)
 
 
-def _find_root(parent: list[int], node: int) -> int:
-    while parent[node] != node:
-        parent[node] = parent[parent[node]]  # path halving keeps the union-find near O(1)
-        node = parent[node]
-    return node
+@functools.cache
+def edge_layout(size: int) -> tuple[tuple[int, ...], tuple[int, ...], np.ndarray, np.ndarray]:
+    """Kruskal's edge list for ``size``, in its order before shuffling: cells ``a`` and ``b`` it joins, and
+    the square between them (row, col). Horizontal edges (``b = a + 1``) first, then vertical ones."""
+    edges = [(i, j, 0) for i in range(size) for j in range(size - 1)]
+    edges += [(i, j, 1) for i in range(size - 1) for j in range(size)]
+    a = tuple(i * size + j for i, j, _ in edges)
+    b = tuple(i * size + j + (size if vertical else 1) for i, j, vertical in edges)
+    rows = np.array([2 * i + 1 + vertical for i, _, vertical in edges], dtype=np.intp)
+    cols = np.array([2 * j + 2 - vertical for _, j, vertical in edges], dtype=np.intp)
+    rows.flags.writeable = cols.flags.writeable = False  # cached: shared by every caller
+    return a, b, rows, cols
+
+
+@functools.cache
+def shuffle_draws(n_items: int) -> tuple[tuple[int, int], ...]:
+    """``(i + 1, 32 - (i + 1).bit_length())`` for ``i = n_items - 1 .. 1``: what ``random.shuffle`` draws."""
+    return tuple((i + 1, 32 - (i + 1).bit_length()) for i in range(n_items - 1, 0, -1))
+
+
+def shuffle_word_count(n_items: int) -> int:
+    """Words to pre-draw for shuffling ``n_items``: about 1.4 per draw are used, so they almost never run out.
+
+    :param n_items: length of the shuffled list.
+    """
+    return 2 * n_items + 64
+
+
+def generator_words(seed: int, n_words: int) -> bytes:
+    """The first ``n_words`` 32-bit outputs of ``random.Random(seed)``, little-endian, in one call.
+
+    :param seed: the generator's seed.
+    :param n_words: how many words.
+    """
+    return random.Random(seed).getrandbits(32 * n_words).to_bytes(4 * n_words, "little")
+
+
+def _shuffled_indices(n_items: int, seed: int) -> list[int]:
+    """``random.Random(seed).shuffle(list(range(n_items)))``, with the generator's words drawn in one call.
+
+    CPython's ``shuffle`` swaps item ``i`` (from the last down to 1) with item ``randbelow(i + 1)``, and
+    ``randbelow(n)`` takes 32-bit words ``w`` from the Mersenne Twister until ``w >> (32 - k) < n`` (``k``
+    the bit length of ``n``). ``getrandbits(32 * m)`` returns the next ``m`` words, the first one lowest.
+    Replaying that over pre-drawn words gives the same permutation for a fraction of the Python calls;
+    ``tests/test_maze_generation.py`` compares it with ``random.shuffle`` itself for many seeds.
+    """
+    n_words = shuffle_word_count(n_items)
+    while True:
+        words = np.frombuffer(generator_words(seed, n_words), dtype="<u4").tolist()
+        items = list(range(n_items))
+        position = 0
+        try:
+            for n, shift in shuffle_draws(n_items):
+                r = words[position] >> shift
+                position += 1
+                while r >= n:
+                    r = words[position] >> shift
+                    position += 1
+                i = n - 1
+                items[i], items[r] = items[r], items[i]
+        except IndexError:
+            n_words *= 4
+            continue
+        return items
+
+
+def spanning_tree_edges(size: int, seed: int) -> list[int]:
+    """Indices (into ``edge_layout(size)``) of the passages of maze ``seed``: randomised Kruskal.
+
+    Edges are taken in shuffled order and opened when they join two different components (union-find
+    with path halving), which builds the unique spanning tree of the shuffled order.
+
+    :param size: cells per side.
+    :param seed: the maze seed.
+    """
+    a_of, b_of, _, _ = edge_layout(size)
+    parent = list(range(size * size))
+    opened: list[int] = []
+    last = size * size - 1
+    for edge in _shuffled_indices(len(a_of), int(seed)):
+        a, b = a_of[edge], b_of[edge]
+        while parent[a] != a:
+            parent[a] = a = parent[parent[a]]
+        while parent[b] != b:
+            parent[b] = b = parent[parent[b]]
+        if a != b:  # joining two components; otherwise the passage would close a loop
+            parent[a] = b
+            opened.append(edge)
+            if len(opened) == last:
+                break
+    return opened
 
 
 def generate_maze(size: int, seed: int) -> Maze:
@@ -86,27 +173,12 @@ def generate_maze(size: int, seed: int) -> Maze:
     :param seed: any integer; the same seed always gives the same maze.
     """
     check_maze_size(size)
-    rng = random.Random(int(seed))
     side = 2 * size + 1
     grid = np.ones((side, side), dtype=np.uint8)
     grid[1::2, 1::2] = 0
-    # Edges between horizontally (0) and vertically (1) adjacent cells, in a fixed order before shuffling.
-    edges = [(i, j, 0) for i in range(size) for j in range(size - 1)]
-    edges += [(i, j, 1) for i in range(size - 1) for j in range(size)]
-    rng.shuffle(edges)
-    parent = list(range(size * size))
-    joined = 0
-    for i, j, vertical in edges:
-        a = i * size + j
-        b = a + size if vertical else a + 1
-        root_a, root_b = _find_root(parent, a), _find_root(parent, b)
-        if root_a == root_b:
-            continue  # joining them would close a loop
-        parent[root_a] = root_b
-        grid[2 * i + 1 + vertical, 2 * j + 1 + (1 - vertical)] = 0
-        joined += 1
-        if joined == size * size - 1:
-            break
+    _, _, rows, cols = edge_layout(size)
+    opened = spanning_tree_edges(size, seed)
+    grid[rows[opened], cols[opened]] = 0
     return Maze(
         size=size,
         grid=grid,

@@ -13,6 +13,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 from agents import building
 from agents.vec_maze import VecMazeEnv
 from maze_env import ACTION_DELTAS, MazeEnv
+from mazes import batch
 from mazes.grid import (
     Maze,
     bfs_distances,
@@ -134,3 +135,15 @@ def test_cell_distances_equal_the_square_bfs(maze_size: int) -> None:
         maze = generate_maze(maze_size, seed)
         expected = bfs_distances(maze.grid, maze.goal)[1::2, 1::2] // 2
         np.testing.assert_array_equal(cell_distances_to_goal(maze), expected)
+
+
+def test_many_envs_timing_out_together_match_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Envs whose shared time-limit resets generate their mazes as one numpy batch (``mazes.batch``)."""
+    monkeypatch.setattr(batch, "BATCH_MIN_MAZES", 16)  # 48 envs stand for the benchmark's 1,024
+    n_envs, seed = 48, 23
+    ours = VecMazeEnv(4, "random", seed, n_envs)
+    ours.seed(seed)
+    reference = reference_vec_env(4, "random", seed, n_envs)
+    # Time limit 32: most envs time out on the same step, three times over.
+    assert replay(ours, reference, 100, action_seed=7) >= 2 * n_envs
+    assert [m.seed for m in ours.get_attr("maze")] == [m.seed for m in reference.get_attr("maze")]
