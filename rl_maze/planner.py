@@ -188,8 +188,8 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
 
     def _weights(self) -> bytes:
         """Everything the features depend on besides the observation, as bytes (the memo's validity)."""
-        flat = torch.cat([parameter.detach().reshape(-1) for parameter in self._parameters_list])
-        return flat.cpu().numpy().tobytes() + self.sweeps.to_bytes(4, "little")
+        parts = [parameter.detach().cpu().numpy().tobytes() for parameter in self._parameters_list]
+        return b"".join(parts) + self.sweeps.to_bytes(4, "little")
 
     def plan(self, observations: torch.Tensor) -> torch.Tensor:
         """Plan and read out features at the agent (always computed; ``forward`` may look them up).
