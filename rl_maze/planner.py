@@ -81,6 +81,7 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
         self.sweeps = sweeps if sweeps is not None else planning_sweeps(size)
         # Cells out of reach sit at -floor; reached cells stay above it (at most N*N-1 steps of cost ~1).
         self.floor = float(2 * size * size)
+        self.cells = size * size
         self.reward_conv = nn.Sequential(
             nn.Conv2d(N_OBS_CHANNELS, hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(hidden, 1, 1)
         )
@@ -154,7 +155,9 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
         self, values: torch.Tensor, reward: torch.Tensor, move_index: torch.Tensor, step_cost: torch.Tensor
     ) -> torch.Tensor:
         # Flat (B, N*N) maps: one gather, one max over the 4 moves, the step cost, the reward floor.
-        moves = torch.gather(values, 1, move_index).unflatten(1, (4, -1))
+        # A constant target shape: `unflatten(1, (4, -1))` traced into shape arithmetic (Shape, Slice,
+        # Concat) in every sweep of the ONNX graph, which made export and inference 2-3x slower.
+        moves = torch.gather(values, 1, move_index).reshape(-1, 4, self.cells)
         return torch.maximum(reward, moves.amax(dim=1) - step_cost)
 
     def _settle(
