@@ -30,6 +30,8 @@ def verdict(points: list[dict[str, Any]]) -> tuple[int | None, float | None, boo
 
 
 def _kilo(steps: int) -> str:
+    if steps >= 1_000_000:
+        return f"{steps / 1_000_000:.3g}M"
     return f"{steps / 1000:.3g}k"
 
 
