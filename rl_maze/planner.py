@@ -35,7 +35,9 @@ PLANNER_FEATURES: int = 9
 GRAD_SWEEPS: int = 8
 _GOAL_PRIOR_WEIGHT: float = 8.0
 _DIFF_CLIP: float = 3.0
-_CONVERGENCE_CHECK_EVERY: int = 8
+# Every 4 sweeps, not 8: a plan of 16 10x10 mazes took 3.7 ms instead of 5.2 (the check costs less than the
+# sweeps it saves after convergence; 2 was no faster). Stopping at convergence never changes the values.
+_CONVERGENCE_CHECK_EVERY: int = 4
 
 
 def _exporting() -> bool:
