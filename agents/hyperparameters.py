@@ -124,7 +124,7 @@ def default_hyperparameters(algorithm: str, maze_size: int, policy: str = DEFAUL
         # 2e-4, not 1e-3: with the 10,000-step target interval below, held-out success stayed at 100% at
         # every evaluation to 200k steps on 5 of 5 seeds, where 1e-3 fell to 0% on seeds 1 and 2 at
         # 184k-192k (issue 18, bench/RESULTS.md "Planner stability"). The cost: 95% after 3k-4k steps
-        # instead of 2k.
+        # instead of 2k (evaluated every 1,000 steps; a run's adaptive schedule may see it at 8k).
         "learning_rate": 2e-4,
         "buffer_size": 50_000,
         "learning_starts": 1_000,

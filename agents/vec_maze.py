@@ -69,6 +69,7 @@ class VecMazeEnv(VecEnv):
         :param reward_shaping: add potential-based BFS-distance shaping to the reward.
         """
         check_maze_size(maze_size)
+        seed = int(seed)  # a numpy integer would show up as one in the infos' maze_seed
         if maze_mode not in ("fixed", "random"):
             raise ValueError(f"maze_mode must be 'fixed' or 'random', got {maze_mode!r}")
         if n_envs < 1:

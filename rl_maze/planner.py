@@ -103,8 +103,6 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
                 self.goal_bias.normal_(0.0, 0.5)
                 self.raw_step_cost.uniform_(-1.0, 0.5)
         self.requires_grad_(learn_planner)
-        # The Parameter objects (loading weights or moving devices keeps them): read on every forward.
-        self._parameters_list = list(self.parameters())
         # Features of a frozen planner are looked up rather than planned again (see rl_maze.feature_memo).
         self.memo = FeatureMemo(PLANNER_FEATURES)
         # One fixed 3x3 kernel per direction picks that neighbour's value (zero outside the maze): used
@@ -185,15 +183,17 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
 
         :param observations: float observations ``(B, 6, N, N)`` with 0/1 entries.
         """
-        frozen = not any(parameter.requires_grad for parameter in self._parameters_list)
+        parameters = list(self.parameters())
+        frozen = not any(parameter.requires_grad for parameter in parameters)
         on_cpu = observations.device.type == "cpu"
-        if frozen and on_cpu and not observations.requires_grad and not _exporting():
-            return self.memo.features(self._weights(), observations, self.plan)
+        float32 = observations.dtype == self.raw_step_cost.dtype == torch.float32
+        if frozen and on_cpu and float32 and not observations.requires_grad and not _exporting():
+            return self.memo.features(self._weights(parameters), observations, self.plan)
         return self.plan(observations)
 
-    def _weights(self) -> bytes:
+    def _weights(self, parameters: list[nn.Parameter]) -> bytes:
         """Everything the features depend on besides the observation, as bytes (the memo's validity)."""
-        parts = [parameter.detach().cpu().numpy().tobytes() for parameter in self._parameters_list]
+        parts = [parameter.detach().cpu().numpy().tobytes() for parameter in parameters]
         return b"".join(parts) + self.sweeps.to_bytes(4, "little")
 
     def plan(self, observations: torch.Tensor) -> torch.Tensor:

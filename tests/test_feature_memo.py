@@ -124,3 +124,36 @@ def test_ppo_epochs_plan_nothing_that_the_rollout_did_not() -> None:
     ppo.train()  # the update's epochs over the same rollout again
 
     assert counter.planned == 0
+
+
+def test_a_soft_target_update_neither_mixes_nor_thrashes_the_shared_memo() -> None:
+    env = building.make_vec_env(5, "random", 0, 4)
+    overrides = {"tau": 0.005, "target_update_interval": 50, "learning_starts": 100}
+    dqn = building.build_model("DQN", env, overrides, 0, "cpu", timesteps_per_episode=64)
+    assert isinstance(dqn, DQN)
+    dqn.learn(600)  # several soft updates: the target's frozen planner is now a few bits off the online's
+    online, target = dqn.q_net.features_extractor, dqn.q_net_target.features_extractor
+    assert isinstance(online, MazePlannerExtractor) and isinstance(target, MazePlannerExtractor)
+    observations = maze_observations(5, 16, seed=8)
+    for module in (online, target, online, target):
+        torch.testing.assert_close(module(observations), module.plan(observations), atol=1e-5, rtol=0)
+    plans = CountingPlans(online), CountingPlans(target)
+
+    online(observations), target(observations)
+
+    assert [counter.planned for counter in plans] == [0, 0]  # both weight sets kept side by side
+
+
+def test_replaced_parameters_and_other_dtypes_are_never_answered_from_the_memo() -> None:
+    module = extractor(6, frozen=True)
+    observations = maze_observations(6, 8, seed=9)
+    module(observations)
+    moved = {name: value + 0.3 for name, value in module.state_dict().items()}
+    module.load_state_dict(moved, assign=True)  # new Parameter objects, not an in-place copy
+    module.requires_grad_(False)
+    torch.testing.assert_close(module(observations), module.plan(observations), atol=1e-5, rtol=0)
+
+    double = module.double()
+    features = double(observations.double())
+    assert features.dtype == torch.float64
+    torch.testing.assert_close(features, double.plan(observations.double()))

@@ -147,3 +147,11 @@ def test_many_envs_timing_out_together_match_the_reference(monkeypatch: pytest.M
     # Time limit 32: most envs time out on the same step, three times over.
     assert replay(ours, reference, 100, action_seed=7) >= 2 * n_envs
     assert [m.seed for m in ours.get_attr("maze")] == [m.seed for m in reference.get_attr("maze")]
+
+
+def test_a_numpy_integer_seed_is_reported_as_a_plain_int() -> None:
+    env = VecMazeEnv(3, "fixed", np.int64(7), 2)  # type: ignore[arg-type]  # as numpy code passes it
+    env.reset()
+    env.step_async(np.array([1, 2]))
+    _, _, _, infos = env.step_wait()
+    assert all(type(info["maze_seed"]) is int and info["maze_seed"] == 7 for info in infos)
