@@ -6,6 +6,7 @@ import copy
 import pickle
 
 import numpy as np
+import pytest
 import torch
 from gymnasium import spaces
 from stable_baselines3 import DQN, PPO
@@ -112,6 +113,7 @@ def test_copies_start_empty_and_dqn_networks_share_one_memo() -> None:
     torch.testing.assert_close(dqn.q_net_target(observations), dqn.q_net(observations))
 
 
+@pytest.mark.training  # trains in-process (a few seconds)
 def test_ppo_epochs_plan_nothing_that_the_rollout_did_not() -> None:
     env = building.make_vec_env(5, "random", 0, 4)
     ppo = building.build_model("PPO", env, {"batch_size": 64}, 0, "cpu", timesteps_per_episode=128)
@@ -126,6 +128,7 @@ def test_ppo_epochs_plan_nothing_that_the_rollout_did_not() -> None:
     assert counter.planned == 0
 
 
+@pytest.mark.training  # trains in-process (a few seconds)
 def test_a_soft_target_update_neither_mixes_nor_thrashes_the_shared_memo() -> None:
     env = building.make_vec_env(5, "random", 0, 4)
     overrides = {"tau": 0.005, "target_update_interval": 50, "learning_starts": 100}
