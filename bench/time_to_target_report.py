@@ -173,6 +173,7 @@ def render(
     def load(values: tuple[float, float, float]) -> str:
         return " / ".join(f"{x:.1f}" for x in values)
 
+    maze_sizes = sorted({r.maze_size for r in [*target_results, *overhead_results]})
     lines = [
         HEADING,
         "",
@@ -187,7 +188,7 @@ def render(
         "How: the real job (`TrainingJob`, as every executor runs it) in one process, a real SQLite store, "
         "MLflow off, service defaults (1 torch thread, EVAL_EPISODES=100 held-out mazes, adaptive "
         "evaluation interval, default n_envs and hyperparameters), random mode, maze "
-        f"{'/'.join(str(size) for size in getattr(args, 'maze_sizes', [10]))} (the overhead pairs: maze 10). "
+        f"{'/'.join(map(str, maze_sizes))} (the overhead pairs: maze 10). "
         "Wall time runs from "
         "the job's start (building the env and model) to its end (best model kept, ONNX exported).",
         "",

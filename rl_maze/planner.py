@@ -208,7 +208,6 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
         reward = reward_map.flatten(1)
         # Value never crosses a wall: a closed passage reads the cell itself (see _move_index).
         move_index = self._move_index(passages)
-        settle_sweeps = max(0, self.sweeps - GRAD_SWEEPS)
         if _exporting():
             values = reward
             for _ in range(self.sweeps):
@@ -218,6 +217,7 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
             # same values as below: once converged the last sweeps change nothing.
             values = self._settle(reward, move_index, step_cost, self.sweeps)
         else:
+            settle_sweeps = max(0, self.sweeps - GRAD_SWEEPS)
             with torch.no_grad():
                 values = self._settle(reward.detach(), move_index, step_cost.detach(), settle_sweeps)
             for _ in range(min(GRAD_SWEEPS, self.sweeps)):
