@@ -59,20 +59,26 @@ RESOURCE_MARKERS = {
 }
 
 
-# The longest modules (measured on 2 cores), longest first: `make test` runs modules on two workers
-# (pytest-xdist, `--dist loadfile`), which hand out modules in collection order, so these start first and
-# no worker is left with a long module at the end. Other modules follow in their usual order.
+# The longest modules (seconds in one pytest process on 2 cores, 2026-12-03), longest first: `make test`
+# runs modules on two workers (pytest-xdist, `--dist loadfile`), which hand out modules in collection
+# order, so these start first and no worker is left with a long module at the end. Other modules follow
+# in their usual order.
 LONGEST_MODULES_FIRST = (
-    "test_learning.py",
-    "test_early_stop.py",
-    "test_schemathesis.py",
-    "test_postgres.py",
-    "test_database_blips.py",
-    "test_docs.py",
     "test_ray_executor.py",
-    "test_dashboard_e2e.py",
     "test_processes.py",
     "test_experiments.py",
+    "test_sweeps.py",
+    "test_process_executor.py",
+    "test_guards_and_model_files.py",
+    "test_websocket.py",
+    "test_postgres.py",
+    "test_dashboard_e2e.py",
+    "test_training_api.py",
+    "test_schemathesis.py",
+    "test_checkpoint_faults.py",
+    "test_start_admission.py",
+    "test_dashboard_usability.py",
+    "test_dashboard_compare.py",
 )
 
 

@@ -137,6 +137,9 @@ def test_live_curves_have_the_finished_curves_points_on_the_run_page_and_in_a_co
     dashboard.open(f"#/runs/{run_id}")
     expect(page.locator("#d-socket")).to_have_attribute("data-state", "live", timeout=60_000)
     expect(page.locator("#d-status")).to_have_text("running", timeout=60_000)
+    # The record learns its MLflow run from MLflow's background sender, seconds after the run starts
+    # on a busy machine; until the page has read it, it reads the record again every few seconds.
+    expect(page.locator("#d-links > *")).not_to_have_count(0, timeout=120_000)
     wait_until(lambda: chart_state(page)["reward"][0] >= 2, 120, "the first points")
     loads, messages, drawn = history_loads(page), dashboard.ws_messages(), chart_state(page)["reward"][0]
     # From here the charts grow from progress messages alone (the page reads no history).
