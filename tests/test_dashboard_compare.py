@@ -43,7 +43,9 @@ SHORT_PPO: dict[str, Any] = {
     "n_envs": 4,
     "seed": 7,
 }
-LONG_PPO: dict[str, Any] = {**SHORT_PPO, "total_episodes": 30}
+# Runs until stopped: a 30-iteration run could end (and the page rightly read its record again) while the
+# test watched its charts grow from messages alone.
+ENDLESS_PPO: dict[str, Any] = {**SHORT_PPO, "total_episodes": 100_000}
 CHARTED = ("reward", "success_rate", "loss")
 TRAINING_TIMEOUT_S = 300.0
 
@@ -90,17 +92,17 @@ def start(api: httpx.Client, body: dict[str, Any]) -> str:
     return str(api.post("/training/start", json=body).raise_for_status().json()["experiment_id"])
 
 
-def finished_run(api: httpx.Client, run_id: str) -> dict[str, Any]:
-    """The run once it completed and its model is exported (MLflow has every point by then)."""
+def finished_run(api: httpx.Client, run_id: str, status: str = "completed") -> dict[str, Any]:
+    """The run once it ended with `status` and its model is exported (MLflow has every point by then)."""
 
     def exported() -> dict[str, Any] | None:
         body: dict[str, Any] = api.get(f"/experiments/{run_id}").raise_for_status().json()
-        if body["status"] in FINAL_STATES and body["status"] != "completed":
+        if body["status"] in FINAL_STATES and body["status"] != status:
             raise AssertionError(f"run ended {body['status']}: {body['training'].get('error')}")
-        done = body["status"] == "completed" and (body.get("onnx") or {}).get("status") == "exported"
+        done = body["status"] == status and (body.get("onnx") or {}).get("status") == "exported"
         return body if done else None
 
-    body: dict[str, Any] = wait_until(exported, TRAINING_TIMEOUT_S, f"run {run_id} completed and exported")
+    body: dict[str, Any] = wait_until(exported, TRAINING_TIMEOUT_S, f"run {run_id} {status} and exported")
     return body
 
 
@@ -131,7 +133,7 @@ def compared_points(page: Page, name: str) -> list[int]:
 def test_live_curves_have_the_finished_curves_points_on_the_run_page_and_in_a_comparison(
     dashboard: Dashboard, api: httpx.Client
 ) -> None:
-    run_id = start(api, LONG_PPO)
+    run_id = start(api, ENDLESS_PPO)
     other = start(api, {**SHORT_PPO, "hyperparameters": {"learning_rate": 0.001}})
     page = dashboard.page
     dashboard.open(f"#/runs/{run_id}")
@@ -151,7 +153,8 @@ def test_live_curves_have_the_finished_curves_points_on_the_run_page_and_in_a_co
     live = chart_state(page)
     history = api.get(f"/experiments/{run_id}").raise_for_status().json()["history"]
     screenshot(page, "compare-run-live")
-    assert history_loads(page) == loads, "the page read the history again instead of using the messages"
+    reason = page.locator("#view-detail").get_attribute("data-last-load")
+    assert history_loads(page) == loads, f"the page read the history again ({reason}), not only messages"
     # Every point MLflow has up to the chart's last step is drawn, and only those: the live curve is
     # the finished one as far as it goes, not one point per message (when training is quick, a message
     # carries several iterations' points: tests/test_websocket.py checks that).
@@ -162,16 +165,16 @@ def test_live_curves_have_the_finished_curves_points_on_the_run_page_and_in_a_co
     # The comparison follows running runs too.
     dashboard.open(f"#/compare/{run_id},{other}")
     expect(page.get_by_role("heading", name="Compare runs")).to_be_visible()
-    if api.get(f"/training/status/{run_id}").json()["status"] == "running":
-        expect(page.locator("#c-live")).to_contain_text("running")
-        before = compared_points(page, "Reward")[0]
-        wait_until(lambda: compared_points(page, "Reward")[0] > before, 120, "the live run's curve to grow")
-        screenshot(page, "compare-live")
+    expect(page.locator("#c-live")).to_contain_text("running")
+    before = compared_points(page, "Reward")[0]
+    wait_until(lambda: compared_points(page, "Reward")[0] > before, 120, "the live run's curve to grow")
+    screenshot(page, "compare-live")
 
-    bodies = {key: finished_run(api, key) for key in (run_id, other)}
+    api.post(f"/training/stop/{run_id}", params={"wait_s": 60}).raise_for_status()
+    bodies = {run_id: finished_run(api, run_id, "stopped"), other: finished_run(api, other)}
     table = page.get_by_role("table", name="Final figures and settings of the compared runs")
     expect(table.get_by_role("row", name=re.compile(r"^State"))).to_have_text(
-        re.compile(r"completed\s*completed"), timeout=30_000
+        re.compile(r"stopped\s*completed"), timeout=30_000
     )
     for name, key in (("Reward", "reward"), ("Success rate", "success_rate"), ("Loss", "loss")):
         expected = ",".join(str(len(steps(bodies[run]["history"][key]))) for run in (run_id, other))
@@ -179,7 +182,7 @@ def test_live_curves_have_the_finished_curves_points_on_the_run_page_and_in_a_co
     expect(page.locator("#c-live")).to_have_text("")
 
     dashboard.open(f"#/runs/{run_id}")
-    expect(page.locator("#d-status")).to_have_text("completed")
+    expect(page.locator("#d-status")).to_have_text("stopped")
     finished = bodies[run_id]["history"]
     wait_until(
         lambda: all(chart_state(page)[key][0] == len(steps(finished[key])) for key in CHARTED),

@@ -66,7 +66,7 @@ class RunDetail {
     const charts = () => Object.values(this.charts);
     this.listeners.push(bindSmoothing($(this.root, "#smoothing"), $(this.root, "#smoothing-value"), charts));
     this.on($(this.root, "#d-stop"), "click", () => this.stop());
-    this.load();
+    this.load("open");
   }
 
   on(node, type, handler) {
@@ -91,11 +91,12 @@ class RunDetail {
   }
 
   /** Fetch the run (summary, history, artifacts); retries while the service is unreachable. */
-  async load() {
+  async load(reason) {
     window.clearTimeout(this.reloadTimer);
     this.loadedAt = Date.now();
     this.loads += 1;
     this.root.dataset.historyLoads = String(this.loads); // tests tell WebSocket growth from reloads
+    this.root.dataset.lastLoad = reason; // why (tests and bug reports)
     let run;
     try {
       run = await api(experimentPath(this.runId));
@@ -104,7 +105,7 @@ class RunDetail {
       if (error instanceof ApiError && [404, 422].includes(error.status)) return this.showUnknown(error);
       showMessage($(this.root, "#d-message"), `Could not load the run: ${errorMessage(error)}`, "error");
       if (isUnauthorized(error)) return; // a new key reloads the page's view (KEY_CHANGED)
-      this.reloadTimer = window.setTimeout(() => this.load(), RELOAD_RETRY_MS);
+      this.reloadTimer = window.setTimeout(() => this.load("retry"), RELOAD_RETRY_MS);
       return;
     }
     if (this.disposed) return;
@@ -112,7 +113,7 @@ class RunDetail {
     if (message.dataset.kind === "error") showMessage(message, "", "");
     this.applyRun(run);
     if (!isFinal(run.status)) this.ensureSocket();
-    else if (this.awaitingFinalData(run)) this.reloadTimer = window.setTimeout(() => this.load(), RELOAD_RETRY_MS);
+    else if (this.awaitingFinalData(run)) this.reloadTimer = window.setTimeout(() => this.load("final-data"), RELOAD_RETRY_MS);
   }
 
   /** A finished run whose ONNX export or model registration is still running: look again shortly. */
@@ -146,7 +147,7 @@ class RunDetail {
     this.socket = openRunSocket(this.runId, {
       onMessage: (message) => this.onMessage(message),
       onState: (state, delay) => this.setSocketState(state, delay),
-      onReconnected: () => this.load(),
+      onReconnected: () => this.load("reconnected"),
     });
   }
 
@@ -157,7 +158,9 @@ class RunDetail {
     this.state = { ...this.state, ...progress };
     const missed = this.chartMessage(message, points, after);
     this.renderState();
-    if (missed || this.loadedOnceIsStale(message)) this.load();
+    const stale = this.loadedOnceIsStale(message);
+    if (missed) this.load("missed-points");
+    else if (stale) this.load(stale);
   }
 
   /**
@@ -187,11 +190,13 @@ class RunDetail {
   /**
    * Messages carry progress only: the summary, MLflow link and downloads come from `GET
    * /experiments/{id}`, so fetch it again when the state moved on or the MLflow run may have appeared.
+   * Returns why (a short phrase), or null when the record read last is still current.
    */
   loadedOnceIsStale(message) {
-    if (!this.run) return false;
-    if (message.type === "final" || message.status !== this.run.status) return true;
-    return !this.run.mlflow_run_id && Date.now() - this.loadedAt >= MLFLOW_RECHECK_MS;
+    if (!this.run) return null;
+    if (message.type === "final") return "final-message";
+    if (message.status !== this.run.status) return `status ${this.run.status} -> ${message.status}`;
+    return !this.run.mlflow_run_id && Date.now() - this.loadedAt >= MLFLOW_RECHECK_MS ? "mlflow-recheck" : null;
   }
 
   /**
@@ -234,7 +239,7 @@ class RunDetail {
       this.stopping = false;
       showMessage(message, response.message, "ok");
       this.renderState();
-      if (isFinal(response.status)) this.load();
+      if (isFinal(response.status)) this.load("stopped");
     } catch (error) {
       this.stopping = false;
       showMessage(message, `Could not stop the run: ${errorMessage(error)}`, "error");
