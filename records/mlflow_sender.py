@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import structlog
 from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from core.errors import describe
@@ -54,6 +55,21 @@ def metrics_operation(run_key: str, send_metrics: SendMetrics, metrics: list[Met
         send_metrics(client, metrics)
 
     return Operation(run_key, "log metrics", send, metrics=metrics, send_metrics=send_metrics)
+
+
+# MLflow's answers that no retry can change: among them a write to a deleted run (INVALID_PARAMETER_VALUE
+# on a local store: "must be in the 'active' state"), as when a run is deleted while its last uploads are
+# queued, and a run unknown to the store.
+REFUSED_ERROR_CODES = frozenset({"INVALID_PARAMETER_VALUE", "INVALID_STATE", "RESOURCE_DOES_NOT_EXIST"})
+
+
+def _is_refused(error: Exception) -> bool:
+    """The store refused the operation for good, or the local file it uploads is gone (the run was
+    deleted): give up at once, without backoff."""
+    if isinstance(error, FileNotFoundError):
+        return True
+    refused = isinstance(error, MlflowException) and error.error_code in REFUSED_ERROR_CODES
+    return refused and not _is_transient(error)
 
 
 def _is_transient(error: Exception) -> bool:
@@ -149,6 +165,7 @@ class MlflowSender:
                 except Exception as error:
                     operation.attempts += 1
                     if not self._retry_after_failure(operation, error):
+                        backoff = BACKOFF_START_S  # not an outage: the next operation starts afresh
                         break
                     self._stop.wait(backoff)
                     backoff = min(BACKOFF_MAX_S, backoff * 2)
@@ -163,13 +180,16 @@ class MlflowSender:
 
     def _retry_after_failure(self, operation: Operation, error: Exception) -> bool:
         message = describe(error)
-        if operation.run_key not in self._degraded_runs:
+        # A refusal is not an outage: retrying it (with backoff) only held up every other run's operations
+        # queued behind it, and a shutdown's flush, for ~25 s per deleted run.
+        refused = _is_refused(error)
+        if not refused and operation.run_key not in self._degraded_runs:
             self._degraded_runs.add(operation.run_key)
             log.warning(
                 "mlflow_degraded", run=operation.run_key, operation=operation.description, error=message
             )
             self._notify(operation.run_key, "degraded", message)
-        if _is_transient(error) or operation.attempts < PERMANENT_FAILURE_ATTEMPTS:
+        if not refused and (_is_transient(error) or operation.attempts < PERMANENT_FAILURE_ATTEMPTS):
             return True
         log.error(
             "mlflow_operation_failed", run=operation.run_key, operation=operation.description, error=message
