@@ -41,8 +41,13 @@ _CONVERGENCE_CHECK_EVERY: int = 4
 
 
 def _exporting() -> bool:
-    """Whether the model is being traced or compiled (ONNX export), where control flow must be fixed."""
-    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling())
+    """Whether this thread is tracing or compiling the model (ONNX export), where control flow must be fixed.
+
+    Not ``torch.onnx.is_in_onnx_export()``: that flag is process-wide, so while one run exported its
+    policy every other run training on a thread of the same service took the export path (all K sweeps
+    with gradients, no feature memo). The TorchScript exporter traces, and tracing is per thread.
+    """
+    return bool(torch.jit.is_tracing() or torch.compiler.is_compiling())
 
 
 def planning_sweeps(maze_size: int) -> int:

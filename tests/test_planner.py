@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +13,7 @@ from gymnasium import spaces
 
 import maze_env
 from mazes.grid import generate_maze, open_directions, square_to_cell
+from rl_maze import planner as planner_module
 from rl_maze.planner import GRAD_SWEEPS, MazePlannerExtractor
 
 
@@ -91,3 +95,40 @@ def test_gather_sweeps_give_the_conv_sweeps_features_and_gradients(
     # Through the last GRAD_SWEEPS sweeps the reward gets gradient only near the agent: at 20x20 the goal is
     # mostly farther away, and only the step cost's gradient (every sweep) is left to compare.
     assert gradients >= (3 if maze_size <= 10 else 1), "the comparison must cover gradients that flow"
+
+
+def test_an_onnx_export_on_another_thread_leaves_this_threads_planner_on_its_training_path() -> None:
+    """One run exporting its policy must not change how runs on other threads plan (and differentiate)."""
+    inside_export: dict[str, bool] = {}
+    entered, release = threading.Event(), threading.Event()
+
+    class Blocking(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            inside_export["exporting"] = planner_module._exporting()
+            entered.set()
+            release.wait(30)
+            return x * 2
+
+    def export() -> None:
+        torch.onnx.export(Blocking(), (torch.ones(2),), io.BytesIO(), dynamo=False)
+
+    exporter = threading.Thread(target=export)
+    exporter.start()
+    try:
+        assert entered.wait(60), "the export did not start"
+        assert torch.onnx.is_in_onnx_export(), "torch's flag is process-wide: the case this test is about"
+        assert not planner_module._exporting()
+        new, reference = perturbed_pair(10, None, seed=10)
+        observations = maze_observations(10, 8, seed=10)
+        weights = torch.randn(8, 9)
+        (new(observations) * weights).sum().backward()
+        (reference(observations) * weights).sum().backward()
+        for (name, mine), (_, theirs) in zip(
+            new.named_parameters(), reference.named_parameters(), strict=True
+        ):
+            assert mine.grad is not None and theirs.grad is not None, name
+            torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-5, msg=name)
+    finally:
+        release.set()
+        exporter.join(60)
+    assert inside_export == {"exporting": True}
