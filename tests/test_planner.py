@@ -110,7 +110,7 @@ def test_an_onnx_export_on_another_thread_leaves_this_threads_planner_on_its_tra
             return x * 2
 
     def export() -> None:
-        torch.onnx.export(Blocking(), (torch.ones(2),), io.BytesIO(), dynamo=False)
+        torch.onnx.export(Blocking(), (torch.ones(2),), io.BytesIO(), dynamo=False)  # type: ignore[arg-type]
 
     exporter = threading.Thread(target=export)
     exporter.start()
