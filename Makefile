@@ -71,10 +71,10 @@ unit: install install-ray
 # two pytest workers leave some CPU idle (services starting, waits), which mypy fills. Its report follows
 # pytest's; either failing fails the target.
 test: system-deps lint install install-ray
-	@$(VENV)/bin/mypy . > $(VENV)/mypy-report.txt 2>&1 & mypy_pid=$$!; \
-	$(PYTEST) --durations=30; tests=$$?; \
+	@$(MAKE) --no-print-directory typecheck > $(VENV)/mypy-report.txt 2>&1 & mypy_pid=$$!; \
+	$(MAKE) --no-print-directory unit; tests=$$?; \
 	wait $$mypy_pid; types=$$?; \
-	echo "$(VENV)/bin/mypy ."; cat $(VENV)/mypy-report.txt; \
+	cat $(VENV)/mypy-report.txt; \
 	if [ $$tests -ne 0 ] || [ $$types -ne 0 ]; then exit 1; fi
 
 # Markers registered in pyproject.toml; `make test` (CI) still runs every test.

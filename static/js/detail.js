@@ -158,9 +158,8 @@ class RunDetail {
     this.state = { ...this.state, ...progress };
     const missed = this.chartMessage(message, points, after);
     this.renderState();
-    const stale = this.loadedOnceIsStale(message);
-    if (missed) this.load("missed-points");
-    else if (stale) this.load(stale);
+    const reason = missed ? "missed-points" : this.loadedOnceIsStale(message);
+    if (reason) this.load(reason);
   }
 
   /**
