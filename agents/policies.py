@@ -49,7 +49,14 @@ def policy_kwargs(policy: str, algorithm: str) -> dict[str, Any]:
             "features_extractor_class": MazePlannerExtractor,
             # The prior stays as set, for PPO as for DQN: trained, it drifted off the goal (DQN: see
             # agents.hyperparameters; PPO: issue 18 and bench/RESULTS.md "Planner stability").
-            "features_extractor_kwargs": {"prior": not learned, "learn_planner": learned},
+            # The frozen planner's reward map does not see the agent: its value map is then one per maze,
+            # planned once and read at every position (rl_maze.planner). The learned one keeps the agent
+            # channel (unchanged since its learning results were measured).
+            "features_extractor_kwargs": {
+                "prior": not learned,
+                "learn_planner": learned,
+                "agent_blind": not learned,
+            },
             # DQN's head is ActionSharedQHead (MazeDQNPolicy), which ignores net_arch.
             "net_arch": {"pi": [32], "vf": [64]} if ppo else [],
         }

@@ -12,6 +12,7 @@ QUICK = [
     ["bench.bench_service", "--quick"],
     ["bench.bench_ray", "--quick"],
     ["bench.bench_throughput", "--steps", "2048", "--large-steps", "256", "--profile-steps", "2048"],
+    ["bench.bench_value_memo", "--algorithms", "PPO", "--seeds", "0", "--steps", "2048", "--no-write"],
     # One seed each, a short overhead pair; printed only (the section keeps the full run's figures).
     [
         "bench.bench_time_to_target",
@@ -45,6 +46,7 @@ FULL = [
     ["bench.bench_service"],
     ["bench.bench_ray"],
     ["bench.bench_throughput"],
+    ["bench.bench_value_memo"],
     ["bench.bench_time_to_target"],
     ["bench.bench_sweep"],
 ]

@@ -5,7 +5,9 @@ are a fixed function of the observation. Yet SB3 asks for them again and again: 
 observation once while collecting and once more in each of its ``n_epochs`` passes; DQN plans each
 replayed batch twice per gradient step (online and target network), drawn from observations it planned
 when it acted. Value iteration is most of a step's time (issue 19: ~70-80% of ``learn()``), so looking the
-features up instead is the single largest saving on CPU.
+features up instead is the single largest saving on CPU. An agent-blind planner (the ``planner`` policy
+since issue 19's value memo) keeps its value map per maze here instead, keyed by the observation with the
+agent channel zeroed: every position in a maze after the first is a read-out, not a plan.
 
 Exact by construction: an entry is keyed by the observation's bits and only answered for the very weights
 it was computed with (the two most recently used weight sets are kept: DQN's online and target network),
@@ -109,7 +111,16 @@ class FeatureMemo:
             answer = memo.rows[slots]  # a copy: rows replaced below do not change it
             missing = np.flatnonzero(slots < 0)
             if len(missing):
-                planned = plan(observations[torch.from_numpy(missing)]).detach().numpy()
-                answer[missing] = planned
-                memo.remember([keys[i] for i in missing], planned)
+                # Each new key planned once, however often the batch repeats it (an agent-blind planner's
+                # keys are mazes: a batch holds many positions of one maze). `order`: the key's number.
+                first_of: dict[bytes, int] = {}
+                order = np.fromiter(
+                    (first_of.setdefault(keys[i], len(first_of)) for i in missing),
+                    dtype=np.int64,
+                    count=len(missing),
+                )
+                unique = missing[np.unique(order, return_index=True)[1]]
+                planned = plan(observations[torch.from_numpy(unique)]).detach().numpy()
+                answer[missing] = planned[order]
+                memo.remember([keys[i] for i in unique], planned)
             return torch.from_numpy(answer)

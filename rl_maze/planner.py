@@ -25,7 +25,7 @@ from stable_baselines3.common.type_aliases import Schedule
 from stable_baselines3.dqn.policies import DQNPolicy, QNetwork
 from torch import nn
 
-from rl_maze.feature_memo import FeatureMemo
+from rl_maze.feature_memo import DEFAULT_CAPACITY, FeatureMemo
 from rl_maze.observation import ACTION_DELTAS, AGENT_CHANNEL, GOAL_CHANNEL, N_OBS_CHANNELS
 
 # Read-out features: 4 neighbour value differences, 4 passage bits, 1 own value.
@@ -38,6 +38,9 @@ _DIFF_CLIP: float = 3.0
 # Every 4 sweeps, not 8: a plan of 16 10x10 mazes took 3.7 ms instead of 5.2 (the check costs less than the
 # sweeps it saves after convergence; 2 was no faster). Stopping at convergence never changes the values.
 _CONVERGENCE_CHECK_EVERY: int = 4
+# An agent-blind planner's value memo holds at most this many floats (64 MiB): 65,536 mazes up to 16x16,
+# 18,641 at 30x30.
+_VALUE_MEMO_FLOATS: int = 1 << 24
 
 
 def _exporting() -> bool:
@@ -72,6 +75,7 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
         hidden: int = 16,
         learn_planner: bool = True,
         prior: bool = True,
+        agent_blind: bool = False,
     ) -> None:
         """Build the extractor.
 
@@ -82,6 +86,10 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
             train only the heads; only sensible with ``prior``).
         :param prior: start from the hand-set prior (goal cell = value source, step cost 1); False: a
             random initialisation of the reward map and step cost (drawn from torch's RNG, which SB3 seeds).
+        :param agent_blind: the reward map does not see the agent channel, so the value map is a property
+            of the maze alone (its passages and goal): a frozen planner then plans each maze once and
+            reads every position in it from the same values (see ``forward``). False for models saved
+            before the option (their reward map saw the agent).
         """
         super().__init__(observation_space, PLANNER_FEATURES)
         size = int(observation_space.shape[1])
@@ -89,6 +97,12 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
         # Cells out of reach sit at -floor; reached cells stay above it (at most N*N-1 steps of cost ~1).
         self.floor = float(2 * size * size)
         self.cells = size * size
+        self.agent_blind = agent_blind
+        # Multiplies the observation before the reward map: zero on the agent channel when agent-blind.
+        channel_mask = torch.ones(1, N_OBS_CHANNELS, 1, 1)
+        if agent_blind:
+            channel_mask[0, AGENT_CHANNEL] = 0.0
+        self.register_buffer("channel_mask", channel_mask, persistent=False)
         self.reward_conv = nn.Sequential(
             nn.Conv2d(N_OBS_CHANNELS, hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(hidden, 1, 1)
         )
@@ -108,8 +122,13 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
                 self.goal_bias.normal_(0.0, 0.5)
                 self.raw_step_cost.uniform_(-1.0, 0.5)
         self.requires_grad_(learn_planner)
-        # Features of a frozen planner are looked up rather than planned again (see rl_maze.feature_memo).
-        self.memo = FeatureMemo(PLANNER_FEATURES)
+        # What a frozen planner planned is looked up rather than planned again (see rl_maze.feature_memo):
+        # the value map of each maze when agent-blind, else the features of each observation.
+        self.memo = (
+            FeatureMemo(self.cells, capacity=min(DEFAULT_CAPACITY, _VALUE_MEMO_FLOATS // self.cells))
+            if agent_blind
+            else FeatureMemo(PLANNER_FEATURES)
+        )
         # One fixed 3x3 kernel per direction picks that neighbour's value (zero outside the maze): used
         # once per forward for the read-out at the agent.
         kernels = torch.zeros(4, 1, 3, 3)
@@ -135,8 +154,15 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
         :param obs: float observations ``(B, 6, N, N)``.
         """
         goal = obs[:, GOAL_CHANNEL : GOAL_CHANNEL + 1]
+        if self.agent_blind:
+            obs = self._without_agent(obs)
         logits = self.goal_weight * goal + self.goal_bias + self.reward_conv(obs)
         return -self.floor * (1.0 - torch.sigmoid(logits))
+
+    def _without_agent(self, obs: torch.Tensor) -> torch.Tensor:
+        """The observations with the agent channel zeroed (what an agent-blind reward map sees)."""
+        mask: torch.Tensor = self.channel_mask  # type: ignore[assignment]
+        return obs * mask
 
     def _neighbours(self, values: torch.Tensor) -> torch.Tensor:
         # Channel order follows rl_maze.observation.ACTIONS: up, right, down, left; zero outside the maze.
@@ -186,6 +212,10 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
         """Features at the agent: planned, or for a frozen planner on CPU looked up in ``memo`` when seen.
 
+        An agent-blind frozen planner looks up the value map of each maze (the observation with its agent
+        channel zeroed) and reads out the features at the agent: every position in a maze after the
+        first is one read-out, not a plan. Otherwise the memo holds the features of each observation.
+
         :param observations: float observations ``(B, 6, N, N)`` with 0/1 entries.
         """
         parameters = list(self.parameters())
@@ -193,7 +223,11 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
         on_cpu = observations.device.type == "cpu"
         float32 = observations.dtype == self.raw_step_cost.dtype == torch.float32
         if frozen and on_cpu and float32 and not observations.requires_grad and not _exporting():
-            return self.memo.features(self._weights(parameters), observations, self.plan)
+            weights = self._weights(parameters)
+            if self.agent_blind:
+                values = self.memo.features(weights, self._without_agent(observations), self.value_map)
+                return self._read_out(values, observations)
+            return self.memo.features(weights, observations, self.plan)
         return self.plan(observations)
 
     def _weights(self, parameters: list[nn.Parameter]) -> bytes:
@@ -201,16 +235,24 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
         parts = [parameter.detach().cpu().numpy().tobytes() for parameter in parameters]
         return b"".join(parts) + self.sweeps.to_bytes(4, "little")
 
+    def _step_cost(self) -> torch.Tensor:
+        return F.softplus(self.raw_step_cost) + 1e-3
+
     def plan(self, observations: torch.Tensor) -> torch.Tensor:
         """Plan and read out features at the agent (always computed; ``forward`` may look them up).
 
         :param observations: float observations ``(B, 6, N, N)`` with 0/1 entries.
         """
+        return self._read_out(self.value_map(observations), observations)
+
+    def value_map(self, observations: torch.Tensor) -> torch.Tensor:
+        """The value map after the sweeps, flat ``(B, N * N)`` (always computed).
+
+        :param observations: float observations ``(B, 6, N, N)`` with 0/1 entries.
+        """
         passages = observations[:, :4]
-        agent = observations[:, AGENT_CHANNEL : AGENT_CHANNEL + 1]
-        step_cost = F.softplus(self.raw_step_cost) + 1e-3
-        reward_map = self.reward_map(observations)
-        reward = reward_map.flatten(1)
+        step_cost = self._step_cost()
+        reward = self.reward_map(observations).flatten(1)
         # Value never crosses a wall: a closed passage reads the cell itself (see _move_index).
         move_index = self._move_index(passages)
         if _exporting():
@@ -227,7 +269,15 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
                 values = self._settle(reward.detach(), move_index, step_cost.detach(), settle_sweeps)
             for _ in range(min(GRAD_SWEEPS, self.sweeps)):
                 values = self._sweep(values, reward, move_index, step_cost)
-        values = values.view_as(reward_map)
+        return values
+
+    def _read_out(self, values: torch.Tensor, observations: torch.Tensor) -> torch.Tensor:
+        """The features at the agent from a flat value map ``(B, N * N)``: 4 value differences to the
+        neighbours (in step costs, clipped), 4 passage bits, the own value over the floor."""
+        passages = observations[:, :4]
+        agent = observations[:, AGENT_CHANNEL : AGENT_CHANNEL + 1]
+        step_cost = self._step_cost()
+        values = values.view_as(agent)
         own = (values * agent).sum(dim=(2, 3))
         around = (self._neighbours(values) * agent).sum(dim=(2, 3))
         gated = around - 4.0 * self.floor * (1.0 - (passages * agent).sum(dim=(2, 3)))

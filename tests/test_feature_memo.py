@@ -13,24 +13,39 @@ from stable_baselines3 import DQN, PPO
 
 import maze_env
 from agents import building
+from mazes.grid import generate_maze, open_directions, square_to_cell
 from rl_maze.feature_memo import FeatureMemo
 from rl_maze.planner import MazePlannerExtractor
 from tests.test_planner import maze_observations
 
 
-def extractor(maze_size: int, *, frozen: bool, seed: int = 0) -> MazePlannerExtractor:
+def extractor(
+    maze_size: int, *, frozen: bool, seed: int = 0, agent_blind: bool = False
+) -> MazePlannerExtractor:
     torch.manual_seed(seed)
     space = spaces.Box(0, 1, shape=(maze_env.N_OBS_CHANNELS, maze_size, maze_size), dtype=np.uint8)
-    return MazePlannerExtractor(space, learn_planner=not frozen, prior=True)
+    return MazePlannerExtractor(space, learn_planner=not frozen, prior=True, agent_blind=agent_blind)
+
+
+def every_position(maze_size: int, maze_seeds: list[int]) -> torch.Tensor:
+    """Observations of each maze with the agent on each of its cells, maze after maze."""
+    batch = []
+    for seed in maze_seeds:
+        maze = generate_maze(maze_size, seed)
+        for row in range(maze_size):
+            for col in range(maze_size):
+                goal = square_to_cell(maze.goal)
+                batch.append(maze_env.encode_observation(open_directions(maze), (row, col), goal))
+    return torch.as_tensor(np.stack(batch), dtype=torch.float32)
 
 
 class CountingPlans:
-    """Wraps an extractor's ``plan`` and counts the observations it was asked to plan."""
+    """Wraps an extractor's ``plan`` (or ``value_map``) and counts the observations it was asked to plan."""
 
-    def __init__(self, module: MazePlannerExtractor) -> None:
+    def __init__(self, module: MazePlannerExtractor, method: str = "plan") -> None:
         self.planned = 0
-        self._plan = module.plan
-        module.plan = self  # type: ignore[method-assign]
+        self._plan = getattr(module, method)
+        setattr(module, method, self)
 
     def __call__(self, observations: torch.Tensor) -> torch.Tensor:
         self.planned += len(observations)
@@ -160,3 +175,31 @@ def test_replaced_parameters_and_other_dtypes_are_never_answered_from_the_memo()
     features = double(observations.double())
     assert features.dtype == torch.float64
     torch.testing.assert_close(features, double.plan(observations.double()))
+
+
+def test_an_agent_blind_planner_plans_each_maze_once_and_reads_every_position_from_it() -> None:
+    module = extractor(8, frozen=True, agent_blind=True, seed=3)
+    observations = every_position(8, [11, 12, 13])  # 3 mazes x 64 positions
+    expected = module.plan(observations)
+    value_map = module.value_map
+    counter = CountingPlans(module, "value_map")
+
+    features = module(observations)
+    again = module(observations[torch.randperm(len(observations))[:50]])
+
+    torch.testing.assert_close(features, expected, atol=1e-5, rtol=0)
+    assert counter.planned == 3 and len(module.memo) == 3  # one value map per maze, none for the minibatch
+    assert again.shape == (50, 9)
+    # The agent does not move the values: one maze's map is the same wherever the agent stands.
+    maps = value_map(observations).reshape(3, 64, 64)
+    torch.testing.assert_close(maps, maps[:, :1].expand_as(maps), atol=0, rtol=0)
+
+
+def test_a_planner_that_sees_the_agent_plans_every_position() -> None:
+    module = extractor(8, frozen=True, agent_blind=False, seed=3)
+    observations = every_position(8, [11])
+    counter = CountingPlans(module)
+    module(observations)
+    assert counter.planned == 64 and len(module.memo) == 64
+    maps = module.value_map(observations)
+    assert not torch.equal(maps, maps[:1].expand_as(maps))  # its reward map sees the agent's cell

@@ -51,6 +51,9 @@ def test_a_model_saved_by_the_old_agents_module_loads_predicts_and_trains(
         assert isinstance(model.policy, planner.MazeDQNPolicy)
         assert isinstance(model.q_net.features_extractor, planner.MazePlannerExtractor)
         assert isinstance(model.q_net.q_net[0], planner.ActionSharedQHead)
+    # Saved before the agent-blind reward map: it keeps the reward map it was trained with.
+    extractor = model.policy.features_extractor if isinstance(model, PPO) else model.q_net.features_extractor
+    assert isinstance(extractor, planner.MazePlannerExtractor) and not extractor.agent_blind
     observations = env.reset()
     assert isinstance(observations, np.ndarray)
     actions, _ = model.predict(observations, deterministic=True)

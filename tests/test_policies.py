@@ -57,10 +57,12 @@ def test_each_policy_builds_the_network_it_names(algorithm: str) -> None:
     # The prior: goal cell as the value source, step cost 1, kept as set (only the heads learn).
     assert float(planner.goal_weight) == 8.0
     assert not any(p.requires_grad for p in planner.parameters())
+    assert planner.agent_blind  # one value map per maze (the learned planner's reward map sees the agent)
     learned = extractor_of(built["planner_learned"])
     assert isinstance(learned, MazePlannerExtractor)
     assert abs(float(learned.goal_weight)) < 3.0, "no hand-set goal weight"
     assert all(p.requires_grad for p in learned.parameters()), "all of the planner is trained"
+    assert not learned.agent_blind
     assert isinstance(extractor_of(built["cnn"]), policies.MazeCNN)
     assert isinstance(extractor_of(built["mlp"]), FlattenExtractor)
 
