@@ -36,10 +36,10 @@ from agents import building, hyperparameters
 from agents.onnx_policy import OnnxPolicy
 from bench.results_file import RESULTS_FILE, write_section
 from onnx_export import collect_observations, export_policy
+from training.onnx_publish import verification_observations
 
 SECTION_HEADING = "## ONNX"
 MAZE_SEED = 7
-VERIFICATION_OBSERVATIONS = 1_000
 TRAIN_TIMESTEPS = 2_000  # a short real training: timing does not depend on how well the policy plays
 EXPORT_TARGET_S = 2.0
 SPEEDUP_TARGET = 5.0
@@ -111,7 +111,7 @@ def time_single_observation(
 
 def measure(network: str, algorithm: str, maze_size: int, repeats: int) -> Row:
     model, env = build(network, algorithm, maze_size)
-    observations = collect_observations(model, env, VERIFICATION_OBSERVATIONS)
+    observations = collect_observations(model, env, verification_observations(maze_size))
     with tempfile.TemporaryDirectory() as tmp:
         report = export_policy(model, Path(tmp) / "policy.onnx", {"algorithm": algorithm}, observations)
         policy = OnnxPolicy(report.path)
@@ -160,7 +160,8 @@ def format_section(
         "every column; the speed-up column compares calls made side by side).",
         "",
         f"- Each model: fixed maze (seed {MAZE_SEED}), {TRAIN_TIMESTEPS} training steps, "
-        f"{VERIFICATION_OBSERVATIONS} verification observations from `collect_observations`.",
+        "as many verification observations from `collect_observations` as the service uses "
+        "(`training.onnx_publish.verification_observations`: 1,000 up to maze 14, 500 at 20, 222 at 30).",
         "- Export + verify = trace (TorchScript exporter, opset 17) + `onnx.checker` + onnxruntime parity. "
         f"The first export in a process also pays one-time imports: {first_export_s:.2f} s for a warm-up "
         "export of a tiny MLP here, not included below.",

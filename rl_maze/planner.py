@@ -27,6 +27,7 @@ from torch import nn
 
 from rl_maze.feature_memo import DEFAULT_CAPACITY, FeatureMemo
 from rl_maze.observation import ACTION_DELTAS, AGENT_CHANNEL, GOAL_CHANNEL, N_OBS_CHANNELS
+from rl_maze.value_iteration import planning_sweeps, run_sweeps, scripted_sweeps, settle, sweep
 
 # Read-out features: 4 neighbour value differences, 4 passage bits, 1 own value.
 PLANNER_FEATURES: int = 9
@@ -35,9 +36,6 @@ PLANNER_FEATURES: int = 9
 GRAD_SWEEPS: int = 8
 _GOAL_PRIOR_WEIGHT: float = 8.0
 _DIFF_CLIP: float = 3.0
-# Every 4 sweeps, not 8: a plan of 16 10x10 mazes took 3.7 ms instead of 5.2 (the check costs less than the
-# sweeps it saves after convergence; 2 was no faster). Stopping at convergence never changes the values.
-_CONVERGENCE_CHECK_EVERY: int = 4
 # An agent-blind planner's value memo holds at most this many floats (64 MiB): 65,536 mazes up to 16x16,
 # 18,641 at 30x30.
 _VALUE_MEMO_FLOATS: int = 1 << 24
@@ -51,18 +49,6 @@ def _exporting() -> bool:
     with gradients, no feature memo). The TorchScript exporter traces, and tracing is per thread.
     """
     return bool(torch.jit.is_tracing() or torch.compiler.is_compiling())
-
-
-def planning_sweeps(maze_size: int) -> int:
-    """Number of value-iteration sweeps ``K`` for a maze size.
-
-    Value reaches a cell after as many sweeps as its distance to the goal. Over Kruskal mazes the largest
-    goal distance grows like ``N**1.5`` (measured maxima: 48 cells at N=10, 77 at 15, 99 at 20, 164 at 30);
-    ``K = 1.6 * N**1.5 + 8`` leaves a margin, and never exceeds ``N*N`` (the exact worst case).
-
-    :param maze_size: cells per side.
-    """
-    return min(maze_size * maze_size, math.ceil(1.6 * maze_size**1.5) + 8)
 
 
 class MazePlannerExtractor(BaseFeaturesExtractor):
@@ -182,33 +168,6 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
         open_ = passages.flatten(2) > 0.5
         return torch.where(open_, neighbours, itself).flatten(1)
 
-    def _sweep(
-        self, values: torch.Tensor, reward: torch.Tensor, move_index: torch.Tensor, step_cost: torch.Tensor
-    ) -> torch.Tensor:
-        # Flat (B, N*N) maps: one gather, one max over the 4 moves, the step cost, the reward floor.
-        # A constant target shape: `unflatten(1, (4, -1))` traced into shape arithmetic (Shape, Slice,
-        # Concat) in every sweep of the ONNX graph, which made export and inference 2-3x slower.
-        moves = torch.gather(values, 1, move_index).reshape(-1, 4, self.cells)
-        return torch.maximum(reward, moves.amax(dim=1) - step_cost)
-
-    def _settle(
-        self, reward: torch.Tensor, move_index: torch.Tensor, step_cost: torch.Tensor, sweeps: int
-    ) -> torch.Tensor:
-        """Up to ``sweeps`` sweeps without autograd, stopping early once the values reach their fixed point.
-
-        Stopping early gives bit-identical values (further sweeps change nothing); the export path runs
-        all sweeps instead, since ONNX needs a fixed trip count.
-        """
-        values = reward
-        snapshot = reward
-        for sweep in range(1, sweeps + 1):
-            values = self._sweep(values, reward, move_index, step_cost)
-            if sweep % _CONVERGENCE_CHECK_EVERY == 0:
-                if torch.equal(values, snapshot):
-                    break
-                snapshot = values
-        return values
-
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
         """Features at the agent: planned, or for a frozen planner on CPU looked up in ``memo`` when seen.
 
@@ -255,20 +214,20 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
         reward = self.reward_map(observations).flatten(1)
         # Value never crosses a wall: a closed passage reads the cell itself (see _move_index).
         move_index = self._move_index(passages)
-        if _exporting():
-            values = reward
-            for _ in range(self.sweeps):
-                values = self._sweep(values, reward, move_index, step_cost)
+        if torch.jit.is_tracing():  # the ONNX export: a fixed trip count, as one Loop node
+            values = scripted_sweeps()(reward, reward, move_index, step_cost, self.sweeps, self.cells)
+        elif _exporting():  # torch.compile: all sweeps, a fixed trip count
+            values = run_sweeps(reward, reward, move_index, step_cost, self.sweeps, self.cells)
         elif not reward.requires_grad:
             # Nothing to differentiate (a frozen planner, or no_grad): all K sweeps may stop early. The
             # same values as below: once converged the last sweeps change nothing.
-            values = self._settle(reward, move_index, step_cost, self.sweeps)
+            values = settle(reward, move_index, step_cost, self.sweeps, self.cells)
         else:
             settle_sweeps = max(0, self.sweeps - GRAD_SWEEPS)
             with torch.no_grad():
-                values = self._settle(reward.detach(), move_index, step_cost.detach(), settle_sweeps)
+                values = settle(reward.detach(), move_index, step_cost.detach(), settle_sweeps, self.cells)
             for _ in range(min(GRAD_SWEEPS, self.sweeps)):
-                values = self._sweep(values, reward, move_index, step_cost)
+                values = sweep(values, reward, move_index, step_cost, self.cells)
         return values
 
     def _read_out(self, values: torch.Tensor, observations: torch.Tensor) -> torch.Tensor:

@@ -134,3 +134,30 @@ def test_an_onnx_export_on_another_thread_leaves_this_threads_planner_on_its_tra
         release.set()
         exporter.join(60)
     assert inside_export == {"exporting": True}
+
+
+@pytest.mark.parametrize("maze_size", [10, 30])
+def test_the_exported_sweeps_are_one_loop_with_a_fixed_trip_count_and_the_same_features(
+    maze_size: int,
+) -> None:
+    import onnx
+    import onnxruntime
+
+    torch.manual_seed(maze_size)
+    space = spaces.Box(0, 1, shape=(maze_env.N_OBS_CHANNELS, maze_size, maze_size), dtype=np.uint8)
+    planner = MazePlannerExtractor(space, learn_planner=False, agent_blind=True).eval()
+    observations = maze_observations(maze_size, 6, seed=maze_size)
+    with torch.no_grad():
+        graph = onnx.load_from_string(export_to_bytes(planner, observations.numpy(), ("features",), 17))
+        expected = planner.plan(observations)
+
+    # K sweeps (271 at 30x30) were once K unrolled copies of their nodes; now the graph is as small at
+    # every size, its sweeps inside `Loop` nodes that run exactly K sweeps (no early exit: a fixed count).
+    loops = [node for node in graph.graph.node if node.op_type == "Loop"]
+    assert loops and len(graph.graph.node) < 100, [node.op_type for node in graph.graph.node]
+    for loop in loops:
+        body = next(attribute.g for attribute in loop.attribute if attribute.name == "body")
+        assert not any(node.op_type in ("Equal", "Not", "If") for node in body.node)
+    session = onnxruntime.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    (features,) = session.run(None, {session.get_inputs()[0].name: observations.numpy()})
+    np.testing.assert_allclose(features, expected.numpy(), atol=1e-5, rtol=0)
