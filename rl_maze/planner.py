@@ -27,7 +27,7 @@ from torch import nn
 
 from rl_maze.feature_memo import DEFAULT_CAPACITY, FeatureMemo
 from rl_maze.observation import ACTION_DELTAS, AGENT_CHANNEL, GOAL_CHANNEL, N_OBS_CHANNELS
-from rl_maze.value_iteration import planning_sweeps, run_sweeps, scripted_sweeps, settle, sweep
+from rl_maze.value_iteration import planning_sweeps, run_sweeps, scripted_sweeps, settle
 
 # Read-out features: 4 neighbour value differences, 4 passage bits, 1 own value.
 PLANNER_FEATURES: int = 9
@@ -226,8 +226,9 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
             settle_sweeps = max(0, self.sweeps - GRAD_SWEEPS)
             with torch.no_grad():
                 values = settle(reward.detach(), move_index, step_cost.detach(), settle_sweeps, self.cells)
-            for _ in range(min(GRAD_SWEEPS, self.sweeps)):
-                values = sweep(values, reward, move_index, step_cost, self.cells)
+            values = run_sweeps(
+                values, reward, move_index, step_cost, min(GRAD_SWEEPS, self.sweeps), self.cells
+            )
         return values
 
     def _read_out(self, values: torch.Tensor, observations: torch.Tensor) -> torch.Tensor:
