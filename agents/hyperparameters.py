@@ -129,7 +129,12 @@ def default_hyperparameters(algorithm: str, maze_size: int, policy: str = DEFAUL
         "buffer_size": 50_000,
         "learning_starts": 1_000,
         "batch_size": 128,
-        "gamma": 0.99,
+        # 0.95, not 0.99 (issue 18): with 0.99, training seed 2 on random 10x10 mazes fell from 100% held-out
+        # success to 0% at 459k steps, once exploration had ended: a few cells from the goal the Q-values of
+        # the step toward it and the step away differ by only ~4%, and the head's error crossed that gap.
+        # 0.95 widens it (~0.12 instead of ~0.045); seeds 1-5 then stayed at 100% at every evaluation to
+        # 2.048M steps, and the time to 95% at maze 10, 20 and 30 was unchanged (bench/RESULTS.md).
+        "gamma": 0.95,
         "train_freq": 1,
         "gradient_steps": 1,
         # The target network is synced every 10,000 env steps (SB3's own default), not every 1,000: with

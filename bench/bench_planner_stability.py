@@ -127,9 +127,17 @@ class _Recorder(BaseCallback):
     """Evaluates at every ``every`` steps (``early`` until the run first reaches ``TARGET``), between a
     training step and the next rollout, and appends one JSON line per point to ``out``."""
 
-    def __init__(self, label: dict[str, Any], every: tuple[int, int], seeds: list[int], out: Path) -> None:
+    def __init__(
+        self,
+        label: dict[str, Any],
+        every: tuple[int, int],
+        seeds: list[int],
+        out: Path,
+        maze_size: int = MAZE_SIZE,
+    ) -> None:
         super().__init__()
         self.label, (self.every, self.early), self.seeds, self.out = label, every, seeds, out
+        self.maze_size = maze_size
         self.next_at = 0
         self.last_at = -1
         self.reached = False
@@ -142,7 +150,7 @@ class _Recorder(BaseCallback):
     def record(self) -> None:
         model = self.model
         started = time.perf_counter()
-        result = evaluation.evaluate(model, MAZE_SIZE, self.seeds)
+        result = evaluation.evaluate(model, self.maze_size, self.seeds)
         extractor = extractor_of(model)
         logged = model.logger.name_to_value
         point = {
@@ -150,7 +158,7 @@ class _Recorder(BaseCallback):
             "timesteps": model.num_timesteps,
             "success_rate": result.success_rate,
             "path_efficiency": result.path_efficiency,
-            "planner_agreement": planner_agreement(extractor, MAZE_SIZE, 200, seed=0),
+            "planner_agreement": planner_agreement(extractor, self.maze_size, 200, seed=0),
             "goal_weight": float(extractor.goal_weight.detach()),
             "step_cost": float(torch.nn.functional.softplus(extractor.raw_step_cost.detach()) + 1e-3),
             **{key: _number(logged.get(f"train/{key}")) for key in LOGGED},
@@ -191,19 +199,20 @@ def run(
     eval_mazes: int,
     out: Path,
     stop_on_collapse: bool = False,
+    maze_size: int = MAZE_SIZE,
 ) -> None:
     """Train one (variant, seed) for ``steps`` in one ``learn()``, evaluating every ``every[0]`` steps
     (``every[1]`` until first at ``TARGET``) and at the end; one JSON line per point. With
     ``stop_on_collapse`` the run ends at its first point below ``COLLAPSE`` after ``TARGET`` (the verdict
     is known then)."""
     policy, overrides = VARIANTS[variant]
-    env = building.make_vec_env(MAZE_SIZE, "random", seed, hyperparameters.default_n_envs(algorithm))
+    env = building.make_vec_env(maze_size, "random", seed, hyperparameters.default_n_envs(algorithm))
     model = building.build_model(
         algorithm, env, {**overrides, **sets}, seed, "cpu", TIMESTEPS_PER_EPISODE, policy=policy
     )
     label = {
         "algorithm": algorithm,
-        "variant": variant_label(variant, sets),
+        "variant": variant_label(variant, sets) + ("" if maze_size == MAZE_SIZE else f" maze {maze_size}"),
         "policy": policy,
         "seed": seed,
         "hyperparameters": {
@@ -212,7 +221,7 @@ def run(
             if k != "policy_kwargs"
         },
     }
-    recorder = _Recorder(label, every, maze_env.eval_maze_seeds(eval_mazes), out)
+    recorder = _Recorder(label, every, maze_env.eval_maze_seeds(eval_mazes), out, maze_size)
     recorder.stop_on_collapse = stop_on_collapse
     model.learn(steps, callback=recorder)
     if recorder.last_at != model.num_timesteps and not (stop_on_collapse and recorder.collapsed):
@@ -227,6 +236,7 @@ def main() -> None:
     )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override (repeat)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--maze-size", type=int, default=MAZE_SIZE, help="cells per side")
     parser.add_argument("--steps", type=int, default=204_800)
     parser.add_argument("--eval-every", type=int, default=20_480)
     parser.add_argument("--early-every", type=int, help="evaluate this often until first >= 95%%")
@@ -261,6 +271,7 @@ def main() -> None:
         args.eval_mazes,
         args.out,
         args.stop_on_collapse,
+        args.maze_size,
     )
 
 

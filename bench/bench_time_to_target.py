@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.bench_learning import machine_info
+from bench.bench_planner_stability import parse_sets
 from bench.time_to_target_job import TARGET, TOTAL_EPISODES, JobResult, run_job
 from bench.time_to_target_report import HEADING, merge, options, render
 
@@ -56,6 +57,13 @@ def main() -> None:
         help="write the section from these --json files of invocations run at the same time (one with "
         "--skip-overhead, one with --skip-target), instead of running anything",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a hyperparameter override for every time-to-target run (repeat), as in a request",
+    )
     parser.add_argument("--json", default="", help="also write the raw results here")
     parser.add_argument("--no-write", action="store_true", help="do not touch bench/RESULTS.md")
     args = parser.parse_args()
@@ -63,6 +71,7 @@ def main() -> None:
     if args.merge:
         merge(args.merge, args.no_write)
         return
+    overrides = parse_sets(args.set)
     load_start = os.getloadavg()
     started = datetime.now(UTC)
     info = machine_info(threads=1)
@@ -92,6 +101,7 @@ def main() -> None:
                             eval_episodes=100,
                             cap_steps=args.cap_steps,
                             cap_s=args.cap_s,
+                            hyperparameters=overrides,
                         )
                     )
         for algorithm in [] if args.skip_overhead else args.overhead_algorithms.split(","):

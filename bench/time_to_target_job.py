@@ -81,8 +81,12 @@ def run_job(
     cap_steps: int,
     cap_s: float,
     maze_size: int = MAZE_SIZE,
+    hyperparameters: dict[str, Any] | None = None,
 ) -> JobResult:
-    """Run one job to its end, stopping it (as a user's stop would) past the caps."""
+    """Run one job to its end, stopping it (as a user's stop would) past the caps.
+
+    ``hyperparameters`` are the request's overrides (none: the service's defaults).
+    """
     settings = Settings(
         data_dir=data_dir,
         mlflow_enabled=False,
@@ -104,7 +108,7 @@ def run_job(
         seed=seed,
         n_envs=default_n_envs(algorithm),
         device_requested="cpu",
-        hyperparameters={},
+        hyperparameters=dict(hyperparameters or {}),
         target_success_rate=target,
         eval_episodes=eval_episodes,  # as the service resolves a request without one: EVAL_EPISODES
     )
