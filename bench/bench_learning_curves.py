@@ -1,19 +1,21 @@
 """Learning curves per policy (issue 18): held-out success at fixed step counts, mean and min over seeds.
 
 For each (policy, algorithm) and each training seed, one model is built with the service's
-``build_model`` (random mazes, the service's defaults) and trained up to each checkpoint in turn; at
-every checkpoint, and before training (the untrained model, the table's first row), its deterministic
-policy plays ``--eval-mazes`` held-out mazes (``maze_env.eval_maze_seeds``: never trained on). The table
-shows, per checkpoint, the mean and the minimum success over the seeds (the issue's targets are per
-seed, so the minimum is the number to read).
+``build_model`` (random mazes, the service's defaults) and trained in one ``learn()`` over the run's
+budget (``--budget``, the README request's 2.048M steps by default, so that exploration and learning-rate
+schedules are those of a real run), stopped after the last checkpoint. Before training (the untrained
+model, the table's first row) and at the first rollout boundary at or after each checkpoint, its
+deterministic policy plays ``--eval-mazes`` held-out mazes (``maze_env.eval_maze_seeds``: never trained
+on). Each point is a JSON line (``--out``); ``--report`` renders the table from such files, so slices can
+run side by side (one per core). The table shows, per checkpoint, the mean and the minimum success over
+the seeds measured there (the issue's targets are per seed, so the minimum is the number to read).
 
-It is long: the issue's full table (4 policies x PPO/DQN x 5 seeds up to 2.048M steps at maze 10) is
-tens of CPU-hours on a 2-core machine. It has not been run in full; run a slice::
+The issue's full table (4 policies x PPO/DQN x 5 seeds up to 2.048M steps at maze 10) is ~9 CPU-hours
+at today's speed; run slices::
 
-    python bench/bench_learning_curves.py --policies planner_learned --algorithms PPO --seeds 0,1 \\
-        --checkpoints 50000,100000 --eval-mazes 200
-    python bench/bench_learning_curves.py                    # the whole table (hours)
-    python bench/bench_learning_curves.py ... --write        # also replace its section of RESULTS.md
+    python bench/bench_learning_curves.py --policies cnn --algorithms PPO --seeds 0,1,2 \
+        --checkpoints 50000,100000,200000 --eval-mazes 200 --out cnn-ppo.jsonl
+    python bench/bench_learning_curves.py --report *.jsonl [--write]   # the table (and RESULTS.md)
 """
 
 from __future__ import annotations
@@ -22,10 +24,14 @@ import argparse
 import json
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -35,45 +41,99 @@ from bench.results_file import write_section
 
 HEADING = "## Learning curves per policy (issue 18)"
 CHECKPOINTS = (50_000, 100_000, 200_000, 500_000, 1_000_000, 2_048_000)
+BUDGET = 2_048_000  # the README request: 1,000 iterations x 2,048 steps
+TIMESTEPS_PER_EPISODE = 2048
+
+
+class _Checkpoints(BaseCallback):
+    """Evaluates at the first rollout boundary at or after each checkpoint; ends ``learn()`` after it."""
+
+    def __init__(self, checkpoints: list[int], record: Any) -> None:
+        super().__init__()
+        self.pending, self.record = list(checkpoints), record
+
+    def _on_rollout_start(self) -> None:
+        while self.pending and self.num_timesteps >= self.pending[0]:
+            self.record(self.pending.pop(0), self.model)
+
+    def _on_step(self) -> bool:
+        return bool(self.pending)
 
 
 def curve(
-    policy: str, algorithm: str, seed: int, maze_size: int, checkpoints: list[int], eval_mazes: int
-) -> list[tuple[int, float, float]]:
-    """(steps, success, path efficiency) before training and at each checkpoint, for one seed."""
+    policy: str,
+    algorithm: str,
+    seed: int,
+    maze_size: int,
+    checkpoints: list[int],
+    eval_mazes: int,
+    budget: int = BUDGET,
+    out: Path | None = None,
+) -> list[dict[str, Any]]:
+    """One point per checkpoint (and the untrained model's, at step 0) for one seed; each also appended
+    to ``out`` as a JSON line."""
     env = building.make_vec_env(maze_size, "random", seed, hyperparameters.default_n_envs(algorithm))
-    model = building.build_model(algorithm, env, {}, seed, "cpu", 2048, policy=policy)
+    model = building.build_model(algorithm, env, {}, seed, "cpu", TIMESTEPS_PER_EPISODE, policy=policy)
     seeds = maze_env.eval_maze_seeds(eval_mazes)
-    points = []
-    for target in [0, *checkpoints]:
-        if target > model.num_timesteps:
-            model.learn(target - model.num_timesteps, reset_num_timesteps=False)
-        result = evaluation.evaluate(model, maze_size, seeds)
-        points.append((target, result.success_rate, result.path_efficiency))
-        print(
-            json.dumps(
-                {"policy": policy, "algorithm": algorithm, "seed": seed, "steps": target}
-                | {"success": result.success_rate, "path_efficiency": result.path_efficiency}
-            ),
-            flush=True,
-        )
+    points: list[dict[str, Any]] = []
+    started = time.perf_counter()
+
+    def record(checkpoint: int, trained: BaseAlgorithm) -> None:
+        result = evaluation.evaluate(trained, maze_size, seeds)
+        point = {
+            "policy": policy,
+            "algorithm": algorithm,
+            "seed": seed,
+            "maze_size": maze_size,
+            "budget": budget,
+            "eval_mazes": eval_mazes,
+            "checkpoint": checkpoint,
+            "steps": trained.num_timesteps,
+            "success": result.success_rate,
+            "path_efficiency": result.path_efficiency,
+            "wall_s": round(time.perf_counter() - started, 1),
+        }
+        points.append(point)
+        print(json.dumps(point), flush=True)
+        if out is not None:
+            with out.open("a") as file:
+                file.write(json.dumps(point) + "\n")
+
+    record(0, model)
+    wanted = [c for c in checkpoints if 0 < c <= budget]
+    if wanted:
+        callback = _Checkpoints(wanted, record)
+        model.learn(budget, callback=callback)
+        if callback.pending:  # the budget ended between rollouts: the last point at the budget
+            record(callback.pending[0], model)
     return points
 
 
-def table(curves: dict[tuple[str, str], list[list[tuple[int, float, float]]]], checkpoints: list[int]) -> str:
-    """Markdown: one row per checkpoint (0 = untrained), one "mean / min" column per (policy, algorithm)."""
-    columns = sorted(curves)
+def table(points: list[dict[str, Any]]) -> str:
+    """Markdown: one row per checkpoint (untrained first), one "mean / min (seeds)" cell per (policy,
+    algorithm); a blank cell where that column has no point."""
+    by_cell: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for point in points:
+        by_cell[(point["policy"], point["algorithm"])][point["checkpoint"]].append(point["success"])
+    columns = sorted(by_cell)
+    rows = sorted({checkpoint for cells in by_cell.values() for checkpoint in cells})
     lines = [
-        "| steps | " + " | ".join(f"{p} {a}" for p, a in columns) + " |",
+        "| steps | " + " | ".join(f"`{p}` {a}" for p, a in columns) + " |",
         "|---|" + "---|" * len(columns),
     ]
-    for row, steps in enumerate([0, *checkpoints]):
+    for steps in rows:
         cells = []
         for column in columns:
-            success = np.array([seed_curve[row][1] for seed_curve in curves[column]])
-            cells.append(f"{success.mean():.1%} / {success.min():.1%}")
+            success = np.array(by_cell[column].get(steps, []))
+            cells.append(
+                f"{success.mean():.1%} / {success.min():.1%} ({len(success)})" if len(success) else ""
+            )
         lines.append(f"| {'untrained' if steps == 0 else f'{steps:,}'} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def read_points(paths: list[Path]) -> list[dict[str, Any]]:
+    return [json.loads(line) for path in paths for line in path.read_text().splitlines() if line.strip()]
 
 
 def main() -> None:
@@ -82,35 +142,47 @@ def main() -> None:
     parser.add_argument("--algorithms", default=",".join(hyperparameters.ALGORITHMS))
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--checkpoints", default=",".join(str(c) for c in CHECKPOINTS))
+    parser.add_argument("--budget", type=int, default=BUDGET, help="the run's learn() total (schedules)")
     parser.add_argument("--maze-size", type=int, default=10)
     parser.add_argument("--eval-mazes", type=int, default=1000)
+    parser.add_argument("--out", type=Path, help="append each point here as a JSON line")
+    parser.add_argument("--report", type=Path, nargs="*", help="render the table from these files instead")
+    parser.add_argument("--notes", type=Path, help="with --report: a markdown file to put under the table")
     parser.add_argument("--write", action="store_true", help="replace this section of bench/RESULTS.md")
     args = parser.parse_args()
+    if args.report:
+        measured = read_points(args.report)
+        about = sorted({(p["maze_size"], p["eval_mazes"], p["budget"]) for p in measured})
+        intro = (
+            "`python bench/bench_learning_curves.py` (the service's build path and defaults, random mazes, "
+            "one `learn()` over the run's budget, stopped after the last checkpoint; held-out success of "
+            "the deterministic policy). Each cell: mean / min over the seeds (their number). "
+            + "; ".join(f"maze {m}, {e} held-out mazes per point, budget {b:,} steps" for m, e, b in about)
+            + "."
+        )
+        notes = args.notes.read_text().strip() if args.notes else ""
+        section = "\n".join([HEADING, "", intro, "", table(measured), "", notes]).rstrip() + "\n"
+        print(section)
+        if args.write:
+            write_section(HEADING, section)
+        return
     torch.set_num_threads(1)
     checkpoints = sorted(int(c) for c in args.checkpoints.split(","))
-    seeds = [int(s) for s in args.seeds.split(",")]
-    started = time.perf_counter()
-    curves: dict[tuple[str, str], list[list[tuple[int, float, float]]]] = {}
+    points: list[dict[str, Any]] = []
     for policy in args.policies.split(","):
         for algorithm in args.algorithms.split(","):
-            curves[(policy, algorithm)] = [
-                curve(policy, algorithm, seed, args.maze_size, checkpoints, args.eval_mazes) for seed in seeds
-            ]
-    section = "\n".join(
-        [
-            HEADING,
-            "",
-            f"`python bench/bench_learning_curves.py` at maze {args.maze_size}, random mode, seeds {seeds}, "
-            f"{args.eval_mazes} held-out mazes per point; success as mean / min over the seeds; "
-            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-            f"{time.perf_counter() - started:.0f} s wall.",
-            "",
-            table(curves, checkpoints),
-        ]
-    )
-    print(section)
-    if args.write:
-        write_section(HEADING, section)
+            for seed in (int(s) for s in args.seeds.split(",")):
+                points += curve(
+                    policy,
+                    algorithm,
+                    seed,
+                    args.maze_size,
+                    checkpoints,
+                    args.eval_mazes,
+                    args.budget,
+                    args.out,
+                )
+    print(table(points))
 
 
 if __name__ == "__main__":
