@@ -10,8 +10,8 @@ on). Each point is a JSON line (``--out``); ``--report`` renders the table from 
 run side by side (one per core). The table shows, per checkpoint, the mean and the minimum success over
 the seeds measured there (the issue's targets are per seed, so the minimum is the number to read).
 
-The issue's full table (4 policies x PPO/DQN x 5 seeds up to 2.048M steps at maze 10) is ~9 CPU-hours
-at today's speed; run slices::
+The issue's full table (4 policies x PPO/DQN x 5 seeds up to 2.048M steps at maze 10) is tens of
+CPU-hours (`cnn` trains at a few hundred steps/s on 2 cores); run slices::
 
     python bench/bench_learning_curves.py --policies cnn --algorithms PPO --seeds 0,1,2 \
         --checkpoints 50000,100000,200000 --eval-mazes 200 --out cnn-ppo.jsonl
