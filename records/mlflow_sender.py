@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -72,11 +73,17 @@ def _is_refused(error: Exception) -> bool:
     return refused and not _is_transient(error)
 
 
+# What an outage's error says: connection refused, timeouts, a locked SQLite file, HTTP 503. The status
+# code only as a number of its own: a run id in the message is 32 hex digits, and one with "503" inside
+# (~0.7% of them) made a deleted run's refusal look like an outage, retried for as long as the sender ran.
+_TRANSIENT = re.compile(
+    r"Connection|connect|Timeout|timed out|Max retries|API request|locked|(?<![0-9a-f])503(?![0-9a-f])"
+)
+
+
 def _is_transient(error: Exception) -> bool:
     """Outages (connection refused, timeouts, a locked SQLite file) are retried without limit."""
-    text = f"{type(error).__name__}: {error}"
-    markers = ("Connection", "connect", "Timeout", "timed out", "Max retries", "API request", "locked", "503")
-    return isinstance(error, OSError) or any(marker in text for marker in markers)
+    return isinstance(error, OSError) or _TRANSIENT.search(f"{type(error).__name__}: {error}") is not None
 
 
 class MlflowSender:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.tracking import MlflowClient
 
-from records.mlflow_sender import MlflowSender, Operation
+from records.mlflow_sender import MlflowSender, Operation, _is_refused, _is_transient
 
 
 def metric_operation(run_key: str, mlflow_run_id: str, given_up: list[str]) -> Operation:
@@ -52,3 +55,30 @@ def test_writes_to_a_deleted_run_or_a_deleted_file_are_given_up_without_delaying
     assert 1 <= sum("'active' state" in message for message in given_up) <= 2, given_up
     assert sum("model.onnx" in message for message in given_up) == 1, given_up
     assert [m.value for m in client.get_metric_history(live, "reward")] == [1.0]
+
+
+@pytest.mark.parametrize("run_id", ["bc108632d06445d2b8df6e503b0f0c36", "503b0f0c36bc108632d06445d2b8df6e"])
+def test_a_deleted_run_whose_id_holds_503_is_refused_not_an_outage(run_id: str) -> None:
+    # Seen in a full test run: "503" inside the hex run id read as HTTP 503, and the sender retried the
+    # refused write with backoff for as long as it ran.
+    deleted = MlflowException(
+        f"The run {run_id} must be in the 'active' state. Current state is deleted.",
+        error_code=INVALID_PARAMETER_VALUE,
+    )
+    assert not _is_transient(deleted)
+    assert _is_refused(deleted)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "API request to endpoint /api/2.0/mlflow/runs/log-batch failed with error code 503 != 200",
+        "503 Server Error: Service Unavailable for url: http://127.0.0.1:5000/api/2.0/mlflow/runs/get",
+        "HTTPConnectionPool(host='127.0.0.1', port=5000): Max retries exceeded",
+        "(sqlite3.OperationalError) database is locked",
+    ],
+)
+def test_outages_are_still_retried(message: str) -> None:
+    outage = MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+    assert _is_transient(outage)
+    assert not _is_refused(outage)
