@@ -104,8 +104,8 @@ def curve(
     if wanted:
         callback = _Checkpoints(wanted, record)
         model.learn(budget, callback=callback)
-        if callback.pending:  # the budget ended between rollouts: the last point at the budget
-            record(callback.pending[0], model)
+        for checkpoint in callback.pending:  # past the last rollout boundary: the model at the budget's end
+            record(checkpoint, model)
     return points
 
 
