@@ -375,9 +375,9 @@ class LiveService:
         own_store = "MLFLOW_TRACKING_URI" not in self.extra_env
         if self.mlflow_store is not None and own_store:
             copy_mlflow_store(self.mlflow_store, self.data_dir)
-        if self.workers == 1 and not self.run_as and os.environ.get("TEST_SERVICE_ZYGOTE", "1") != "0":
+        if not self.run_as and os.environ.get("TEST_SERVICE_ZYGOTE", "1") != "0":
             # A fork of this worker's zygote, which has the libraries imported already (~5 s of CPU less
-            # per start); several workers and other users are started as users start them.
+            # per process, uvicorn's workers included); another user's service starts as users start it.
             self.process = service_zygote().spawn(command[2:], env, PROJECT_ROOT, self.log_path)
         else:
             with self.log_path.open("ab") as log_file:

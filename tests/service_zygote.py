@@ -5,8 +5,9 @@ before it serves, and the suite starts dozens of them. The zygote (one per pytes
 third-party libraries once and forks a child per service; the child then runs uvicorn's own command line
 (what `python -m uvicorn main:app ...` runs) with the service's environment, working directory and log
 file, and imports the project's own modules itself, so the service reads its settings as a fresh process
-does. This is gunicorn's `--preload`, limited to libraries. The child is a real process: it serves on a
-real port, and SIGTERM and SIGKILL reach it as they would a `subprocess.Popen` one.
+does. This is gunicorn's `--preload`, limited to libraries. A service with several uvicorn workers forks
+them from the child too, where uvicorn would spawn fresh interpreters. The child is a real process: it
+serves on a real port, and SIGTERM and SIGKILL reach it as they would a `subprocess.Popen` one.
 
 Protocol, over a Unix socket: the client sends one JSON line ``{"argv", "env", "cwd", "log"}``; the
 zygote answers ``"<pid>\\n"`` once it has forked and ``"exit <code>\\n"`` when it has reaped the child
@@ -18,9 +19,11 @@ the process that started it has gone.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
 import json
+import multiprocessing
 import os
 import runpy
 import select
@@ -28,6 +31,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -86,6 +90,13 @@ def _serve_child(request: dict[str, Any]) -> int:
     os.chdir(request["cwd"])
     sys.path[0] = request["cwd"]  # as `python -m` sets it: the working directory first
     sys.argv = list(request["argv"])
+    if "--workers" in sys.argv:
+        # uvicorn starts its workers with multiprocessing's "spawn", which would import every library
+        # again in each of them; forked, they start from this process's imports too. The supervisor
+        # does not load the app, so each worker still imports the project and runs its start-up itself.
+        import uvicorn._subprocess
+
+        uvicorn._subprocess.spawn = multiprocessing.get_context("fork")  # type: ignore[assignment]
     try:
         runpy.run_module("uvicorn", run_name="__main__", alter_sys=True)
     except SystemExit as end:
@@ -97,6 +108,24 @@ def _serve_child(request: dict[str, Any]) -> int:
         traceback.print_exc()
         return 1
     return 0
+
+
+def _leave(code: int) -> None:
+    """End the forked child as Python ends a process, short of the C libraries' exit handlers.
+
+    Non-daemon threads are joined and `atexit` runs as at any interpreter exit; then `os._exit`, as
+    multiprocessing ends its forked children. A library the zygote loaded may keep C-level state that
+    its exit handler cannot tear down in a fork: onnxruntime's waits forever on a condition variable in
+    a child that has forked uvicorn workers itself.
+    """
+    with contextlib.suppress(BaseException):
+        threading._shutdown()  # type: ignore[attr-defined]
+    with contextlib.suppress(BaseException):
+        atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BaseException):
+            stream.flush()
+    os._exit(code)
 
 
 def serve(path: str) -> None:
@@ -123,7 +152,7 @@ def serve(path: str) -> None:
                 connection.close()
                 for other in waiting.values():
                     other.close()
-                sys.exit(_serve_child(request))
+                _leave(_serve_child(request))
             connection.sendall(f"{pid}\n".encode())
             waiting[pid] = connection
             forked += 1

@@ -119,8 +119,9 @@ def test_an_unreachable_target_trains_the_whole_budget_and_offers_the_best_model
 
 
 def test_a_stop_during_a_long_evaluation_is_honoured_within_seconds(client: TestClient) -> None:
-    # 5,000 mazes of 10x10: minutes of evaluation on this machine.
-    body = {**TINY_PPO, "maze_size": 10, "total_episodes": 20, "eval_episodes": 5000}
+    # 5,000 mazes of 30x30, the most there can be of the largest size: minutes of evaluation for a policy
+    # this young. (5,000 of 10x10 took under 2 s on a quiet machine once the planner kept its value maps.)
+    body = {**TINY_PPO, "maze_size": 30, "total_episodes": 20, "eval_episodes": 5000}
     run_id = start(client, body)
     wait_for_status(client.get, run_id, lambda s: s["timesteps"] >= TINY_PPO["timesteps_per_episode"])
     time.sleep(2)  # inside the first evaluation
