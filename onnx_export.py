@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from agents.onnx_graph import OnnxExportError, export_and_reference
+from agents.onnx_graph import OnnxExportError, export_and_reference, uses_planner_tree
 from agents.onnx_policy import (
     ACTION_OUTPUT,
     LIBRARY_METADATA_KEYS,
@@ -78,6 +78,7 @@ def export_policy(
     verification_observations: np.ndarray,
     opset: int = 17,
     tolerance: float = 1e-4,
+    planner_tree: bool = True,
 ) -> ExportReport:
     """
     Export the model's deterministic policy to ONNX and publish it at ``out_path`` only if it is verified.
@@ -91,31 +92,40 @@ def export_policy(
     :param verification_observations: observations as the env produces them, shape (n, *obs_shape)
     :param opset: ONNX opset to export with (at least 14)
     :param tolerance: largest absolute difference allowed on logits / q-values
+    :param planner_tree: a frozen planner's graph reads goal distances off the maze's tree, if that
+        passes verification (False: its value-iteration sweeps, as a ``Loop``, from the start)
     :return: what was written and how well it agreed with PyTorch
     :raises OnnxExportError: on any failure, with the reason; no file is left at ``out_path`` or beside it
     """
     started = time.perf_counter()
     out_path = Path(out_path)
     _check_request(metadata, verification_observations, opset)
+    # A frozen planner's graph first reads goal distances off the maze's tree (fast to run); if that
+    # disagrees with PyTorch's sweeps (observations of mazes with loops), the sweeps are exported instead.
+    planner_tree = planner_tree and uses_planner_tree(model)
     try:
-        model_proto, values_output, torch_values, sb3_actions = export_and_reference(
-            model, metadata, verification_observations, opset
-        )
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        temp_path = _write_temp_file(model_proto.SerializeToString(), out_path)
-        try:
-            parity = _compare_with_onnxruntime(
-                temp_path, verification_observations, sb3_actions, torch_values, values_output, tolerance
+        while True:
+            model_proto, values_output, torch_values, sb3_actions = export_and_reference(
+                model, metadata, verification_observations, opset, planner_tree
             )
-            if not parity.passed:
-                raise OnnxExportError(
-                    f"onnxruntime disagrees with PyTorch on {parity.observations} observations: "
-                    f"action agreement {parity.action_agreement:.4f}, max abs diff {parity.max_abs_diff:.3g} "
-                    f"on {values_output} (tolerance {parity.tolerance:g})"
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            temp_path = _write_temp_file(model_proto.SerializeToString(), out_path)
+            try:
+                parity = _compare_with_onnxruntime(
+                    temp_path, verification_observations, sb3_actions, torch_values, values_output, tolerance
                 )
-            os.replace(temp_path, out_path)
-        finally:
-            temp_path.unlink(missing_ok=True)  # already gone once published
+                if parity.passed:
+                    os.replace(temp_path, out_path)
+                    break
+                if not planner_tree:
+                    raise OnnxExportError(
+                        f"onnxruntime disagrees with PyTorch on {parity.observations} observations: "
+                        f"action agreement {parity.action_agreement:.4f}, max abs diff "
+                        f"{parity.max_abs_diff:.3g} on {values_output} (tolerance {parity.tolerance:g})"
+                    )
+                planner_tree = False
+            finally:
+                temp_path.unlink(missing_ok=True)  # already gone once published
     except OnnxExportError:
         raise
     except Exception as exc:

@@ -56,12 +56,25 @@ class ExportablePolicy(NamedTuple):
 
 
 def export_and_reference(
-    model: PPO | DQN, metadata: Mapping[str, str], observations: np.ndarray, opset: int
+    model: PPO | DQN,
+    metadata: Mapping[str, str],
+    observations: np.ndarray,
+    opset: int,
+    planner_tree: bool = True,
 ) -> tuple[onnx.ModelProto, str, np.ndarray, np.ndarray]:
-    """The checked ONNX model, its values output name, and PyTorch's values and SB3's actions to match."""
+    """The checked ONNX model, its values output name, and PyTorch's values and SB3's actions to match.
+
+    :param planner_tree: a frozen planner's value map read off the maze's tree (False: the sweeps; see
+        ``rl_maze.planner.MazePlannerExtractor.value_map``).
+    """
     import torch  # deferred: agents.replay needs neither torch nor SB3
 
+    from rl_maze.planner import MazePlannerExtractor
+
     exportable = exportable_policy(model)
+    for module in exportable.module.modules():
+        if isinstance(module, MazePlannerExtractor):
+            module.tree_export = planner_tree
     outputs = (ACTION_OUTPUT, exportable.values_output)
     with torch.no_grad():
         onnx_bytes = export_to_bytes(exportable.module, observations, outputs, opset)
@@ -69,6 +82,16 @@ def export_and_reference(
     check_onnx_model(model_proto)
     sb3_actions, torch_values = sb3_reference(exportable, observations)
     return model_proto, exportable.values_output, torch_values, sb3_actions
+
+
+def uses_planner_tree(model: PPO | DQN) -> bool:
+    """Whether the export reads a frozen planner's value map off the maze's tree (then it can fall back)."""
+    from rl_maze.planner import MazePlannerExtractor
+
+    return any(
+        isinstance(module, MazePlannerExtractor) and module.agent_blind and not module._learns()
+        for module in model.policy.modules()
+    )
 
 
 def exportable_policy(model: PPO | DQN) -> ExportablePolicy:
@@ -159,6 +182,8 @@ def export_to_bytes(
         warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
         # F.pad's padding prep cannot be folded into a constant; the graph is still correct (verified below).
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1 can be constant folded")
+        # The planner's tour tables (rl_maze.tree_distances) are constants of the maze size, meant as such.
+        warnings.filterwarnings("ignore", message="torch.from_numpy results are registered as constants")
         torch.onnx.export(
             module,
             (example,),

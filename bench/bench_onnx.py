@@ -28,13 +28,13 @@ import torch
 from stable_baselines3 import DQN, PPO
 from stable_baselines3.common.vec_env import VecEnv
 
-from mazes.grid import MIN_MAZE_SIZE, check_maze_size
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agents import building, hyperparameters
+from agents.onnx_graph import uses_planner_tree
 from agents.onnx_policy import OnnxPolicy
 from bench.results_file import RESULTS_FILE, write_section
+from mazes.grid import MIN_MAZE_SIZE, check_maze_size
 from onnx_export import collect_observations, export_policy
 from training.onnx_publish import verification_observations
 
@@ -58,6 +58,7 @@ class Row:
     sb3_us: float
     ort_us: float
     single_agreement: float
+    sweeps_us: float | None  # the same planner exported with its sweeps (no tree), timed alongside
 
     @property
     def speedup(self) -> float:
@@ -109,13 +110,36 @@ def time_single_observation(
     return statistics.median(sb3_times) * 1e6, statistics.median(ort_times) * 1e6, agreement
 
 
+def time_two_graphs(
+    first: OnnxPolicy, second: OnnxPolicy, observations: np.ndarray, repeats: int
+) -> tuple[float, float]:
+    """Median microseconds per single-observation call of two ONNX policies, in alternating blocks."""
+    times: tuple[list[float], list[float]] = ([], [])
+    block = 25
+    for start_index in range(0, repeats, block):
+        indices = [i % len(observations) for i in range(start_index, min(start_index + block, repeats))]
+        for policy, timings in zip((first, second), times, strict=True):
+            policy.predict(observations[indices[0]][None])  # warm-up, not timed
+            for i in indices:
+                start = time.perf_counter()
+                policy.predict(observations[i][None])
+                timings.append(time.perf_counter() - start)
+    return statistics.median(times[0]) * 1e6, statistics.median(times[1]) * 1e6
+
+
 def measure(network: str, algorithm: str, maze_size: int, repeats: int) -> Row:
     model, env = build(network, algorithm, maze_size)
     observations = collect_observations(model, env, verification_observations(maze_size))
+    sweeps_us = None
     with tempfile.TemporaryDirectory() as tmp:
         report = export_policy(model, Path(tmp) / "policy.onnx", {"algorithm": algorithm}, observations)
         policy = OnnxPolicy(report.path)
         sb3_us, ort_us, single_agreement = time_single_observation(model, policy, observations, repeats)
+        if uses_planner_tree(model):
+            sweeps = export_policy(
+                model, Path(tmp) / "sweeps.onnx", {"algorithm": algorithm}, observations, planner_tree=False
+            )
+            _, sweeps_us = time_two_graphs(policy, OnnxPolicy(sweeps.path), observations, repeats)
     return Row(
         network=network,
         algorithm=algorithm,
@@ -128,6 +152,7 @@ def measure(network: str, algorithm: str, maze_size: int, repeats: int) -> Row:
         sb3_us=sb3_us,
         ort_us=ort_us,
         single_agreement=single_agreement,
+        sweeps_us=sweeps_us,
     )
 
 
@@ -167,19 +192,24 @@ def format_section(
         "export of a tiny MLP here, not included below.",
         f"- Single observation: median of {repeats} calls each, alternating blocks of 25, "
         "SB3 `model.predict(obs, deterministic=True)` vs `OnnxPolicy.predict(obs[None])`, same observations.",
+        "- The service default's planner is frozen: its graph reads goal distances off the maze's tree "
+        "(`rl_maze.tree_distances`). The last column is the same model exported with its value-iteration "
+        "sweeps instead (`export_policy(..., planner_tree=False)`), timed in blocks alternating with the "
+        "tree graph. Target: one call at 30x30 <= 1 ms on one core.",
         f"- Targets: export + verify < {EXPORT_TARGET_S:g} s, speed-up >= {SPEEDUP_TARGET:g}x, "
         "100% agreement.",
         "",
         "| network | algo | maze | export + verify (s) | file (KiB) | distinct obs | parity agreement "
-        "| max abs diff | SB3 predict (us) | onnxruntime (us) | speed-up | single-obs agreement |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| max abs diff | SB3 predict (us) | onnxruntime (us) | speed-up | single-obs agreement "
+        "| onnxruntime, sweeps graph (us) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row.network} | {row.algorithm} | {row.maze_size}x{row.maze_size} | {row.export_seconds:.2f} "
             f"| {row.size_kib:.0f} | {row.distinct_observations} | {row.action_agreement:.1%} "
             f"| {row.max_abs_diff:.1e} | {row.sb3_us:.0f} | {row.ort_us:.0f} | {row.speedup:.1f}x "
-            f"| {row.single_agreement:.1%} |"
+            f"| {row.single_agreement:.1%} | {'' if row.sweeps_us is None else f'{row.sweeps_us:.0f}'} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from rl_maze.feature_memo import DEFAULT_CAPACITY, FeatureMemo
 from rl_maze.observation import ACTION_DELTAS, AGENT_CHANNEL, GOAL_CHANNEL, N_OBS_CHANNELS
+from rl_maze.tree_distances import goal_distances, jump_rounds, tour_tables
 from rl_maze.value_iteration import planning_sweeps, run_sweeps, scripted_sweeps, settle
 
 # Read-out features: 4 neighbour value differences, 4 passage bits, 1 own value.
@@ -53,6 +54,10 @@ def _exporting() -> bool:
 
 class MazePlannerExtractor(BaseFeaturesExtractor):
     """Value-iteration feature extractor for ``(6, N, N)`` maze observations (see module docstring)."""
+
+    # Whether an ONNX export of a frozen agent-blind planner reads goal distances off the maze's tree
+    # instead of running the sweeps (see ``value_map``); the export sets it False to fall back.
+    tree_export: bool = True
 
     def __init__(
         self,
@@ -194,6 +199,10 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
         parts = [parameter.detach().cpu().numpy().tobytes() for parameter in parameters]
         return b"".join(parts) + self.sweeps.to_bytes(4, "little")
 
+    def _learns(self) -> bool:
+        """Whether any of the planner's own weights train (a frozen planner's don't)."""
+        return any(parameter.requires_grad for parameter in self.parameters())
+
     def _step_cost(self) -> torch.Tensor:
         return F.softplus(self.raw_step_cost) + 1e-3
 
@@ -214,7 +223,17 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
         reward = self.reward_map(observations).flatten(1)
         # Value never crosses a wall: a closed passage reads the cell itself (see _move_index).
         move_index = self._move_index(passages)
-        if torch.jit.is_tracing():  # the ONNX export: a fixed trip count, as one Loop node
+        if torch.jit.is_tracing() and self.agent_blind and self.tree_export and not self._learns():
+            # The ONNX export of a frozen planner: on the service's perfect mazes its fixed point is the
+            # goal's reward less a step cost per move to the goal, and the moves are read off the maze's
+            # tree in ~11 rounds of gathers instead of K sweeps (rl_maze.tree_distances; the export is
+            # verified against the sweeps and falls back to them).
+            size = math.isqrt(self.cells)  # a Python int: a traced shape would be recorded as ops
+            goal = observations[:, GOAL_CHANNEL].flatten(1).argmax(dim=1)
+            next_candidates, reverse = tour_tables(size)
+            depth = goal_distances(passages, goal, next_candidates, reverse, jump_rounds(size))
+            values = reward.gather(1, goal.unsqueeze(1)) - step_cost * depth
+        elif torch.jit.is_tracing():  # the ONNX export: a fixed trip count, as one Loop node
             values = scripted_sweeps()(reward, reward, move_index, step_cost, self.sweeps, self.cells)
         elif _exporting():  # torch.compile: all sweeps, a fixed trip count
             values = run_sweeps(reward, reward, move_index, step_cost, self.sweeps, self.cells)

@@ -145,7 +145,10 @@ def test_the_exported_sweeps_are_one_loop_with_a_fixed_trip_count_and_the_same_f
 
     torch.manual_seed(maze_size)
     space = spaces.Box(0, 1, shape=(maze_env.N_OBS_CHANNELS, maze_size, maze_size), dtype=np.uint8)
+    # The sweeps, as the export falls back to them (a frozen planner first reads its maze's tree:
+    # tests/test_tree_distances.py).
     planner = MazePlannerExtractor(space, learn_planner=False, agent_blind=True).eval()
+    planner.tree_export = False
     observations = maze_observations(maze_size, 6, seed=maze_size)
     with torch.no_grad():
         graph = onnx.load_from_string(export_to_bytes(planner, observations.numpy(), ("features",), 17))
