@@ -23,7 +23,7 @@ import structlog
 import torch
 from sqlalchemy.exc import SQLAlchemyError
 
-from agents.hyperparameters import budget_violation, default_n_envs, ppo_n_steps
+from agents.hyperparameters import MAX_BATCH_SIZE, budget_violation, default_n_envs, ppo_n_steps
 from api.schemas import StartTrainingRequest
 from core.errors import InvalidRequest, NotExportable, NotResumable, ServiceBusy, describe
 from core.settings import Settings
@@ -247,6 +247,9 @@ class TrainingService:
                 f"must be at least 2 × n_envs (= {2 * n_envs}) for PPO, whose rollout is "
                 f"timesteps_per_episode / n_envs steps per environment",
             )
+        # A minibatch too large for a CPU is allowed on CUDA (asked only then: Ray asks its cluster).
+        large_batch = int(request.hyperparameters.get("batch_size") or 0) > MAX_BATCH_SIZE
+        gpu = large_batch and request.device != "cpu" and self.executor.cuda_unavailable() is None
         violation = budget_violation(
             request.algorithm,
             request.maze_size,
@@ -254,6 +257,7 @@ class TrainingService:
             request.hyperparameters,
             request.timesteps_per_episode,
             request.total_timesteps,
+            gpu=gpu,
         )
         if violation is not None:
             raise InvalidRequest(f"hyperparameters.{violation.key}", violation.message)

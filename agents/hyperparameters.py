@@ -28,6 +28,9 @@ MAX_TIMESTEPS_PER_EPISODE = 1_000_000
 # checked before every gradient step, so these keep one step, one update and the buffers reasonable.
 MAX_GRADIENT_STEPS = 1_000  # DQN gradient steps per update
 MAX_BATCH_SIZE = 16_384  # one gradient step through the planner on a larger batch takes minutes on a CPU
+# On a GPU a minibatch of 65,536 is what made PPO with 16,384 envs train 22x as fast as two CPU cores
+# (bench/RESULTS.md "GPU throughput"); one such step takes milliseconds there.
+MAX_GPU_BATCH_SIZE = 65_536
 MAX_BUFFER_BYTES = 2 * 1024**3  # observations held by PPO's rollout buffer or DQN's replay buffer
 
 
@@ -226,6 +229,7 @@ def budget_violation(
     overrides: Mapping[str, Any],
     timesteps_per_episode: int,
     total_timesteps: int,
+    gpu: bool = False,
 ) -> BoundViolation | None:
     """The first hyperparameter (merged with our defaults) out of bounds for this run's budget and for
     this machine, or None. Out of bounds: an update so long or an interval so wide that the run could not
@@ -237,6 +241,7 @@ def budget_violation(
     :param overrides: user hyperparameters.
     :param timesteps_per_episode: env steps per training iteration, over all envs.
     :param total_timesteps: the run's budget in env steps.
+    :param gpu: the run trains on a CUDA device (larger minibatches are allowed there).
     """
     params = merged_hyperparameters(algorithm, maze_size, n_envs, overrides, timesteps_per_episode)
     observation_bytes = maze_env.N_OBS_CHANNELS * maze_size * maze_size
@@ -263,7 +268,12 @@ def budget_violation(
             ("gradient_steps", "gradient_steps", per_update, min(MAX_GRADIENT_STEPS, total_timesteps), cap),
             ("buffer_size", "buffer_size", int(params["buffer_size"]), replay_cap, "replay buffer memory"),
         ]
-    checks.append(("batch_size", "batch_size", batch_size, MAX_BATCH_SIZE, "this service's cap"))
+    if gpu:
+        checks.append(
+            ("batch_size", "batch_size", batch_size, MAX_GPU_BATCH_SIZE, "this service's cap on a GPU")
+        )
+    else:
+        checks.append(("batch_size", "batch_size", batch_size, MAX_BATCH_SIZE, "this service's cap on a CPU"))
     for key, bounded, value, bound, what in checks:
         if value > bound:
             return BoundViolation(

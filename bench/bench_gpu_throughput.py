@@ -132,6 +132,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     parser.add_argument("--quick", action="store_true", help="a quarter of the timed steps")
     parser.add_argument("--gpu-envs", type=int, nargs="+", default=[16, 256, 1024, 4096])
+    parser.add_argument(
+        "--ppo-batch-size", type=int, default=PPO_GPU["batch_size"], help="PPO's GPU minibatch"
+    )
+    parser.add_argument("--algorithms", nargs="+", default=["PPO", "DQN"])
     parser.add_argument("--cpu-envs", type=int, nargs="*", default=[], help="GPU shapes on the CPU too")
     args = parser.parse_args()
     if args.worker:
@@ -140,10 +144,13 @@ def main() -> None:
 
     import torch
 
+    PPO_GPU["batch_size"] = args.ppo_batch_size
     cuda = torch.cuda.is_available()
     gpu = torch.cuda.get_device_name(0) if cuda else "none"
     rows = []
     for job in jobs(args.quick, cuda, args.gpu_envs, args.cpu_envs):
+        if job.algorithm not in args.algorithms:
+            continue
         command = [sys.executable, "-m", "bench.bench_gpu_throughput", "--worker", json.dumps(asdict(job))]
         done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
         if done.returncode != 0:

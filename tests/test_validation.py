@@ -190,3 +190,39 @@ def test_a_gpu_sized_request_of_thousands_of_mazes_is_valid() -> None:
         }
     )
     assert request.n_envs == 4096
+
+
+def test_a_minibatch_too_large_for_a_cpu_is_allowed_only_on_a_gpu() -> None:
+    from agents.hyperparameters import MAX_BATCH_SIZE, MAX_GPU_BATCH_SIZE, budget_violation
+
+    def check(batch_size: int, gpu: bool) -> str | None:
+        # The fastest PPO shape measured on a GPU: 16,384 envs, 32-step rollouts.
+        violation = budget_violation(
+            "PPO", 10, 16_384, {"batch_size": batch_size}, 32 * 16_384, 10**7, gpu=gpu
+        )
+        return None if violation is None else violation.message
+
+    assert check(MAX_BATCH_SIZE, gpu=False) is None
+    assert check(MAX_BATCH_SIZE + 1, gpu=False) == (
+        f"batch_size: batch_size = {MAX_BATCH_SIZE + 1} must be at most {MAX_BATCH_SIZE} "
+        "(this service's cap on a CPU; maze 10)"
+    )
+    assert check(MAX_GPU_BATCH_SIZE, gpu=True) is None
+    message = check(MAX_GPU_BATCH_SIZE + 1, gpu=True)
+    assert message is not None and f"at most {MAX_GPU_BATCH_SIZE} (this service's cap on a GPU" in message
+
+
+def test_a_cpu_server_refuses_a_gpu_sized_minibatch_naming_the_cap(client: TestClient) -> None:
+    body = {
+        "algorithm": "PPO",
+        "total_episodes": 1,
+        "timesteps_per_episode": 32 * 4096,
+        "maze_size": 10,
+        "n_envs": 4096,
+        "hyperparameters": {"batch_size": 65_536},
+    }
+    response = client.post("/training/start", json=body)  # "device": "auto", and this server has no CUDA
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "hyperparameters.batch_size"]
+    assert "this service's cap on a CPU" in error["msg"]

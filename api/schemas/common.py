@@ -15,7 +15,7 @@ StopReasonName = Literal[
 ]
 
 MAX_TOTAL_EPISODES = 1_000_000
-# Thousands of mazes per step are what keep a GPU busy: on an H200, PPO trained 15x and DQN 29-39x as many
+# Thousands of mazes per step are what keep a GPU busy: on an H200, PPO trained 22x and DQN 29-39x as many
 # steps/s with 8,192-16,384 envs as two CPU cores with the defaults (16), and solved 100% of held-out
 # 10x10 mazes (bench/RESULTS.md "GPU throughput"). PPO's rollout bound (2 GiB) still applies.
 MAX_N_ENVS = 16_384
