@@ -69,11 +69,22 @@ def curve(
     eval_mazes: int,
     budget: int = BUDGET,
     out: Path | None = None,
+    lr_decay: bool = False,
 ) -> list[dict[str, Any]]:
     """One point per checkpoint (and the untrained model's, at step 0) for one seed; each also appended
-    to ``out`` as a JSON line."""
+    to ``out`` as a JSON line.
+
+    :param lr_decay: the default learning rate decays linearly to 0 over the budget (SB3's schedule);
+        the points are then marked ``"variant": "linear_lr"`` and get a column of their own.
+    """
     env = building.make_vec_env(maze_size, "random", seed, hyperparameters.default_n_envs(algorithm))
     model = building.build_model(algorithm, env, {}, seed, "cpu", TIMESTEPS_PER_EPISODE, policy=policy)
+    variant = None
+    if lr_decay:
+        start_rate = float(model.learning_rate)  # type: ignore[arg-type]  # a float by default
+        model.learning_rate = lambda progress_remaining: start_rate * progress_remaining
+        model._setup_lr_schedule()
+        variant = "linear_lr"
     seeds = maze_env.eval_maze_seeds(eval_mazes)
     points: list[dict[str, Any]] = []
     started = time.perf_counter()
@@ -93,6 +104,8 @@ def curve(
             "path_efficiency": result.path_efficiency,
             "wall_s": round(time.perf_counter() - started, 1),
         }
+        if variant is not None:
+            point["variant"] = variant
         points.append(point)
         print(json.dumps(point), flush=True)
         if out is not None:
@@ -112,13 +125,14 @@ def curve(
 def table(points: list[dict[str, Any]]) -> str:
     """Markdown: one row per checkpoint (untrained first), one "mean / min (seeds)" cell per (policy,
     algorithm); a blank cell where that column has no point."""
-    by_cell: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    by_cell: dict[tuple[str, str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for point in points:
-        by_cell[(point["policy"], point["algorithm"])][point["checkpoint"]].append(point["success"])
+        column = (point["policy"], point["algorithm"], point.get("variant") or "")
+        by_cell[column][point["checkpoint"]].append(point["success"])
     columns = sorted(by_cell)
     rows = sorted({checkpoint for cells in by_cell.values() for checkpoint in cells})
     lines = [
-        "| steps | " + " | ".join(f"`{p}` {a}" for p, a in columns) + " |",
+        "| steps | " + " | ".join(f"`{p}` {a}" + (f" ({v})" if v else "") for p, a, v in columns) + " |",
         "|---|" + "---|" * len(columns),
     ]
     for steps in rows:
@@ -149,6 +163,7 @@ def main() -> None:
     parser.add_argument("--report", type=Path, nargs="*", help="render the table from these files instead")
     parser.add_argument("--notes", type=Path, help="with --report: a markdown file to put under the table")
     parser.add_argument("--write", action="store_true", help="replace this section of bench/RESULTS.md")
+    parser.add_argument("--lr-decay", action="store_true", help="learning rate linear to 0 over the budget")
     args = parser.parse_args()
     if args.report:
         measured = read_points(args.report)
@@ -181,6 +196,7 @@ def main() -> None:
                     args.eval_mazes,
                     args.budget,
                     args.out,
+                    args.lr_decay,
                 )
     print(table(points))
 
