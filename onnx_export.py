@@ -100,32 +100,19 @@ def export_policy(
     started = time.perf_counter()
     out_path = Path(out_path)
     _check_request(metadata, verification_observations, opset)
-    # A frozen planner's graph first reads goal distances off the maze's tree (fast to run); if that
-    # disagrees with PyTorch's sweeps (observations of mazes with loops), the sweeps are exported instead.
-    planner_tree = planner_tree and uses_planner_tree(model)
+    # A frozen planner's graph first reads goal distances off the maze's tree (fast to run); if that graph
+    # cannot be made or disagrees with PyTorch's sweeps (mazes with loops), the sweeps are exported instead.
+    attempts = [True, False] if planner_tree and uses_planner_tree(model) else [False]
     try:
-        while True:
-            model_proto, values_output, torch_values, sb3_actions = export_and_reference(
-                model, metadata, verification_observations, opset, planner_tree
-            )
-            out_path.parent.mkdir(parents=True, exist_ok=True)
-            temp_path = _write_temp_file(model_proto.SerializeToString(), out_path)
+        for attempt, tree in enumerate(attempts, start=1):
             try:
-                parity = _compare_with_onnxruntime(
-                    temp_path, verification_observations, sb3_actions, torch_values, values_output, tolerance
+                parity, values_output = _publish_verified(
+                    model, out_path, metadata, verification_observations, opset, tolerance, tree
                 )
-                if parity.passed:
-                    os.replace(temp_path, out_path)
-                    break
-                if not planner_tree:
-                    raise OnnxExportError(
-                        f"onnxruntime disagrees with PyTorch on {parity.observations} observations: "
-                        f"action agreement {parity.action_agreement:.4f}, max abs diff "
-                        f"{parity.max_abs_diff:.3g} on {values_output} (tolerance {parity.tolerance:g})"
-                    )
-                planner_tree = False
-            finally:
-                temp_path.unlink(missing_ok=True)  # already gone once published
+                break
+            except Exception:
+                if attempt == len(attempts):
+                    raise
     except OnnxExportError:
         raise
     except Exception as exc:
@@ -139,6 +126,38 @@ def export_policy(
         parity=parity,
         outputs=(ACTION_OUTPUT, values_output),
     )
+
+
+def _publish_verified(
+    model: PPO | DQN,
+    out_path: Path,
+    metadata: Mapping[str, str],
+    observations: np.ndarray,
+    opset: int,
+    tolerance: float,
+    planner_tree: bool,
+) -> tuple[ParityReport, str]:
+    """Export, verify in onnxruntime, and only then move the file to ``out_path``; the parity and the
+    values output's name. Raises ``OnnxExportError`` when onnxruntime disagrees."""
+    model_proto, values_output, torch_values, sb3_actions = export_and_reference(
+        model, metadata, observations, opset, planner_tree
+    )
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    temp_path = _write_temp_file(model_proto.SerializeToString(), out_path)
+    try:
+        parity = _compare_with_onnxruntime(
+            temp_path, observations, sb3_actions, torch_values, values_output, tolerance
+        )
+        if not parity.passed:
+            raise OnnxExportError(
+                f"onnxruntime disagrees with PyTorch on {parity.observations} observations: "
+                f"action agreement {parity.action_agreement:.4f}, max abs diff {parity.max_abs_diff:.3g} "
+                f"on {values_output} (tolerance {parity.tolerance:g})"
+            )
+        os.replace(temp_path, out_path)
+    finally:
+        temp_path.unlink(missing_ok=True)  # already gone once published
+    return parity, values_output
 
 
 def collect_observations(

@@ -18,6 +18,7 @@ from agents import building
 from agents.onnx_graph import export_to_bytes
 from mazes.grid import cell_distances_to_goal, cell_to_square, generate_maze, open_directions
 from onnx_export import collect_observations, export_policy
+from rl_maze import planner as planner_module
 from rl_maze.planner import MazePlannerExtractor
 from rl_maze.tree_distances import goal_distances, jump_rounds, tour_tables
 from tests.test_planner import maze_observations
@@ -92,3 +93,20 @@ def test_the_export_falls_back_to_the_sweeps_for_mazes_with_loops(algorithm: str
     report = export_policy(model, tmp_path / "sweeps.onnx", {"algorithm": algorithm}, open_grid)
     assert report.parity.passed and report.parity.action_agreement == 1.0
     assert loop_nodes(report.path) >= 1
+
+
+def test_an_export_whose_tree_graph_cannot_be_made_publishes_the_sweeps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = building.make_vec_env(5, "random", 4, 4)
+    model = building.build_model("PPO", env, {}, seed=4, device="cpu", timesteps_per_episode=64)
+    assert isinstance(model, PPO)
+    observations = collect_observations(model, env, 100)
+
+    def broken(*args: object, **kwargs: object) -> torch.Tensor:
+        raise RuntimeError("no tour here")
+
+    monkeypatch.setattr(planner_module, "goal_distances", broken)
+    report = export_policy(model, tmp_path / "policy.onnx", {"algorithm": "PPO"}, observations)
+
+    assert report.parity.passed and loop_nodes(report.path) >= 1
