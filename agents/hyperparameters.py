@@ -268,12 +268,8 @@ def budget_violation(
             ("gradient_steps", "gradient_steps", per_update, min(MAX_GRADIENT_STEPS, total_timesteps), cap),
             ("buffer_size", "buffer_size", int(params["buffer_size"]), replay_cap, "replay buffer memory"),
         ]
-    if gpu:
-        checks.append(
-            ("batch_size", "batch_size", batch_size, MAX_GPU_BATCH_SIZE, "this service's cap on a GPU")
-        )
-    else:
-        checks.append(("batch_size", "batch_size", batch_size, MAX_BATCH_SIZE, "this service's cap on a CPU"))
+    batch_cap, where = (MAX_GPU_BATCH_SIZE, "GPU") if gpu else (MAX_BATCH_SIZE, "CPU")
+    checks.append(("batch_size", "batch_size", batch_size, batch_cap, f"this service's cap on a {where}"))
     for key, bounded, value, bound, what in checks:
         if value > bound:
             return BoundViolation(

@@ -89,7 +89,7 @@ def uses_planner_tree(model: PPO | DQN) -> bool:
     from rl_maze.planner import MazePlannerExtractor
 
     return any(
-        isinstance(module, MazePlannerExtractor) and module.agent_blind and not module._learns()
+        isinstance(module, MazePlannerExtractor) and module.values_are_goal_distances()
         for module in model.policy.modules()
     )
 

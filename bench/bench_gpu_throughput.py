@@ -96,8 +96,9 @@ def run_job(job: Job) -> dict[str, Any]:
     }
 
 
-def jobs(quick: bool, cuda: bool, gpu_envs: list[int], cpu_envs: list[int]) -> list[Job]:
+def jobs(quick: bool, cuda: bool, gpu_envs: list[int], cpu_envs: list[int], ppo_batch_size: int) -> list[Job]:
     scale = 4 if quick else 1
+    ppo_gpu = {**PPO_GPU, "batch_size": ppo_batch_size}
     out = [
         Job(CPU_DEFAULTS, "PPO", "cpu", 16, {}, 4_096, 32_768 // scale, 2),
         Job(CPU_DEFAULTS, "DQN", "cpu", 16, {}, 2_048, 16_384 // scale, 2),
@@ -105,7 +106,7 @@ def jobs(quick: bool, cuda: bool, gpu_envs: list[int], cpu_envs: list[int]) -> l
     for n_envs in cpu_envs:  # the GPU shapes on the two cores: how much is batching alone
         rollout = 32 * n_envs
         out.append(
-            Job(f"CPU, 2 cores, {n_envs} envs", "PPO", "cpu", n_envs, PPO_GPU, rollout, 2 * rollout, 2)
+            Job(f"CPU, 2 cores, {n_envs} envs", "PPO", "cpu", n_envs, ppo_gpu, rollout, 2 * rollout, 2)
         )
         out.append(Job(f"CPU, 2 cores, {n_envs} envs", "DQN", "cpu", n_envs, DQN_GPU, 40_000, 16 * n_envs, 2))
     if cuda and 16 in gpu_envs:
@@ -118,7 +119,7 @@ def jobs(quick: bool, cuda: bool, gpu_envs: list[int], cpu_envs: list[int]) -> l
             continue
         rollout = 32 * n_envs
         out.append(
-            Job(f"GPU, {n_envs} envs", "PPO", "cuda", n_envs, PPO_GPU, rollout, 8 * rollout // scale, 0)
+            Job(f"GPU, {n_envs} envs", "PPO", "cuda", n_envs, ppo_gpu, rollout, 8 * rollout // scale, 0)
         )
         out.append(
             Job(f"GPU, {n_envs} envs", "DQN", "cuda", n_envs, DQN_GPU, 40_000, 64 * n_envs // scale, 0)
@@ -144,11 +145,10 @@ def main() -> None:
 
     import torch
 
-    PPO_GPU["batch_size"] = args.ppo_batch_size
     cuda = torch.cuda.is_available()
     gpu = torch.cuda.get_device_name(0) if cuda else "none"
     rows = []
-    for job in jobs(args.quick, cuda, args.gpu_envs, args.cpu_envs):
+    for job in jobs(args.quick, cuda, args.gpu_envs, args.cpu_envs, args.ppo_batch_size):
         if job.algorithm not in args.algorithms:
             continue
         command = [sys.executable, "-m", "bench.bench_gpu_throughput", "--worker", json.dumps(asdict(job))]

@@ -26,7 +26,7 @@ from stable_baselines3.dqn.policies import DQNPolicy, QNetwork
 from torch import nn
 
 from rl_maze.feature_memo import DEFAULT_CAPACITY, FeatureMemo
-from rl_maze.observation import ACTION_DELTAS, AGENT_CHANNEL, GOAL_CHANNEL, N_OBS_CHANNELS
+from rl_maze.observation import AGENT_CHANNEL, GOAL_CHANNEL, N_OBS_CHANNELS, neighbour_cells
 from rl_maze.tree_distances import goal_distances, jump_rounds, tour_tables
 from rl_maze.value_iteration import planning_sweeps, run_sweeps, scripted_sweeps, settle
 
@@ -128,15 +128,8 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
         self.register_buffer("neighbour_kernels", kernels, persistent=False)
         # Flat index of each cell's neighbour per direction (the cell itself off the board), and of the
         # cell itself: a sweep gathers all four neighbour values in one op (see ``_move_index``).
-        cells = torch.arange(size * size).reshape(size, size)
-        padded = F.pad(cells, (1, 1, 1, 1), value=-1)
-        neighbours = torch.stack(
-            [padded[1 + dr : 1 + dr + size, 1 + dc : 1 + dc + size] for dr, dc in ACTION_DELTAS]
-        ).reshape(4, size * size)
-        itself = cells.reshape(1, size * size)
-        self.register_buffer(
-            "neighbour_index", torch.where(neighbours < 0, itself, neighbours), persistent=False
-        )
+        itself = torch.arange(size * size).reshape(1, size * size)
+        self.register_buffer("neighbour_index", torch.from_numpy(neighbour_cells(size)), persistent=False)
         self.register_buffer("self_index", itself, persistent=False)
 
     def reward_map(self, obs: torch.Tensor) -> torch.Tensor:
@@ -203,6 +196,11 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
         """Whether any of the planner's own weights train (a frozen planner's don't)."""
         return any(parameter.requires_grad for parameter in self.parameters())
 
+    def values_are_goal_distances(self) -> bool:
+        """Whether the value map is the goal's reward less a step cost per move to the goal, on perfect
+        mazes (frozen and agent-blind): what lets the export read it off the maze's tree."""
+        return self.agent_blind and not self._learns()
+
     def _step_cost(self) -> torch.Tensor:
         return F.softplus(self.raw_step_cost) + 1e-3
 
@@ -223,7 +221,7 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
         reward = self.reward_map(observations).flatten(1)
         # Value never crosses a wall: a closed passage reads the cell itself (see _move_index).
         move_index = self._move_index(passages)
-        if torch.jit.is_tracing() and self.agent_blind and self.tree_export and not self._learns():
+        if torch.jit.is_tracing() and self.tree_export and self.values_are_goal_distances():
             # The ONNX export of a frozen planner: on the service's perfect mazes its fixed point is the
             # goal's reward less a step cost per move to the goal, and the moves are read off the maze's
             # tree in ~11 rounds of gathers instead of K sweeps (rl_maze.tree_distances; the export is

@@ -23,7 +23,7 @@ import math
 import numpy as np
 import torch
 
-from rl_maze.observation import ACTION_DELTAS
+from rl_maze.observation import neighbour_cells
 
 
 @functools.cache
@@ -39,19 +39,11 @@ def tour_tables(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """
     # Built in numpy: tensor writes made while the exporter traces would each become a graph node.
     cells = size * size
-    links = 4 * cells
-    next_candidates = np.zeros((4, links), dtype=np.int64)
-    reverse = np.zeros(links, dtype=np.int64)
-    for direction, (dr, dc) in enumerate(ACTION_DELTAS):
-        back = (direction + 2) % 4
-        for row in range(size):
-            for col in range(size):
-                r, c = row + dr, col + dc
-                target = r * size + c if 0 <= r < size and 0 <= c < size else row * size + col
-                slot = direction * cells + row * size + col
-                reverse[slot] = back * cells + target
-                for turn in range(4):
-                    next_candidates[turn, slot] = ((back + 1 + turn) % 4) * cells + target
+    target = neighbour_cells(size)  # (4, cells): where each slot's passage leads
+    back = (np.arange(4) + 2) % 4  # per direction, the way back from its target
+    reverse = (back[:, None] * cells + target).reshape(-1)
+    turns = (back[None, :, None] + 1 + np.arange(4)[:, None, None]) % 4  # (turn, direction, 1)
+    next_candidates = (turns * cells + target[None]).reshape(4, 4 * cells)
     return torch.from_numpy(next_candidates), torch.from_numpy(reverse)
 
 
