@@ -5,17 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from stable_baselines3 import DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecEnv
 
+from agents.algorithms import MazeDQN, MazePPO
 from agents.hyperparameters import check_algorithm, merged_hyperparameters
 from agents.policies import DEFAULT_POLICY
 from agents.vec_maze import VecMazeEnv
 from rl_maze.planner import MazeDQNPolicy
 
-ALGORITHM_CLASSES: dict[str, type[PPO] | type[DQN]] = {"PPO": PPO, "DQN": DQN}
+# SB3's algorithms, plus the reward-model steps of a learned planner (agents.algorithms).
+ALGORITHM_CLASSES: dict[str, type[MazePPO] | type[MazeDQN]] = {"PPO": MazePPO, "DQN": MazeDQN}
 
 
 def make_vec_env(maze_size: int, maze_mode: str, seed: int, n_envs: int) -> VecEnv:
@@ -64,9 +65,9 @@ def build_model(
     )
     model: BaseAlgorithm
     if algorithm == "PPO":
-        model = PPO("MlpPolicy", env, seed=seed, device=device, verbose=0, **params)
+        model = MazePPO("MlpPolicy", env, seed=seed, device=device, verbose=0, **params)
     else:
-        model = DQN(MazeDQNPolicy, env, seed=seed, device=device, verbose=0, **params)
+        model = MazeDQN(MazeDQNPolicy, env, seed=seed, device=device, verbose=0, **params)
     model.set_logger(in_memory_logger())
     return model
 

@@ -49,13 +49,15 @@ def policy_kwargs(policy: str, algorithm: str) -> dict[str, Any]:
             "features_extractor_class": MazePlannerExtractor,
             # The prior stays as set, for PPO as for DQN: trained, it drifted off the goal (DQN: see
             # agents.hyperparameters; PPO: issue 18 and bench/RESULTS.md "Planner stability").
-            # The frozen planner's reward map does not see the agent: its value map is then one per maze,
-            # planned once and read at every position (rl_maze.planner). The learned one keeps the agent
-            # channel (unchanged since its learning results were measured).
+            # The reward map does not see the agent: the value map is one per maze (the frozen planner
+            # plans it once and reads every position from it, rl_maze.planner). The learned one also
+            # learns a reward model (rl_maze.reward_model) next to RL: without it, it found a source a few
+            # cells off the goal and kept it, or lost a good map again (issue 18, docs/learning.md).
             "features_extractor_kwargs": {
                 "prior": not learned,
                 "learn_planner": learned,
-                "agent_blind": not learned,
+                "agent_blind": True,
+                "reward_model": learned,
             },
             # DQN's head is ActionSharedQHead (MazeDQNPolicy), which ignores net_arch.
             "net_arch": {"pi": [32], "vf": [64]} if ppo else [],

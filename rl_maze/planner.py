@@ -28,13 +28,16 @@ from torch import nn
 from rl_maze.feature_memo import DEFAULT_CAPACITY, FeatureMemo
 from rl_maze.observation import AGENT_CHANNEL, GOAL_CHANNEL, N_OBS_CHANNELS, neighbour_cells
 from rl_maze.tree_distances import goal_distances, jump_rounds, tour_tables
-from rl_maze.value_iteration import planning_sweeps, run_sweeps, scripted_sweeps, settle
+from rl_maze.value_iteration import (
+    differentiable_values,
+    planning_sweeps,
+    run_sweeps,
+    scripted_sweeps,
+    settle,
+)
 
 # Read-out features: 4 neighbour value differences, 4 passage bits, 1 own value.
 PLANNER_FEATURES: int = 9
-# Gradients flow through only the last sweeps; earlier sweeps run without autograd, which keeps PPO/DQN
-# updates cheap. The fixed point does not depend on where the gradient window starts.
-GRAD_SWEEPS: int = 8
 _GOAL_PRIOR_WEIGHT: float = 8.0
 _DIFF_CLIP: float = 3.0
 # An agent-blind planner's value memo holds at most this many floats (64 MiB): 65,536 mazes up to 16x16,
@@ -67,6 +70,7 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
         learn_planner: bool = True,
         prior: bool = True,
         agent_blind: bool = False,
+        reward_model: bool = False,
     ) -> None:
         """Build the extractor.
 
@@ -81,6 +85,9 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
             of the maze alone (its passages and goal): a frozen planner then plans each maze once and
             reads every position in it from the same values (see ``forward``). False for models saved
             before the option (their reward map saw the agent).
+        :param reward_model: the reward map is also trained to predict which moves end an episode with the
+            goal reward, from the agent's own transitions (``rl_maze.reward_model``, applied by the
+            algorithms in ``agents.algorithms``); only sensible with ``learn_planner``.
         """
         super().__init__(observation_space, PLANNER_FEATURES)
         size = int(observation_space.shape[1])
@@ -89,6 +96,7 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
         self.floor = float(2 * size * size)
         self.cells = size * size
         self.agent_blind = agent_blind
+        self.reward_model = reward_model
         # Multiplies the observation before the reward map: zero on the agent channel when agent-blind.
         channel_mask = torch.ones(1, N_OBS_CHANNELS, 1, 1)
         if agent_blind:
@@ -100,16 +108,16 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
         self.goal_weight = nn.Parameter(torch.tensor(_GOAL_PRIOR_WEIGHT))
         self.goal_bias = nn.Parameter(torch.tensor(-_GOAL_PRIOR_WEIGHT / 2))
         self.raw_step_cost = nn.Parameter(torch.tensor(math.log(math.e - 1.0)))  # softplus(x) == 1
+        self.prior = prior
         with torch.no_grad():
-            if prior:
-                last = self.reward_conv[2]
-                assert isinstance(last, nn.Conv2d) and last.bias is not None
-                last.weight.mul_(0.05)
-                last.bias.zero_()
-            else:
-                # No hint where value comes from: the goal weight and bias as small as the conv's own
-                # output, the step cost anywhere in about [0.3, 1.0]; the conv keeps torch's default init.
-                self.goal_weight.normal_(0.0, 0.5)
+            self.shrink_reward_output()
+            if not prior:
+                # No hint where value comes from: a nearly flat random map, so that many cells start as
+                # value sources and gradients reach their rewards (at 10x10 rewards spread over 1-8 units
+                # where they spread over 21-125 at torch's default scale, from which seeds got stuck on a
+                # source next to the goal: issue 18), a goal weight as small, the step cost anywhere in
+                # about [0.3, 1.0].
+                self.goal_weight.normal_(0.0, 0.05)
                 self.goal_bias.normal_(0.0, 0.5)
                 self.raw_step_cost.uniform_(-1.0, 0.5)
         self.requires_grad_(learn_planner)
@@ -132,16 +140,32 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
         self.register_buffer("neighbour_index", torch.from_numpy(neighbour_cells(size)), persistent=False)
         self.register_buffer("self_index", itself, persistent=False)
 
+    def shrink_reward_output(self) -> None:
+        """Scale the reward map's output layer to 5% and zero its bias (its initialisation; call it again
+        after re-initialising the layers, as SB3's PPO policy does with orthogonal weights)."""
+        last = self.reward_conv[2]
+        assert isinstance(last, nn.Conv2d) and last.bias is not None
+        with torch.no_grad():
+            last.weight.mul_(0.05)
+            last.bias.zero_()
+
     def reward_map(self, obs: torch.Tensor) -> torch.Tensor:
         """Per-cell reward in ``[-floor, 0]``: about 0 at goal-like cells, about ``-floor`` elsewhere.
+
+        :param obs: float observations ``(B, 6, N, N)``.
+        """
+        return -self.floor * (1.0 - torch.sigmoid(self.reward_logits(obs)))
+
+    def reward_logits(self, obs: torch.Tensor) -> torch.Tensor:
+        """Per-cell logits ``(B, 1, N, N)`` of the reward map: how goal-like each cell is.
 
         :param obs: float observations ``(B, 6, N, N)``.
         """
         goal = obs[:, GOAL_CHANNEL : GOAL_CHANNEL + 1]
         if self.agent_blind:
             obs = self._without_agent(obs)
-        logits = self.goal_weight * goal + self.goal_bias + self.reward_conv(obs)
-        return -self.floor * (1.0 - torch.sigmoid(logits))
+        logits: torch.Tensor = self.goal_weight * goal + self.goal_bias + self.reward_conv(obs)
+        return logits
 
     def _without_agent(self, obs: torch.Tensor) -> torch.Tensor:
         """The observations with the agent channel zeroed (what an agent-blind reward map sees)."""
@@ -219,6 +243,12 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
         passages = observations[:, :4]
         step_cost = self._step_cost()
         reward = self.reward_map(observations).flatten(1)
+        if self.reward_model:
+            # The reward map is the reward model's alone (rl_maze.reward_model); RL trains the step cost
+            # and the heads. RL's own gradients raised the reward of cells along the maze's bottom row
+            # (the goal is always bottom right) until they became value sources: a run at 100% of
+            # held-out mazes fell to 9% within 50k steps (issue 18, docs/learning.md).
+            reward = reward.detach()
         # Value never crosses a wall: a closed passage reads the cell itself (see _move_index).
         move_index = self._move_index(passages)
         if torch.jit.is_tracing() and self.tree_export and self.values_are_goal_distances():
@@ -235,17 +265,14 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
             values = scripted_sweeps()(reward, reward, move_index, step_cost, self.sweeps, self.cells)
         elif _exporting():  # torch.compile: all sweeps, a fixed trip count
             values = run_sweeps(reward, reward, move_index, step_cost, self.sweeps, self.cells)
-        elif not reward.requires_grad:
+        elif not (reward.requires_grad or step_cost.requires_grad):
             # Nothing to differentiate (a frozen planner, or no_grad): all K sweeps may stop early. The
             # same values as below: once converged the last sweeps change nothing.
             values = settle(reward, move_index, step_cost, self.sweeps, self.cells)
         else:
-            settle_sweeps = max(0, self.sweeps - GRAD_SWEEPS)
-            with torch.no_grad():
-                values = settle(reward.detach(), move_index, step_cost.detach(), settle_sweeps, self.cells)
-            values = run_sweeps(
-                values, reward, move_index, step_cost, min(GRAD_SWEEPS, self.sweeps), self.cells
-            )
+            # Differentiated through each cell's value source, however far: exact and cheaper than
+            # backpropagating through the sweeps (rl_maze.value_iteration.differentiable_values).
+            values = differentiable_values(reward, move_index, step_cost, self.sweeps, self.cells)
         return values
 
     def _read_out(self, values: torch.Tensor, observations: torch.Tensor) -> torch.Tensor:

@@ -101,3 +101,54 @@ def settle(
                 break
             snapshot = values
     return values
+
+
+def differentiable_values(
+    reward: torch.Tensor, move_index: torch.Tensor, step_cost: torch.Tensor, count: int, cells: int
+) -> torch.Tensor:
+    """``count`` sweeps' values from ``reward`` with their exact gradient, without differentiating sweeps.
+
+    The forward values are ``settle``'s (equal to ``run_sweeps``'). Once they have converged, each cell's
+    value is ``r(source) - c * moves`` (``value_sources``), and that expression carries the gradient: to
+    every cell's reward however far its source, and to the step cost. Backpropagating through the sweeps
+    themselves gave the same gradient at several times the cost, so only the last few sweeps used to be
+    differentiated, and the reward of a source farther away than that got none. Values that have not
+    converged within ``count`` sweeps (too few sweeps for the maze) are differentiated through all sweeps.
+    """
+    with torch.no_grad():
+        values = settle(reward.detach(), move_index, step_cost.detach(), count, cells)
+        converged = torch.equal(sweep(values, reward.detach(), move_index, step_cost.detach(), cells), values)
+    if not converged:
+        return run_sweeps(reward, reward, move_index, step_cost, count, cells)
+    source, moves = value_sources(values, reward.detach(), move_index, cells)
+    planned = reward.gather(1, source) - step_cost * moves
+    return values + (planned - planned.detach())
+
+
+def value_sources(
+    values: torch.Tensor, reward: torch.Tensor, move_index: torch.Tensor, cells: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per cell of a settled value map, the cell its value comes from and the moves to it.
+
+    At the fixed point ``v(s) = max(r(s), max_n v(n) - c)`` every cell either is its own source
+    (``v(s) == r(s)``) or takes its value from its best neighbour, whose value is higher by ``c``; following
+    best neighbours therefore climbs strictly and ends at a source. Pointer jumping follows the chains in
+    ``ceil(log2(N*N))`` rounds of gathers. So ``v(s) = r(source(s)) - c * moves(s)``: differentiable in
+    every cell's reward and in ``c`` however far the source is (the envelope theorem of the max).
+
+    :param values: settled values ``(B, N*N)`` (no gradient needed).
+    :param reward: the reward map they were planned from ``(B, N*N)``.
+    :param move_index: as for ``sweep``.
+    :return: ``source`` (int64) and ``moves`` (float) per cell, both ``(B, N*N)``.
+    """
+    moves_values = torch.gather(values, 1, move_index).reshape(-1, 4, cells)
+    best = moves_values.argmax(dim=1, keepdim=True)
+    neighbour = move_index.reshape(-1, 4, cells).gather(1, best).squeeze(1)
+    itself = torch.arange(cells, device=values.device).expand_as(neighbour)
+    own = reward >= values
+    parent = torch.where(own, itself, neighbour)
+    moves = (~own).to(values.dtype)
+    for _ in range(max(1, math.ceil(math.log2(cells)))):
+        moves = moves + moves.gather(1, parent)
+        parent = parent.gather(1, parent)
+    return parent, moves

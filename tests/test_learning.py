@@ -229,18 +229,22 @@ def test_dqn_learns_fixed_small_maze() -> None:
 
 
 @pytest.mark.learning
-def test_planner_learned_learns_to_plan_from_reward_alone() -> None:
-    """No hand-set prior: the untrained planner solves none of the unseen 5x5 mazes; PPO must learn it.
+@pytest.mark.parametrize(("algorithm", "steps", "margin"), [("PPO", 49_152, 0.8), ("DQN", 16_384, 0.8)])
+def test_planner_learned_learns_to_plan_from_reward_alone(algorithm: str, steps: int, margin: float) -> None:
+    """No hand-set prior: the untrained planner solves none of the unseen 5x5 mazes; RL (with the planner's
+    reward model) must learn it.
 
-    Measured (seed 0): 0% untrained, 21% after 4k steps, 25% after 8k; the bound leaves a margin.
+    Measured (seed 0): PPO 0% untrained, 14% after 4k steps, 43% after 32k, 100% after 49k (seeds 1 and 2:
+    100% after 49k); DQN 0% untrained and after 8k, 100% after 16k (seed 1: 100% after 8k; seed 2: still 0%
+    after 16k, so one short run proves little: the learning claims are the benchmark's, bench/RESULTS.md).
     """
     torch.set_num_threads(1)
     seeds = maze_env.eval_maze_seeds(100)
-    env = building.make_vec_env(5, "random", 0, hyperparameters.default_n_envs("PPO"))
+    env = building.make_vec_env(5, "random", 0, hyperparameters.default_n_envs(algorithm))
     model = building.build_model(
-        "PPO", env, {}, seed=0, device="cpu", timesteps_per_episode=1024, policy="planner_learned"
+        algorithm, env, {}, seed=0, device="cpu", timesteps_per_episode=1024, policy="planner_learned"
     )
     before = evaluation.evaluate(model, 5, seeds)
-    model.learn(8192)
+    model.learn(steps)
     after = evaluation.evaluate(model, 5, seeds)
-    assert after.success_rate >= before.success_rate + 0.15, (before, after)
+    assert after.success_rate >= before.success_rate + margin, (before, after)

@@ -92,7 +92,7 @@ def observations(service_model: PPO | DQN, maze_vec_env: VecEnv) -> np.ndarray:
 def exported(
     service_model: PPO | DQN, observations: np.ndarray, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    algorithm = type(service_model).__name__
+    algorithm = "PPO" if isinstance(service_model, PPO) else "DQN"
     out_path = tmp_path_factory.mktemp("export") / f"{algorithm}.onnx"
     export_policy(service_model, out_path, maze_metadata(algorithm), observations)
     return out_path
@@ -142,7 +142,7 @@ def test_export_is_verified_against_pytorch(
 
 
 def test_metadata_holds_caller_and_library_keys(service_model: PPO | DQN, exported: Path) -> None:
-    algorithm = type(service_model).__name__
+    algorithm = "PPO" if isinstance(service_model, PPO) else "DQN"
 
     metadata = OnnxPolicy(exported).metadata
 

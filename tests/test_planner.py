@@ -1,4 +1,5 @@
-"""The gather-based planner sweep against the conv-based one it replaced: same features, same gradients."""
+"""The gather-based planner sweep against the conv-based one it replaced (same features, same gradients), and
+the exact gradient through each value's source."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import maze_env
 from agents.onnx_graph import export_to_bytes
 from mazes.grid import generate_maze, open_directions, square_to_cell
 from rl_maze import planner as planner_module
-from rl_maze.planner import GRAD_SWEEPS, MazePlannerExtractor
+from rl_maze import value_iteration
+from rl_maze.planner import MazePlannerExtractor
+from rl_maze.value_iteration import settle, value_sources
 
 
 class ConvSweepExtractor(MazePlannerExtractor):
@@ -31,11 +34,7 @@ class ConvSweepExtractor(MazePlannerExtractor):
             return torch.maximum(reward, (self._neighbours(values) + move_bias).amax(dim=1, keepdim=True))
 
         values = reward
-        with torch.no_grad():
-            for _ in range(max(0, self.sweeps - GRAD_SWEEPS)):
-                values = sweep(values)
-        values = values.detach()
-        for _ in range(min(GRAD_SWEEPS, self.sweeps)):
+        for _ in range(self.sweeps):  # every sweep differentiated: the exact gradient
             values = sweep(values)
         own = (values * agent).sum(dim=(2, 3))
         around = (self._neighbours(values) * agent).sum(dim=(2, 3))
@@ -88,9 +87,7 @@ def test_gather_sweeps_give_the_conv_sweeps_features_and_gradients(
     (features * weights).sum().backward()
     (expected * weights).sum().backward()
     gradients = assert_same_gradients(new, reference)
-    # Through the last GRAD_SWEEPS sweeps the reward gets gradient only near the agent: at 20x20 the goal is
-    # mostly farther away, and only the step cost's gradient (every sweep) is left to compare.
-    assert gradients >= (3 if maze_size <= 10 else 1), "the comparison must cover gradients that flow"
+    assert gradients >= 3, "the comparison must cover gradients that flow"
 
 
 def assert_same_gradients(new: MazePlannerExtractor, reference: MazePlannerExtractor) -> int:
@@ -164,3 +161,44 @@ def test_the_exported_sweeps_are_one_loop_with_a_fixed_trip_count_and_the_same_f
     session = onnxruntime.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
     (features,) = session.run(None, {session.get_inputs()[0].name: observations.numpy()})
     np.testing.assert_allclose(features, expected.numpy(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("maze_size", [2, 5, 10, 30])
+def test_each_settled_value_is_its_sources_reward_less_a_step_cost_per_move(maze_size: int) -> None:
+    """``value_sources`` on random reward maps: every value is ``r(source) - c * moves`` (what carries
+    the gradient), every source is its own source with zero moves, and there are fewer sources than cells."""
+    planner, _ = perturbed_pair(maze_size, None, seed=maze_size)
+    observations = maze_observations(maze_size, 8, seed=maze_size)
+    with torch.no_grad():
+        reward = planner.reward_map(observations).flatten(1)
+        move_index = planner._move_index(observations[:, :4])
+        step_cost = planner._step_cost()
+        values = settle(reward, move_index, step_cost, planner.sweeps, planner.cells)
+    source, moves = value_sources(values, reward, move_index, planner.cells)
+    torch.testing.assert_close(reward.gather(1, source) - step_cost * moves, values, rtol=1e-5, atol=1e-4)
+    assert torch.equal(source.gather(1, source), source)
+    assert torch.equal(moves.gather(1, source), torch.zeros_like(moves))
+    if maze_size > 2:
+        assert bool((moves > 0).any()), "some values must come from another cell"
+
+
+def test_converged_values_are_differentiated_without_unrolling_the_sweeps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The cheap path is the one taken once the values converge; unconverged ones unroll all sweeps."""
+    planner, _ = perturbed_pair(10, None, seed=3)
+    observations = maze_observations(10, 8, seed=3)
+    reward = planner.reward_map(observations).flatten(1)
+    move_index = planner._move_index(observations[:, :4])
+    step_cost = planner._step_cost()
+
+    def unrolled(*args: object) -> torch.Tensor:
+        raise AssertionError("unrolled the sweeps")
+
+    monkeypatch.setattr(value_iteration, "run_sweeps", unrolled)
+    values = value_iteration.differentiable_values(
+        reward, move_index, step_cost, planner.sweeps, planner.cells
+    )
+    assert values.requires_grad
+    with pytest.raises(AssertionError, match="unrolled"):
+        value_iteration.differentiable_values(reward, move_index, step_cost, 2, planner.cells)

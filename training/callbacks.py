@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+from stable_baselines3 import DQN
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
 from core.settings import Settings
@@ -217,7 +218,7 @@ class TrackingCallback(BaseCallback):
         lengths = [info["l"] for info in (self.model.ep_info_buffer or [])] if self.model else []
         if lengths:
             metrics["episode_length"] = float(np.mean(lengths))
-        if "loss" in metrics and self.model is not None and type(self.model).__name__ == "DQN":
+        if "loss" in metrics and self.model is not None and isinstance(self.model, DQN):
             metrics["td_loss"] = metrics["loss"]
         self._log_metrics(metrics, self.num_timesteps)
 

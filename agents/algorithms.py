@@ -1,0 +1,98 @@
+"""SB3's PPO and DQN, with the reward-model steps of a learned planner (``planner_learned``) at each update.
+
+With any other policy they are SB3's algorithms unchanged. The reward model (``rl_maze.reward_model``)
+learns from the transitions the algorithm trains on: PPO's rollout (whether each move ended its episode at
+the goal is read from the env's ``is_success`` when the step is collected) and DQN's replay samples
+(their ``dones``, from which SB3 removes time-limit truncations, so a done is a move into the goal).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3 import DQN, PPO
+
+from rl_maze.planner import MazePlannerExtractor
+from rl_maze.reward_model import BATCH_SIZE, STEPS_PER_UPDATE, RewardModelTrainer
+
+_NOT_SAVED = ["_reward_model", "_reached_goal"]
+
+
+class MazePPO(PPO):
+    """PPO; with a learned planner's reward model, ``STEPS_PER_UPDATE`` steps of it after each update."""
+
+    _reward_model: RewardModelTrainer | None
+    _reached_goal: np.ndarray
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        extractor = self.policy.features_extractor
+        if isinstance(extractor, MazePlannerExtractor) and not extractor.prior and self.policy.ortho_init:
+            # SB3 gave the extractor's layers orthogonal weights: a learned planner starts nearly flat again.
+            extractor.shrink_reward_output()
+        self._reward_model = RewardModelTrainer.for_extractor(extractor)
+        self._reached_goal = np.zeros((self.n_steps, self.n_envs), dtype=bool)
+
+    def _update_info_buffer(self, infos: list[dict[str, Any]], dones: np.ndarray | None = None) -> None:
+        # Called once per collected step, before the step is added at ``rollout_buffer.pos``.
+        super()._update_info_buffer(infos, dones)
+        if self._reward_model is not None and dones is not None:
+            position = self.rollout_buffer.pos
+            if position < len(self._reached_goal):
+                reached = [
+                    bool(done and info.get("is_success")) for done, info in zip(dones, infos, strict=True)
+                ]
+                self._reached_goal[position] = reached
+
+    def train(self) -> None:
+        """The reward model's steps on random minibatches of the rollout just collected, then PPO's update.
+
+        In this order PPO's update starts from the planner the reward model has just changed, and its
+        probability ratios (against the policy that collected the rollout) count that change too, so the
+        policy's whole change per iteration stays within PPO's clipping.
+        """
+        if self._reward_model is not None:
+            self._fit_reward_model(self._reward_model)
+        super().train()
+
+    def _fit_reward_model(self, reward_model: RewardModelTrainer) -> None:
+        buffer = self.rollout_buffer
+        observations = buffer.observations.reshape(-1, *buffer.obs_shape)
+        actions, reached = buffer.actions.reshape(-1), self._reached_goal.reshape(-1)
+        size = min(BATCH_SIZE, len(observations))
+        # Random minibatches (numpy's generator, which SB3 seeds), copied to the device one at a time.
+        chosen = np.random.permutation(len(observations))[: STEPS_PER_UPDATE * size]
+        for start in range(0, len(chosen), size):
+            rows = chosen[start : start + size]
+            reward_model.step(
+                torch.as_tensor(observations[rows], device=self.device),
+                torch.as_tensor(actions[rows], device=self.device),
+                torch.as_tensor(reached[rows], device=self.device),
+            )
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), *_NOT_SAVED]
+
+
+class MazeDQN(DQN):
+    """DQN; with a learned planner's reward model, one step of it on a replay sample per gradient step."""
+
+    _reward_model: RewardModelTrainer | None
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        self._reward_model = RewardModelTrainer.for_extractor(self.q_net.features_extractor)
+
+    def train(self, gradient_steps: int, batch_size: int = 100) -> None:
+        """DQN's gradient steps, then as many reward-model steps on fresh replay samples."""
+        super().train(gradient_steps, batch_size)
+        if self._reward_model is None:
+            return
+        for _ in range(gradient_steps):
+            sample = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+            self._reward_model.step(sample.observations, sample.actions, sample.dones)
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_reward_model"]
