@@ -9,13 +9,13 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecEnv
 
-from agents.algorithms import MazeDQN, MazePPO
 from agents.hyperparameters import check_algorithm, merged_hyperparameters
 from agents.policies import DEFAULT_POLICY
 from agents.vec_maze import VecMazeEnv
+from rl_maze.algorithms import MazeDQN, MazePPO
 from rl_maze.planner import MazeDQNPolicy
 
-# SB3's algorithms, plus the reward-model steps of a learned planner (agents.algorithms).
+# SB3's algorithms, plus the reward-model steps of a learned planner (rl_maze.algorithms).
 ALGORITHM_CLASSES: dict[str, type[MazePPO] | type[MazeDQN]] = {"PPO": MazePPO, "DQN": MazeDQN}
 
 

@@ -18,6 +18,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "explained_variance",
         "learning_rate",
         "td_loss",
+        "reward_model_loss",
     ),
     # best_*: the kept model's, once, on the run and its logged model (see records/mlflow_models.py).
     "eval": (

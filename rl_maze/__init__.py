@@ -1,6 +1,10 @@
 """The maze policies' classes under a stable, installable module path (`pip install .` installs this
 package), so that a Stable-Baselines3 `model.zip` saved by the service loads anywhere.
 
+To train a saved `planner_learned` model on, load it with `MazePPO` / `MazeDQN` (SB3's algorithms plus
+its reward model's steps, `rl_maze.algorithms`): plain `PPO` / `DQN` load it too, but leave its reward
+map untrained.
+
 SB3 pickles a model's custom classes by module path: models saved now refer to `rl_maze.planner`.
 Models saved by older versions refer to `agents.MazePlannerExtractor` / `agents.planner.*` (modules of
 the service's checkout); outside the checkout, load them inside `legacy_module_names()`.
@@ -15,9 +19,18 @@ import types
 from collections.abc import Iterator
 
 from rl_maze import planner
+from rl_maze.algorithms import MazeDQN, MazePPO
 from rl_maze.planner import ActionSharedQHead, MazeDQNPolicy, MazePlannerExtractor
 
-__all__ = ["ActionSharedQHead", "MazeDQNPolicy", "MazePlannerExtractor", "legacy_module_names"]
+# The first three are what models saved by older versions name (see legacy_module_names).
+__all__ = [
+    "ActionSharedQHead",
+    "MazeDQN",
+    "MazeDQNPolicy",
+    "MazePPO",
+    "MazePlannerExtractor",
+    "legacy_module_names",
+]
 
 
 @contextlib.contextmanager

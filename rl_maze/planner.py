@@ -87,7 +87,7 @@ class MazePlannerExtractor(BaseFeaturesExtractor):
             before the option (their reward map saw the agent).
         :param reward_model: the reward map is also trained to predict which moves end an episode with the
             goal reward, from the agent's own transitions (``rl_maze.reward_model``, applied by the
-            algorithms in ``agents.algorithms``); only sensible with ``learn_planner``.
+            algorithms in ``rl_maze.algorithms``); only sensible with ``learn_planner``.
         """
         super().__init__(observation_space, PLANNER_FEATURES)
         size = int(observation_space.shape[1])

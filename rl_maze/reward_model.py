@@ -9,7 +9,7 @@ to what the agent experienced: for every move through an open passage, whether i
 the goal reward. The label is the environment's own signal (its termination at the goal), never the
 observation's goal channel or a distance; the logits are those of the reward map the planner plans with
 (a cell the model predicts pays the goal reward becomes a value source), and RL does not train them (the
-planner detaches them: RL trains the step cost and the heads). The algorithms in ``agents.algorithms``
+planner detaches them: RL trains the step cost and the heads). The algorithms in ``rl_maze.algorithms``
 take a few steps of this loss at each of their own updates (``RewardModelTrainer``).
 """
 

@@ -112,17 +112,24 @@ def differentiable_values(
     value is ``r(source) - c * moves`` (``value_sources``), and that expression carries the gradient: to
     every cell's reward however far its source, and to the step cost. Backpropagating through the sweeps
     themselves gave the same gradient at several times the cost, so only the last few sweeps used to be
-    differentiated, and the reward of a source farther away than that got none. Values that have not
-    converged within ``count`` sweeps (too few sweeps for the maze) are differentiated through all sweeps.
+    differentiated, and the reward of a source farther away than that got none. The maps whose values have
+    not converged within ``count`` sweeps (too few sweeps for the maze) are differentiated through all
+    their sweeps.
     """
     with torch.no_grad():
         values = settle(reward.detach(), move_index, step_cost.detach(), count, cells)
-        converged = torch.equal(sweep(values, reward.detach(), move_index, step_cost.detach(), cells), values)
-    if not converged:
-        return run_sweeps(reward, reward, move_index, step_cost, count, cells)
-    source, moves = value_sources(values, reward.detach(), move_index, cells)
+        again = sweep(values, reward.detach(), move_index, step_cost.detach(), cells)
+        unsettled = (again != values).any(dim=1).nonzero().squeeze(1)
+        source, moves = value_sources(values, reward.detach(), move_index, cells)
     planned = reward.gather(1, source) - step_cost * moves
-    return values + (planned - planned.detach())
+    exact = values + (planned - planned.detach())
+    if len(unsettled) == 0:
+        return exact
+    # Only the maps that have not converged are differentiated through their sweeps.
+    unrolled = run_sweeps(
+        reward[unsettled], reward[unsettled], move_index[unsettled], step_cost, count, cells
+    )
+    return exact.index_put((unsettled,), unrolled)
 
 
 def value_sources(

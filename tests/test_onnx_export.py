@@ -126,7 +126,8 @@ def test_export_is_verified_against_pytorch(
 ) -> None:
     out_path = tmp_path / "policy.onnx"
 
-    report = export_policy(service_model, out_path, maze_metadata(type(service_model).__name__), observations)
+    algorithm = "PPO" if isinstance(service_model, PPO) else "DQN"
+    report = export_policy(service_model, out_path, maze_metadata(algorithm), observations)
 
     values_output = "logits" if isinstance(service_model, PPO) else "q_values"
     assert report.path == out_path and out_path.is_file()

@@ -202,3 +202,31 @@ def test_converged_values_are_differentiated_without_unrolling_the_sweeps(
     assert values.requires_grad
     with pytest.raises(AssertionError, match="unrolled"):
         value_iteration.differentiable_values(reward, move_index, step_cost, 2, planner.cells)
+
+
+@pytest.mark.parametrize("sweeps", [5, 30, None])
+def test_differentiable_values_equal_the_unrolled_sweeps_even_in_part_converged_batches(
+    sweeps: int | None,
+) -> None:
+    """At 30 sweeps 10 of these 16 10x10 maps have converged and 6 have not: each row gets its own path."""
+    planner, _ = perturbed_pair(10, sweeps, seed=5)
+    observations = maze_observations(10, 16, seed=5)
+    passages = observations[:, :4]
+    move_index = planner._move_index(passages)
+    weights = torch.randn(16, planner.cells)
+    gradients = []
+    for differentiate in (value_iteration.differentiable_values, None):
+        planner.zero_grad()
+        reward, step_cost = planner.reward_map(observations).flatten(1), planner._step_cost()
+        if differentiate is None:
+            values = value_iteration.run_sweeps(
+                reward, reward, move_index, step_cost, planner.sweeps, planner.cells
+            )
+        else:
+            values = differentiate(reward, move_index, step_cost, planner.sweeps, planner.cells)
+        (values * weights).sum().backward()
+        gradients.append(
+            [parameter.grad.clone() for parameter in planner.parameters() if parameter.grad is not None]
+        )
+    for mine, theirs in zip(*gradients, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4)

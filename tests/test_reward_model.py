@@ -9,11 +9,12 @@ from gymnasium import spaces
 
 import maze_env
 from agents import building
-from agents.algorithms import MazeDQN, MazePPO
 from mazes.grid import generate_maze, open_directions, square_to_cell
+from rl_maze.algorithms import REWARD_MODEL_LOSS_KEY, MazeDQN, MazePPO
 from rl_maze.planner import MazePlannerExtractor
 from rl_maze.reward_model import RewardModelTrainer, goal_reward_loss
 from rl_maze.value_iteration import value_sources
+from training.callbacks import SB3_METRICS
 
 
 def learned_planner(size: int, seed: int = 0) -> MazePlannerExtractor:
@@ -130,3 +131,14 @@ def test_rl_trains_the_step_cost_but_not_a_reward_model_s_map() -> None:
             assert all(grad is None for grad in reward_grads)
         else:
             assert all(grad is not None for grad in reward_grads)
+
+
+def test_the_reward_models_loss_is_logged_at_each_update() -> None:
+    env = building.make_vec_env(3, "random", 0, 4)
+    model = building.build_model("PPO", env, {"n_steps": 64}, 0, "cpu", 256, policy="planner_learned")
+    assert isinstance(model, MazePPO)
+    model.learn(256)
+    model.train()  # one more update, whose values stay in the logger (learn() dumps and clears them)
+    loss = model.logger.name_to_value[REWARD_MODEL_LOSS_KEY]
+    assert 0 < loss < 10
+    assert SB3_METRICS[REWARD_MODEL_LOSS_KEY] == "reward_model_loss"

@@ -150,6 +150,7 @@ SB3_METRICS = {
     "train/explained_variance": "explained_variance",
     "train/learning_rate": "learning_rate",
     "rollout/exploration_rate": "exploration_rate",
+    "train/reward_model_loss": "reward_model_loss",  # planner_learned (rl_maze.algorithms)
 }
 
 
