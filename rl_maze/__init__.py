@@ -22,7 +22,8 @@ from rl_maze import planner
 from rl_maze.algorithms import MazeDQN, MazePPO
 from rl_maze.planner import ActionSharedQHead, MazeDQNPolicy, MazePlannerExtractor
 
-# The first three are what models saved by older versions name (see legacy_module_names).
+# What models saved by older versions name as `agents.<Class>` (see legacy_module_names).
+_LEGACY_NAMES = ("ActionSharedQHead", "MazeDQNPolicy", "MazePlannerExtractor")
 __all__ = [
     "ActionSharedQHead",
     "MazeDQN",
@@ -46,7 +47,7 @@ def legacy_module_names() -> Iterator[None]:
         return
     legacy = types.ModuleType("agents")
     legacy.__path__ = []  # a package, so that `agents.planner` resolves too
-    for name in __all__[:3]:
+    for name in _LEGACY_NAMES:
         setattr(legacy, name, getattr(planner, name))
     legacy.planner = planner  # type: ignore[attr-defined]
     added = {"agents": legacy, "agents.planner": planner}
