@@ -8,6 +8,7 @@ the goal is read from the env's ``is_success`` when the step is collected) and D
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -68,18 +69,17 @@ class MazePPO(PPO):
         size = min(BATCH_SIZE, len(observations))
         # Random minibatches (numpy's generator, which SB3 seeds), copied to the device one at a time.
         chosen = np.random.permutation(len(observations))[: STEPS_PER_UPDATE * size]
-        losses = []
-        for start in range(0, len(chosen), size):
-            rows = chosen[start : start + size]
-            loss = reward_model.step(
-                torch.as_tensor(observations[rows], device=self.device),
-                torch.as_tensor(actions[rows], device=self.device),
-                torch.as_tensor(reached[rows], device=self.device),
-            )
-            if loss is not None:
-                losses.append(loss)
-        if losses:
-            self.logger.record(REWARD_MODEL_LOSS_KEY, float(np.mean(losses)))
+
+        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+            for start in range(0, len(chosen), size):
+                rows = chosen[start : start + size]
+                yield (
+                    torch.as_tensor(observations[rows], device=self.device),
+                    torch.as_tensor(actions[rows], device=self.device),
+                    torch.as_tensor(reached[rows], device=self.device),
+                )
+
+        _record_loss(self, reward_model.fit(batches()))
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), *_NOT_SAVED]
@@ -99,14 +99,18 @@ class MazeDQN(DQN):
         super().train(gradient_steps, batch_size)
         if self._reward_model is None:
             return
-        losses = []
-        for _ in range(gradient_steps):
-            sample = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
-            loss = self._reward_model.step(sample.observations, sample.actions, sample.dones)
-            if loss is not None:
-                losses.append(loss)
-        if losses:
-            self.logger.record(REWARD_MODEL_LOSS_KEY, float(np.mean(losses)))
+        samples = (
+            self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+            for _ in range(gradient_steps)
+        )
+        batches = ((sample.observations, sample.actions, sample.dones) for sample in samples)
+        _record_loss(self, self._reward_model.fit(batches))
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_reward_model"]
+
+
+def _record_loss(model: PPO | DQN, loss: float | None) -> None:
+    """The reward model's mean loss of this update into the model's SB3 logger (when it learned)."""
+    if loss is not None:
+        model.logger.record(REWARD_MODEL_LOSS_KEY, loss)

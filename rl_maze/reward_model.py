@@ -15,6 +15,8 @@ take a few steps of this loss at each of their own updates (``RewardModelTrainer
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
 
@@ -73,8 +75,11 @@ class RewardModelTrainer:
     @classmethod
     def for_extractor(cls, extractor: object) -> RewardModelTrainer | None:
         """A trainer when ``extractor`` is a planner that learns a reward model, else None."""
-        learns = isinstance(extractor, MazePlannerExtractor) and extractor.goal_weight.requires_grad
-        if learns and isinstance(extractor, MazePlannerExtractor) and extractor.reward_model:
+        if (
+            isinstance(extractor, MazePlannerExtractor)
+            and extractor.reward_model
+            and extractor.goal_weight.requires_grad
+        ):
             return cls(extractor)
         return None
 
@@ -94,3 +99,9 @@ class RewardModelTrainer:
         loss.backward()
         self.optimizer.step()
         return float(loss.detach())
+
+    def fit(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> float | None:
+        """One ``step`` per batch of ``(observations, actions, reached_goal)``; their mean loss (None: no
+        batch had a move to learn from)."""
+        losses = [loss for batch in batches if (loss := self.step(*batch)) is not None]
+        return sum(losses) / len(losses) if losses else None

@@ -83,6 +83,11 @@ def service_model(request: pytest.FixtureRequest, maze_vec_env: VecEnv) -> PPO |
     return model
 
 
+def algorithm_of(model: PPO | DQN) -> str:
+    """The algorithm's name (the service's classes are subclasses, MazePPO and MazeDQN)."""
+    return "PPO" if isinstance(model, PPO) else "DQN"
+
+
 @pytest.fixture(scope="module")
 def observations(service_model: PPO | DQN, maze_vec_env: VecEnv) -> np.ndarray:
     return collect_observations(service_model, maze_vec_env, VERIFICATION_OBSERVATIONS, seed=1)
@@ -92,7 +97,7 @@ def observations(service_model: PPO | DQN, maze_vec_env: VecEnv) -> np.ndarray:
 def exported(
     service_model: PPO | DQN, observations: np.ndarray, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    algorithm = "PPO" if isinstance(service_model, PPO) else "DQN"
+    algorithm = algorithm_of(service_model)
     out_path = tmp_path_factory.mktemp("export") / f"{algorithm}.onnx"
     export_policy(service_model, out_path, maze_metadata(algorithm), observations)
     return out_path
@@ -126,7 +131,7 @@ def test_export_is_verified_against_pytorch(
 ) -> None:
     out_path = tmp_path / "policy.onnx"
 
-    algorithm = "PPO" if isinstance(service_model, PPO) else "DQN"
+    algorithm = algorithm_of(service_model)
     report = export_policy(service_model, out_path, maze_metadata(algorithm), observations)
 
     values_output = "logits" if isinstance(service_model, PPO) else "q_values"
@@ -143,7 +148,7 @@ def test_export_is_verified_against_pytorch(
 
 
 def test_metadata_holds_caller_and_library_keys(service_model: PPO | DQN, exported: Path) -> None:
-    algorithm = "PPO" if isinstance(service_model, PPO) else "DQN"
+    algorithm = algorithm_of(service_model)
 
     metadata = OnnxPolicy(exported).metadata
 
