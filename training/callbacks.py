@@ -17,6 +17,7 @@ from core.settings import Settings
 from records.files import CHECKPOINT_DIR
 from records.store import ProgressSnapshot
 from records.tables import TrainingRun
+from rl_maze.algorithms import REWARD_MODEL_LOSS_KEY
 from training.checkpoints import SaveCheckpoints
 from training.stopping import StopSignal
 
@@ -150,7 +151,7 @@ SB3_METRICS = {
     "train/explained_variance": "explained_variance",
     "train/learning_rate": "learning_rate",
     "rollout/exploration_rate": "exploration_rate",
-    "train/reward_model_loss": "reward_model_loss",  # planner_learned (rl_maze.algorithms)
+    REWARD_MODEL_LOSS_KEY: "reward_model_loss",  # planner_learned: what rl_maze.algorithms logs
 }
 
 
